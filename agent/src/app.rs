@@ -1,0 +1,214 @@
+//! Wires sources, normaliser, buffer, shipper and telemetry together, and stops
+//! them in an order that loses nothing: sources first, then the writer drains and
+//! commits what they read, then the shipper finishes (or leaves) its batch.
+
+use crate::buffer::{Buffer, BufferError};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, SourceConfig};
+use crate::normalize::Normalizer;
+use crate::ship::{self, RecordStore};
+use crate::sources::{self, ReadingBatch};
+use crate::telemetry::http::{self, Health};
+use crate::telemetry::metrics::Metrics;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("opening the buffer: {0}")]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    Telemetry(#[from] http::BindError),
+    #[error("building the Kinesis client: {0}")]
+    Kinesis(String),
+}
+
+/// Readings in flight between sources and the writer, in batches (one per poll).
+const READING_CHANNEL_BATCHES: usize = 1024;
+
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let (buffer, report) = Buffer::open(&cfg.buffer)?;
+    let buffer = Arc::new(buffer);
+    tracing::info!(
+        gateway = %cfg.gateway_id,
+        path = %cfg.buffer.path.display(),
+        records = report.records,
+        bytes = report.bytes,
+        "buffer open"
+    );
+
+    let alive = Arc::new(Liveness::default());
+    let health = Arc::new(AgentHealth {
+        metrics: metrics.clone(),
+        sources: cfg.sources.iter().map(|s| s.id().to_owned()).collect(),
+        store: buffer.clone(),
+        clock: clock.clone(),
+        alive: alive.clone(),
+    });
+    let telemetry_stop = CancellationToken::new();
+    let http_task = http::serve(
+        cfg.telemetry.listen,
+        registry,
+        health,
+        telemetry_stop.clone(),
+    )
+    .await?;
+
+    // Writer: normalises and group-commits everything the sources read.
+    let (tx, rx) = mpsc::channel::<ReadingBatch>(READING_CHANNEL_BATCHES);
+    let normalizer = Normalizer::new(cfg.gateway_id.clone(), buffer.sequences()?);
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn({
+        let (buffer, clock, metrics, bcfg, stop, alive) = (
+            buffer.clone(),
+            clock.clone(),
+            metrics.clone(),
+            cfg.buffer.clone(),
+            writer_stop.clone(),
+            alive.clone(),
+        );
+        async move {
+            crate::buffer::writer::run_writer(rx, buffer, normalizer, clock, bcfg, metrics, stop)
+                .await;
+            alive.writer.store(false, Ordering::SeqCst);
+        }
+    });
+
+    // Shipper: durable records to Kinesis.
+    let client = ship::kinesis::KinesisClient::from_config(&cfg.kinesis)
+        .await
+        .map_err(|e| AppError::Kinesis(e.to_string()))?;
+    let dead_letter = ship::dead_letter::DeadLetter::new(
+        cfg.kinesis
+            .dead_letter_path
+            .clone()
+            .unwrap_or_else(|| cfg.buffer.path.join("dead-letter.ndjson")),
+        metrics.clone(),
+    );
+    let shipper_stop = CancellationToken::new();
+    let shipper = tokio::spawn({
+        let (buffer, kcfg, clock, metrics, stop, alive) = (
+            buffer.clone(),
+            cfg.kinesis.clone(),
+            clock.clone(),
+            metrics.clone(),
+            shipper_stop.clone(),
+            alive.clone(),
+        );
+        async move {
+            ship::shipper::run_shipper(buffer, client, kcfg, dead_letter, clock, metrics, stop)
+                .await;
+            alive.shipper.store(false, Ordering::SeqCst);
+        }
+    });
+
+    // Sources: each on its own task; a failing PLC never stops the others.
+    let sources_stop = CancellationToken::new();
+    let mut source_tasks = JoinSet::new();
+    for source in &cfg.sources {
+        match source {
+            SourceConfig::Modbus(m) => {
+                source_tasks.spawn(sources::modbus::run(
+                    Arc::new(m.clone()),
+                    tx.clone(),
+                    metrics.clone(),
+                    clock.clone(),
+                    sources_stop.clone(),
+                ));
+            }
+        }
+    }
+    drop(tx);
+    tracing::info!(
+        sources = cfg.sources.len(),
+        stream = %cfg.kinesis.stream,
+        "agent running"
+    );
+
+    shutdown.cancelled().await;
+    sources_stop.cancel();
+    while source_tasks.join_next().await.is_some() {}
+    tracing::info!("sources stopped; committing the buffer");
+    writer_stop.cancel();
+    if let Err(e) = writer.await {
+        tracing::error!(error = %e, "writer task failed");
+    }
+    shipper_stop.cancel();
+    if let Err(e) = shipper.await {
+        tracing::error!(error = %e, "shipper task failed");
+    }
+    telemetry_stop.cancel();
+    let _ = http_task.await;
+    tracing::info!(records_left = buffer.stats().records, "agent stopped");
+    Ok(())
+}
+
+struct Liveness {
+    writer: AtomicBool,
+    shipper: AtomicBool,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            writer: AtomicBool::new(true),
+            shipper: AtomicBool::new(true),
+        }
+    }
+}
+
+struct AgentHealth {
+    metrics: Metrics,
+    sources: Vec<String>,
+    store: Arc<Buffer>,
+    clock: SharedClock,
+    alive: Arc<Liveness>,
+}
+
+impl Health for AgentHealth {
+    /// Healthy while the writer and shipper run. A disconnected PLC or a down
+    /// uplink is reported but is not the agent being unhealthy: it is what the
+    /// buffer is for.
+    fn check(&self) -> (bool, serde_json::Value) {
+        let writer = self.alive.writer.load(Ordering::SeqCst);
+        let shipper = self.alive.shipper.load(Ordering::SeqCst);
+        let sources: serde_json::Map<String, serde_json::Value> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let connected = self
+                    .metrics
+                    .source_connected
+                    .get_or_create(&self.metrics.source(s))
+                    .get()
+                    == 1;
+                (s.clone(), serde_json::json!({ "connected": connected }))
+            })
+            .collect();
+        let stats = self.store.stats();
+        let oldest_age_ms = self
+            .store
+            .oldest_created_at()
+            .map(|t| self.clock.now_ms().saturating_sub(t));
+        let ok = writer && shipper;
+        (
+            ok,
+            serde_json::json!({
+                "status": if ok { "ok" } else { "failing" },
+                "writer": writer,
+                "shipper": shipper,
+                "buffer": { "records": stats.records, "bytes": stats.bytes, "oldestUnshippedAgeMs": oldest_age_ms },
+                "sources": sources,
+            }),
+        )
+    }
+}

@@ -1,0 +1,368 @@
+//! The gateway configuration (TOML). `firmware-config/reference.md` documents every key.
+//!
+//! Loading is two steps: serde parses (unknown keys are errors, so a typo is never
+//! silently ignored), then [`Config::validate`] checks what types cannot, naming
+//! the key path of every problem.
+
+use crate::sources::modbus::config::ModbusSourceConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error; toml's message names the key, line and column.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One semantic problem: the key path (`sources[0].groups[1].tags[2].address`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Collects problems while validating, so one run reports all of them.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identifies this gateway; written to every point as `meta.gatewayId`.
+    pub gateway_id: String,
+    /// Threads of the async runtime. Gateways are small; two keep polling and
+    /// shipping apart without taking the whole box.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    pub buffer: BufferConfig,
+    pub kinesis: KinesisConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of `/metrics` and `/healthz`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+    /// `text` or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info` or `linewatch_agent=debug`. `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: default_metrics_listen(),
+            log_format: LogFormat::Text,
+            log_level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Directory of the sled database.
+    pub path: PathBuf,
+    /// Upper bound of buffered point bytes; the overflow policy applies beyond it.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default)]
+    pub overflow: OverflowPolicy,
+    /// Group commit: points are made durable together at most this long after they were read.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Group commit: commit early once this many points wait.
+    #[serde(default = "default_commit_max_points")]
+    pub commit_max_points: usize,
+    /// sled page cache, bytes. Small by default: gateways have little RAM.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// How long `open` waits for the buffer's file lock (held by an agent that
+    /// is still exiting, e.g. during a service restart) before giving up.
+    #[serde(default = "default_lock_wait", with = "humantime_serde")]
+    pub lock_wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Keep the newest data: evict the oldest unshipped points.
+    #[default]
+    DropOldest,
+    /// Keep the oldest data: refuse new points while full.
+    RejectNew,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisConfig {
+    pub stream: String,
+    /// AWS region; the standard AWS chain is used when absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// e.g. `http://127.0.0.1:4567` for a local endpoint.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Static credentials; otherwise the standard AWS chain (env, profile, IMDS...).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub partition_key: PartitionKey,
+    /// How long a batch may wait to fill before it is sent.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: usize,
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// Per-call timeout; an expired call has an unknown outcome and is resent whole.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// NDJSON file for records Kinesis can never take (e.g. over 1 MiB). Default: `<buffer.path>/dead-letter.ndjson`.
+    #[serde(default)]
+    pub dead_letter_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKey {
+    /// Per-equipment order in the stream.
+    #[default]
+    EquipmentId,
+    /// Spread load over shards; order is left to the consumer's watermark.
+    Random,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Modbus(ModbusSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            SourceConfig::Modbus(m) => &m.id,
+        }
+    }
+
+    pub fn tag_count(&self) -> usize {
+        match self {
+            SourceConfig::Modbus(m) => m.groups.iter().map(|g| g.tags.len()).sum(),
+        }
+    }
+}
+
+pub const KINESIS_MAX_RECORDS: usize = 500;
+pub const KINESIS_MAX_CALL_BYTES: usize = 5 * 1024 * 1024;
+pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_commit_max_points() -> usize {
+    10_000
+}
+fn default_lock_wait() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_cache_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_max_batch_records() -> usize {
+    KINESIS_MAX_RECORDS
+}
+fn default_max_batch_bytes() -> usize {
+    KINESIS_MAX_CALL_BYTES
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or(2)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parse and validate configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        let problems = cfg.validate();
+        if problems.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                problems: problems.0,
+            })
+        }
+    }
+
+    pub fn validate(&self) -> Problems {
+        let mut p = Problems::default();
+        check_id(&mut p, "gateway_id", &self.gateway_id);
+        if self.worker_threads == Some(0) {
+            p.push("worker_threads", "must be at least 1");
+        }
+        let b = &self.buffer;
+        if b.max_bytes < 1024 * 1024 {
+            p.push("buffer.max_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if b.commit_interval.is_zero() {
+            p.push("buffer.commit_interval", "must be greater than zero");
+        }
+        if b.commit_max_points == 0 {
+            p.push("buffer.commit_max_points", "must be at least 1");
+        }
+        let k = &self.kinesis;
+        if k.stream.is_empty() || k.stream.len() > 128 {
+            p.push("kinesis.stream", "must be 1 to 128 characters");
+        }
+        if !(1..=KINESIS_MAX_RECORDS).contains(&k.max_batch_records) {
+            p.push(
+                "kinesis.max_batch_records",
+                format!("must be 1 to {KINESIS_MAX_RECORDS} (the PutRecords limit)"),
+            );
+        }
+        if !(KINESIS_MAX_RECORD_BYTES..=KINESIS_MAX_CALL_BYTES).contains(&k.max_batch_bytes) {
+            p.push(
+                "kinesis.max_batch_bytes",
+                format!("must be {KINESIS_MAX_RECORD_BYTES} to {KINESIS_MAX_CALL_BYTES} (the PutRecords limit)"),
+            );
+        }
+        if k.access_key_id.is_some() != k.secret_access_key.is_some() {
+            p.push(
+                "kinesis.access_key_id",
+                "access_key_id and secret_access_key go together",
+            );
+        }
+        if let Some(url) = &k.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(
+                    "kinesis.endpoint_url",
+                    "must start with http:// or https://",
+                );
+            }
+        }
+        if k.backoff_initial.is_zero() || k.backoff_initial > k.backoff_max {
+            p.push(
+                "kinesis.backoff_initial",
+                "must be greater than zero and at most kinesis.backoff_max",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = format!("sources[{i}]");
+            if !seen.insert(s.id().to_owned()) {
+                p.push(
+                    format!("{key}.id"),
+                    format!("duplicate source id {:?}", s.id()),
+                );
+            }
+            match s {
+                SourceConfig::Modbus(m) => m.validate(&key, &mut p),
+            }
+        }
+        p
+    }
+}
+
+/// Ids end up in data points and Kinesis partition keys: non-empty, ≤ 256 chars.
+pub fn check_id(p: &mut Problems, key: &str, v: &str) {
+    if v.is_empty() {
+        p.push(key, "must not be empty");
+    } else if v.chars().count() > 256 {
+        p.push(key, "must be at most 256 characters");
+    }
+}

@@ -1,0 +1,124 @@
+//! `linewatch-agent`: the edge agent's command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use linewatch_agent::config::{Config, ConfigError};
+use linewatch_agent::{app, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "linewatch-agent",
+    version,
+    about = "Reads PLC tags (Modbus TCP) into linewatch data points, keeps them in a crash-safe disk buffer and ships them to Amazon Kinesis.",
+    after_help = "Configuration keys and defaults: firmware-config/reference.md. Metrics: GET /metrics and /healthz on telemetry.listen."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent until SIGTERM or Ctrl-C (then: commit the buffer, finish or keep the in-flight batch, exit 0).
+    Run {
+        /// Gateway configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log JSON lines instead of text (overrides telemetry.log_format).
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validate a configuration file: exit 0 if it is valid, else print every problem with its key and exit 2.
+    Check {
+        /// Gateway configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, log_json } => match run(config, log_json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "agent stopped");
+                eprintln!("linewatch-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let tags: usize = cfg.sources.iter().map(|s| s.tag_count()).sum();
+            println!(
+                "ok: {}: gateway {:?}, {} source(s), {} tag(s), stream {:?}",
+                path.display(),
+                cfg.gateway_id,
+                cfg.sources.len(),
+                tags,
+                cfg.kinesis.stream
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid { path, problems }) => {
+            for p in problems {
+                eprintln!("error: {}: {p}", path.display());
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(config: PathBuf, log_json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).map_err(anyhow::Error::new)?;
+    let format = if log_json {
+        linewatch_agent::config::LogFormat::Json
+    } else {
+        cfg.telemetry.log_format
+    };
+    telemetry::logging::init(format, &cfg.telemetry.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads())
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            tracing::info!("stop signal received, shutting down");
+            signals.cancel();
+        });
+        app::run(cfg, shutdown).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The Kinesis edge: builds the SDK client from the configuration and turns a
+//! PutRecords call into the queue's [`CallOutcome`].
+//!
+//! SDK retries are off: a retry of the whole call would resend records Kinesis already
+//! accepted. The shipper retries itself, per record.
+
+use super::queue::{CallOutcome, QueuedRecord, RecordResult};
+use crate::buffer::StoredRecord;
+use crate::config::{KinesisConfig, PartitionKey};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_kinesis::config::{Credentials, Region};
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::operation::put_records::PutRecordsError;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The one operation the shipper needs; implemented by [`KinesisClient`] and by test fakes.
+pub trait PutRecordsApi: Send + Sync + 'static {
+    /// Stream name, for logs.
+    fn stream(&self) -> &str;
+    /// Sends `records` in one PutRecords call. Never fails: every failure is an outcome.
+    fn put_records(
+        &self,
+        records: &[Arc<QueuedRecord>],
+    ) -> impl Future<Output = CallOutcome> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KinesisSetupError {
+    #[error(
+        "no AWS region for Kinesis: set kinesis.region, AWS_REGION, or a region in the AWS profile"
+    )]
+    NoRegion,
+}
+
+/// A Kinesis client bound to one stream.
+#[derive(Clone)]
+pub struct KinesisClient {
+    client: aws_sdk_kinesis::Client,
+    stream: String,
+}
+
+impl std::fmt::Debug for KinesisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KinesisClient")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KinesisClient {
+    /// Region, endpoint and credentials from `cfg`, falling back to the standard AWS
+    /// chain (environment, profile, container/instance metadata) for what is absent.
+    pub async fn from_config(cfg: &KinesisConfig) -> Result<Self, KinesisSetupError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeout_config(cfg.request_timeout));
+        if let Some(region) = &cfg.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        if let (Some(key), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                key,
+                secret,
+                None,
+                None,
+                "linewatch-config",
+            ));
+        }
+        let sdk = loader.load().await;
+        if sdk.region().is_none() {
+            return Err(KinesisSetupError::NoRegion);
+        }
+        Ok(KinesisClient {
+            client: aws_sdk_kinesis::Client::new(&sdk),
+            stream: cfg.stream.clone(),
+        })
+    }
+
+    /// Wraps an SDK client built elsewhere (it should have retries disabled).
+    pub fn from_sdk(client: aws_sdk_kinesis::Client, stream: impl Into<String>) -> Self {
+        KinesisClient {
+            client,
+            stream: stream.into(),
+        }
+    }
+
+    /// The SDK client, e.g. for tests that create or read the stream.
+    pub fn sdk(&self) -> &aws_sdk_kinesis::Client {
+        &self.client
+    }
+}
+
+impl PutRecordsApi for KinesisClient {
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    async fn put_records(&self, records: &[Arc<QueuedRecord>]) -> CallOutcome {
+        let entries = match request_entries(records) {
+            Ok(e) => e,
+            Err(e) => {
+                return CallOutcome::NotWritten {
+                    throttled: false,
+                    error: e.to_string(),
+                }
+            }
+        };
+        let result = self
+            .client
+            .put_records()
+            .stream_name(&self.stream)
+            .set_records(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) => CallOutcome::Records(
+                out.records()
+                    .iter()
+                    .map(|r| classify_record(r.error_code()))
+                    .collect(),
+            ),
+            Err(err) => classify_error(&err),
+        }
+    }
+}
+
+/// The per-call timeout covers the whole call; connecting gets at most 3 s of it so a
+/// dead endpoint is noticed (and known not written) quickly.
+fn timeout_config(request_timeout: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_timeout(request_timeout)
+        .operation_attempt_timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(3)))
+        .build()
+}
+
+/// The request entries of one call (data copied: the queue keeps its copy for retries).
+pub fn request_entries(
+    records: &[Arc<QueuedRecord>],
+) -> Result<Vec<PutRecordsRequestEntry>, aws_sdk_kinesis::error::BuildError> {
+    records
+        .iter()
+        .map(|r| {
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(r.record.data.clone()))
+                .partition_key(r.partition_key.clone())
+                .build()
+        })
+        .collect()
+}
+
+/// A per-record `ErrorCode` of a successful call.
+pub fn classify_record(error_code: Option<&str>) -> RecordResult {
+    match error_code {
+        None => RecordResult::Accepted,
+        Some("ProvisionedThroughputExceededException") => RecordResult::Throttled,
+        Some("InternalFailure") => RecordResult::InternalFailure,
+        Some(code) => RecordResult::Failed {
+            code: code.to_owned(),
+        },
+    }
+}
+
+/// Error codes that mean "too fast, nothing written" for a whole call.
+const THROTTLING_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "KMSThrottlingException",
+    "LimitExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+];
+
+/// A service error answer: 4xx means the request was refused as a whole; a 5xx may
+/// come after Kinesis wrote part of the call, so its outcome is unknown.
+pub fn classify_service_error(status: u16, code: Option<&str>, error: String) -> CallOutcome {
+    let throttled = status == 429 || code.is_some_and(|c| THROTTLING_CODES.contains(&c));
+    if throttled || (400..500).contains(&status) {
+        CallOutcome::NotWritten { throttled, error }
+    } else {
+        CallOutcome::Unknown { error }
+    }
+}
+
+/// A failed call: was anything written?
+pub fn classify_error(err: &SdkError<PutRecordsError>) -> CallOutcome {
+    let error = DisplayErrorContext(err).to_string();
+    match err {
+        // Never left the process.
+        SdkError::ConstructionFailure(_) => CallOutcome::NotWritten {
+            throttled: false,
+            error,
+        },
+        SdkError::DispatchFailure(_) if never_connected(err) => CallOutcome::NotWritten {
+            throttled: false,
+            error,
+        },
+        SdkError::ServiceError(ctx) => {
+            classify_service_error(ctx.raw().status().as_u16(), ctx.err().code(), error)
+        }
+        // Timeouts, dropped connections, unreadable responses: may have been written.
+        _ => CallOutcome::Unknown { error },
+    }
+}
+
+/// True when the error chain shows the connection was never made (nothing was sent).
+fn never_connected(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | NetworkUnreachable | HostUnreachable
+            ) {
+                return true;
+            }
+            // io::Error::source skips its payload; look at the payload too.
+            if let Some(inner) = io.get_ref() {
+                if never_connected(inner) {
+                    return true;
+                }
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The partition key a record is sent under.
+pub fn partition_key(record: &StoredRecord, mode: PartitionKey, rng: &mut fastrand::Rng) -> String {
+    match mode {
+        PartitionKey::EquipmentId => record.partition_key.clone(),
+        // 128 random bits: spreads evenly over the MD5 hash-key space of the shards.
+        PartitionKey::Random => format!("{:032x}", rng.u128(..)),
+    }
+}
+
+/// A record as the shipper queues it, under the configured key mode.
+pub fn queued_record(
+    record: StoredRecord,
+    mode: PartitionKey,
+    rng: &mut fastrand::Rng,
+) -> QueuedRecord {
+    let key = partition_key(&record, mode, rng);
+    QueuedRecord::with_key(record, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kinesis::error::ConnectorError;
+
+    fn stored(key: &str) -> StoredRecord {
+        StoredRecord {
+            id: 1,
+            created_at: 0,
+            partition_key: key.into(),
+            data: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn record_error_codes() {
+        assert_eq!(classify_record(None), RecordResult::Accepted);
+        assert_eq!(
+            classify_record(Some("ProvisionedThroughputExceededException")),
+            RecordResult::Throttled
+        );
+        assert_eq!(
+            classify_record(Some("InternalFailure")),
+            RecordResult::InternalFailure
+        );
+        assert_eq!(
+            classify_record(Some("KMSThrottlingException")),
+            RecordResult::Failed {
+                code: "KMSThrottlingException".into()
+            }
+        );
+    }
+
+    #[test]
+    fn service_errors_4xx_are_not_written_5xx_unknown() {
+        let e = || "e".to_string();
+        assert_eq!(
+            classify_service_error(400, Some("ResourceNotFoundException"), e()),
+            CallOutcome::NotWritten {
+                throttled: false,
+                error: e()
+            }
+        );
+        assert_eq!(
+            classify_service_error(400, Some("ProvisionedThroughputExceededException"), e()),
+            CallOutcome::NotWritten {
+                throttled: true,
+                error: e()
+            }
+        );
+        assert_eq!(
+            classify_service_error(429, None, e()),
+            CallOutcome::NotWritten {
+                throttled: true,
+                error: e()
+            }
+        );
+        assert_eq!(
+            classify_service_error(500, Some("InternalFailure"), e()),
+            CallOutcome::Unknown { error: e() }
+        );
+        assert_eq!(
+            classify_service_error(503, None, e()),
+            CallOutcome::Unknown { error: e() }
+        );
+    }
+
+    #[test]
+    fn transport_errors() {
+        let refused = SdkError::<PutRecordsError>::dispatch_failure(ConnectorError::io(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )));
+        assert!(matches!(
+            classify_error(&refused),
+            CallOutcome::NotWritten {
+                throttled: false,
+                ..
+            }
+        ));
+
+        // Wrapped the way hyper wraps it: still found.
+        let wrapped =
+            std::io::Error::other(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let refused =
+            SdkError::<PutRecordsError>::dispatch_failure(ConnectorError::io(Box::new(wrapped)));
+        assert!(matches!(
+            classify_error(&refused),
+            CallOutcome::NotWritten { .. }
+        ));
+
+        let reset = SdkError::<PutRecordsError>::dispatch_failure(ConnectorError::io(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        )));
+        assert!(matches!(
+            classify_error(&reset),
+            CallOutcome::Unknown { .. }
+        ));
+
+        let timeout = SdkError::<PutRecordsError>::timeout_error("operation timed out");
+        assert!(matches!(
+            classify_error(&timeout),
+            CallOutcome::Unknown { .. }
+        ));
+
+        let construction = SdkError::<PutRecordsError>::construction_failure("bad input");
+        assert!(matches!(
+            classify_error(&construction),
+            CallOutcome::NotWritten { .. }
+        ));
+    }
+
+    #[test]
+    fn partition_keys() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let r = stored("84068f2f-3f39-4b9c-a995-d2a84d878689");
+        assert_eq!(
+            partition_key(&r, PartitionKey::EquipmentId, &mut rng),
+            r.partition_key
+        );
+        let a = partition_key(&r, PartitionKey::Random, &mut rng);
+        let b = partition_key(&r, PartitionKey::Random, &mut rng);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        let q = queued_record(r.clone(), PartitionKey::Random, &mut rng);
+        assert_eq!(q.record, r, "the stored record keeps its own key");
+        assert_ne!(q.partition_key, r.partition_key);
+    }
+
+    #[test]
+    fn entries_carry_data_and_key() {
+        let recs = vec![Arc::new(QueuedRecord::new(stored("eq-1")))];
+        let entries = request_entries(&recs).unwrap();
+        assert_eq!(entries[0].partition_key(), Some("eq-1"));
+        assert_eq!(entries[0].data().as_ref(), b"{}");
+    }
+
+    #[tokio::test]
+    async fn static_config_builds_without_the_environment() {
+        let cfg: crate::config::KinesisConfig = toml::from_str(
+            r#"stream = "s"
+               region = "eu-central-1"
+               endpoint_url = "http://127.0.0.1:1"
+               access_key_id = "AKIDEXAMPLE"
+               secret_access_key = "secret""#,
+        )
+        .unwrap();
+        let client = KinesisClient::from_config(&cfg).await.unwrap();
+        assert_eq!(client.stream(), "s");
+        assert!(!format!("{client:?}").contains("secret"));
+        // Port 1 refuses: the call is known not written, and fails fast (no SDK retries).
+        let recs = vec![Arc::new(QueuedRecord::new(stored("eq-1")))];
+        let started = std::time::Instant::now();
+        let outcome = client.put_records(&recs).await;
+        assert!(
+            matches!(outcome, CallOutcome::NotWritten { .. }),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,35 @@
+//! Kinesis shipper: reads durable points from the buffer, sends them with
+//! PutRecords, and removes them from the buffer only once Kinesis accepted them.
+
+use crate::buffer::{BufferError, StoredRecord};
+use std::sync::Arc;
+
+/// What the shipper needs from the disk buffer (implemented by `buffer::Buffer`).
+pub trait RecordStore: Send + Sync + 'static {
+    /// Durable (committed) records with an id greater than `after` (all when `None`),
+    /// oldest first, at most `max`. Records handed out here are not evicted by the
+    /// overflow policy: the shipper owns them until it removes them.
+    fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<StoredRecord>, BufferError>;
+    /// Forget records Kinesis accepted (or that went to the dead-letter file), and
+    /// make that durable (one flush per call: callers pass a whole batch).
+    fn remove(&self, ids: &[u64]) -> Result<(), BufferError>;
+    /// `created_at` of the oldest buffered record, for the age metric.
+    fn oldest_created_at(&self) -> Option<u64>;
+    /// Notified after each commit that made new records durable.
+    fn committed(&self) -> Arc<tokio::sync::Notify>;
+}
+
+pub mod backoff;
+pub mod dead_letter;
+pub mod kinesis;
+pub mod queue;
+pub mod shipper;
+
+pub use backoff::Backoff;
+pub use dead_letter::{DeadLetter, DeadLetterError};
+pub use kinesis::{KinesisClient, KinesisSetupError, PutRecordsApi};
+pub use queue::{
+    Applied, Batch, BatchLimits, CallOutcome, CallStatus, DeadLetterReason, DeadLetterRecord,
+    QueueCapacity, QueuedRecord, Readiness, RecordResult, ShipQueue,
+};
+pub use shipper::{run_shipper, run_shipper_with};

@@ -1,0 +1,27 @@
+//! PLC sources. Each source runs as its own task, reconnects on its own, and hands
+//! batches of [`Reading`]s to the normaliser; one failing source never stops another.
+
+pub mod modbus;
+
+use linewatch_schemas::{Flags, Quality, Value};
+use std::sync::Arc;
+
+/// One value read from a PLC, before it becomes a data point (no sequence number,
+/// no agent timestamps yet: the normaliser adds those).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub source_id: Arc<str>,
+    pub equipment_id: Arc<str>,
+    pub tag: Arc<str>,
+    pub value: Value,
+    pub quality: Quality,
+    /// Event time from the source, when the protocol gives one (Modbus does not).
+    pub source_timestamp: Option<u64>,
+    /// Flags the source decides (Fst, Syn, Wmk, Lst); the normaliser adds Ats.
+    pub flags: Flags,
+    pub raw_quality: Option<String>,
+}
+
+/// What sources send to the normaliser: one poll's readings at a time, so the
+/// channel carries few, larger messages.
+pub type ReadingBatch = Vec<Reading>;

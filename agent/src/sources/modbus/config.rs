@@ -1,0 +1,385 @@
+//! Configuration of a Modbus TCP source.
+
+use crate::config::{check_id, Problems};
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusSourceConfig {
+    /// Source id: `meta.sourceId` of every point, and the key of its sequence numbers.
+    pub id: String,
+    /// `host:port` of the Modbus TCP server.
+    pub address: String,
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    /// Default equipment for tags that do not name their own.
+    #[serde(default)]
+    pub equipment_id: Option<String>,
+    /// Timeout of one request (and of connecting).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_reconnect_initial", with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Registers that may be read in between two tags to merge their requests (0 = only adjacent).
+    #[serde(default)]
+    pub max_gap: u16,
+    /// Defaults for tags that do not set their own.
+    #[serde(default)]
+    pub byte_order: ByteOrder,
+    #[serde(default)]
+    pub word_order: WordOrder,
+    /// Heartbeat (`$heartbeat`, flag `Wmk`) period while connected; 0s turns it off.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    pub groups: Vec<PollGroup>,
+}
+
+/// Tags polled together at one interval.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollGroup {
+    pub name: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub tags: Vec<ModbusTag>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusTag {
+    pub name: String,
+    #[serde(default)]
+    pub equipment_id: Option<String>,
+    pub area: Area,
+    /// Zero-based protocol address (register 40001 is holding address 0).
+    pub address: u16,
+    #[serde(rename = "type")]
+    pub data_type: DataType,
+    #[serde(default)]
+    pub byte_order: Option<ByteOrder>,
+    #[serde(default)]
+    pub word_order: Option<WordOrder>,
+    /// value = raw × scale + offset (numeric types only; the result is a float
+    /// unless scale is 1 and offset 0).
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub offset: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Area {
+    Coil,
+    DiscreteInput,
+    InputRegister,
+    HoldingRegister,
+}
+
+impl std::fmt::Display for Area {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Area::Coil => "coil",
+            Area::DiscreteInput => "discrete_input",
+            Area::InputRegister => "input_register",
+            Area::HoldingRegister => "holding_register",
+        })
+    }
+}
+
+impl Area {
+    pub fn is_bits(self) -> bool {
+        matches!(self, Area::Coil | Area::DiscreteInput)
+    }
+    /// The protocol's limit on one read of this area.
+    pub fn max_per_read(self) -> u16 {
+        if self.is_bits() {
+            2000
+        } else {
+            125
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+    U64,
+    I64,
+    F64,
+}
+
+impl DataType {
+    /// Registers (16-bit words) one value takes; a bool in a register area takes one.
+    pub fn registers(self) -> u16 {
+        match self {
+            DataType::Bool | DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+        }
+    }
+}
+
+/// Order of the two bytes inside each 16-bit register.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByteOrder {
+    #[default]
+    Big,
+    Little,
+}
+
+/// Order of the registers of a multi-register value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WordOrder {
+    /// Most significant register first (Modicon convention).
+    #[default]
+    Big,
+    Little,
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_reconnect_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ModbusSourceConfig {
+    /// Semantic checks; `key` is this source's path, e.g. `sources[0]`.
+    pub fn validate(&self, key: &str, p: &mut Problems) {
+        check_id(p, &format!("{key}.id"), &self.id);
+        if !is_host_port(&self.address) {
+            p.push(
+                format!("{key}.address"),
+                format!(
+                    "{:?} must be host:port (e.g. 192.168.0.10:502)",
+                    self.address
+                ),
+            );
+        }
+        if self.timeout.is_zero() {
+            p.push(format!("{key}.timeout"), "must be greater than zero");
+        }
+        if self.reconnect_initial.is_zero() || self.reconnect_initial > self.reconnect_max {
+            p.push(
+                format!("{key}.reconnect_initial"),
+                "must be greater than zero and at most reconnect_max",
+            );
+        }
+        if self.groups.is_empty() {
+            p.push(
+                format!("{key}.groups"),
+                "a source needs at least one poll group",
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut group_names = std::collections::HashSet::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            let gk = format!("{key}.groups[{gi}]");
+            check_id(p, &format!("{gk}.name"), &g.name);
+            if !group_names.insert(g.name.as_str()) {
+                p.push(
+                    format!("{gk}.name"),
+                    format!("duplicate poll group {:?}", g.name),
+                );
+            }
+            if g.interval.is_zero() {
+                p.push(format!("{gk}.interval"), "must be greater than zero");
+            }
+            if g.tags.is_empty() {
+                p.push(format!("{gk}.tags"), "a poll group needs at least one tag");
+            }
+            for (ti, t) in g.tags.iter().enumerate() {
+                let tk = format!("{gk}.tags[{ti}]");
+                check_id(p, &format!("{tk}.name"), &t.name);
+                if t.name.starts_with('$') {
+                    p.push(
+                        format!("{tk}.name"),
+                        "tag names starting with '$' are reserved for the agent",
+                    );
+                }
+                match t.equipment_id.as_ref().or(self.equipment_id.as_ref()) {
+                    Some(e) => check_id(p, &format!("{tk}.equipment_id"), e),
+                    None => p.push(
+                        format!("{tk}.equipment_id"),
+                        format!("missing (and {key}.equipment_id gives no default)"),
+                    ),
+                }
+                let eq = t.equipment_id.as_ref().or(self.equipment_id.as_ref());
+                if !names.insert((eq.cloned(), t.name.clone())) {
+                    p.push(
+                        format!("{tk}.name"),
+                        format!("duplicate tag {:?} for this equipment", t.name),
+                    );
+                }
+                if t.area.is_bits() && t.data_type != DataType::Bool {
+                    p.push(
+                        format!("{tk}.type"),
+                        format!("{:?} holds bits: type must be bool", t.area),
+                    );
+                }
+                let end = u32::from(t.address) + u32::from(t.data_type.registers());
+                if !t.area.is_bits() && end > 65536 {
+                    p.push(format!("{tk}.address"), "value runs past register 65535");
+                }
+                if (t.scale.is_some() || t.offset.is_some()) && t.data_type == DataType::Bool {
+                    p.push(
+                        format!("{tk}.scale"),
+                        "scale and offset apply to numeric types only",
+                    );
+                }
+                if t.scale.is_some_and(|s| !s.is_finite() || s == 0.0) {
+                    p.push(format!("{tk}.scale"), "must be a finite, non-zero number");
+                }
+                if t.offset.is_some_and(|o| !o.is_finite()) {
+                    p.push(format!("{tk}.offset"), "must be a finite number");
+                }
+            }
+        }
+    }
+}
+
+impl ModbusSourceConfig {
+    /// The equipment a tag's points belong to: its own, else the source's default.
+    pub fn tag_equipment<'a>(&'a self, tag: &'a ModbusTag) -> Option<&'a str> {
+        tag.equipment_id.as_deref().or(self.equipment_id.as_deref())
+    }
+
+    /// Equipment of the `$heartbeat` points: the source's, else the first tag's.
+    pub fn heartbeat_equipment(&self) -> Option<&str> {
+        self.equipment_id.as_deref().or_else(|| {
+            self.groups
+                .iter()
+                .flat_map(|g| g.tags.iter())
+                .find_map(|t| t.equipment_id.as_deref())
+        })
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port (IPv6 hosts in brackets).
+fn is_host_port(s: &str) -> bool {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(':')
+                && !host.chars().any(char::is_whitespace)
+                && port.parse::<u16>().is_ok()
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(extra: &str, tags: &str) -> Result<ModbusSourceConfig, toml::de::Error> {
+        toml::from_str(&format!(
+            "id = \"plc1\"\naddress = \"127.0.0.1:502\"\n{extra}\n[[groups]]\nname = \"fast\"\ninterval = \"1s\"\n{tags}"
+        ))
+    }
+
+    fn problems(cfg: &ModbusSourceConfig) -> Vec<String> {
+        let mut p = Problems::default();
+        cfg.validate("sources[0]", &mut p);
+        p.0.into_iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_valid_source_has_no_problems() -> Result<(), toml::de::Error> {
+        let cfg = source(
+            "equipment_id = \"filler\"",
+            "[[groups.tags]]\nname = \"t\"\narea = \"holding_register\"\naddress = 0\ntype = \"f32\"\nscale = 0.1",
+        )?;
+        assert_eq!(problems(&cfg), Vec::<String>::new());
+        assert_eq!(cfg.heartbeat_equipment(), Some("filler"));
+        Ok(())
+    }
+
+    #[test]
+    fn problems_name_the_key_path() -> Result<(), toml::de::Error> {
+        let cfg = source(
+            "",
+            "[[groups.tags]]\nname = \"t\"\narea = \"coil\"\naddress = 65535\ntype = \"u16\"\noffset = nan",
+        )?;
+        let p = problems(&cfg);
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("sources[0].groups[0].tags[0].equipment_id: missing")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("sources[0].groups[0].tags[0].type:")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("sources[0].groups[0].tags[0].offset:")),
+            "{p:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn address_must_be_host_and_port() {
+        for ok in ["127.0.0.1:502", "plc-7.local:502", "[::1]:502"] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in ["plc", "plc:", ":502", "plc:99999", "::1:502", "plc 1:502"] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_and_duplicate_groups_are_reported() -> Result<(), toml::de::Error> {
+        let mut cfg = source("equipment_id = \"e\"", "tags = []")?;
+        cfg.groups.push(cfg.groups[0].clone());
+        let p = problems(&cfg);
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("sources[0].groups[0].tags:")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("sources[0].groups[1].name: duplicate")),
+            "{p:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn heartbeat_equipment_falls_back_to_the_first_tag() -> Result<(), toml::de::Error> {
+        let cfg = source(
+            "",
+            "[[groups.tags]]\nname = \"t\"\nequipment_id = \"labeller\"\narea = \"coil\"\naddress = 3\ntype = \"bool\"",
+        )?;
+        assert_eq!(cfg.heartbeat_equipment(), Some("labeller"));
+        assert_eq!(cfg.tag_equipment(&cfg.groups[0].tags[0]), Some("labeller"));
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! The agent's Prometheus metrics, registered once and shared by every task.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every metric the agent exposes. Cloning is cheap (the metric types are `Arc`s inside).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Readings taken from a source (good or bad quality).
+    pub points_read: Family<SourceLabel, Counter>,
+    /// Failed reads: timeouts, lost connections, Modbus exceptions.
+    pub read_errors: Family<SourceLabel, Counter>,
+    /// 1 while the source is connected.
+    pub source_connected: Family<SourceLabel, Gauge>,
+    pub buffer_records: Gauge,
+    pub buffer_bytes: Gauge,
+    /// Age of the oldest point not yet accepted by Kinesis, seconds (float).
+    pub oldest_unshipped_age_seconds: Gauge<f64, AtomicU64>,
+    pub buffer_commits: Counter,
+    pub records_shipped: Counter,
+    pub records_failed: Counter,
+    pub records_throttled: Counter,
+    pub put_records_calls: Counter,
+    pub put_records_errors: Counter,
+    /// Points lost on purpose, by reason (`overflow_drop_oldest`, `overflow_reject_new`, `oversize`, ...).
+    pub dropped: Family<ReasonLabel, Counter>,
+    pub dead_letters: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("linewatch_agent");
+        r.register(
+            "points_read",
+            "Readings taken from a source",
+            self.points_read.clone(),
+        );
+        r.register(
+            "read_errors",
+            "Failed reads per source",
+            self.read_errors.clone(),
+        );
+        r.register(
+            "source_connected",
+            "1 while the source is connected",
+            self.source_connected.clone(),
+        );
+        r.register(
+            "buffer_records",
+            "Points in the disk buffer",
+            self.buffer_records.clone(),
+        );
+        r.register(
+            "buffer_bytes",
+            "Bytes of points in the disk buffer",
+            self.buffer_bytes.clone(),
+        );
+        r.register(
+            "oldest_unshipped_age_seconds",
+            "Age of the oldest point not yet accepted by Kinesis",
+            self.oldest_unshipped_age_seconds.clone(),
+        );
+        r.register(
+            "buffer_commits",
+            "Group commits of the disk buffer",
+            self.buffer_commits.clone(),
+        );
+        r.register(
+            "records_shipped",
+            "Records accepted by Kinesis",
+            self.records_shipped.clone(),
+        );
+        r.register(
+            "records_failed",
+            "Records Kinesis refused (will be retried)",
+            self.records_failed.clone(),
+        );
+        r.register(
+            "records_throttled",
+            "Records refused with ProvisionedThroughputExceeded",
+            self.records_throttled.clone(),
+        );
+        r.register(
+            "put_records_calls",
+            "PutRecords calls made",
+            self.put_records_calls.clone(),
+        );
+        r.register(
+            "put_records_errors",
+            "PutRecords calls that failed as a whole",
+            self.put_records_errors.clone(),
+        );
+        r.register("dropped", "Points dropped, by reason", self.dropped.clone());
+        r.register(
+            "dead_letters",
+            "Records written to the dead-letter file, by reason",
+            self.dead_letters.clone(),
+        );
+    }
+
+    pub fn source(&self, source: &str) -> SourceLabel {
+        SourceLabel {
+            source: source.to_owned(),
+        }
+    }
+
+    /// Count `n` points dropped for `reason`.
+    pub fn count_dropped(&self, reason: &str, n: u64) {
+        self.dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn count_dead_letter(&self, reason: &str, n: u64) {
+        self.dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+}

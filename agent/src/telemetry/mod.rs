@@ -1,0 +1,5 @@
+//! Logging, Prometheus metrics and the health endpoint.
+
+pub mod http;
+pub mod logging;
+pub mod metrics;

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Resident memory of an agent polling 10,000 tags at 1 Hz (10,000 points/s) into a local Kinesis.
+# Prints VmRSS (now) and VmHWM (peak) of the agent after a warm-up, plus points shipped.
+# Usage: scripts/bench-agent-memory.sh [TAGS] [SECONDS]    (release build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+TAGS="${1:-10000}"
+SECS="${2:-60}"
+RUN="$(mktemp -d /tmp/linewatch-membench-XXXX)"
+MODBUS_PORT=25020; KINESIS_PORT=24567; METRICS_PORT=29464
+
+bash scripts/install-peers.sh >/dev/null
+cargo build --release -p linewatch-agent -p linewatch-e2e --bins 2>&1 | tail -1
+pids=()
+trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+wait_for() { local d=$((SECONDS+30)); until grep -q "$2" "$1" 2>/dev/null; do [ $SECONDS -lt $d ] || { tail "$1"; exit 1; }; sleep 0.2; done; }
+
+node tests/peers/kinesalite-local.js --port $KINESIS_PORT --shardLimit 20 > "$RUN/kinesalite.log" 2>&1 & pids+=($!)
+wait_for "$RUN/kinesalite.log" listening
+./target/release/lw-kinesis create-stream --endpoint http://127.0.0.1:$KINESIS_PORT --stream bench --shards 10
+.venv/bin/python tests/sim/modbus_plc.py --port $MODBUS_PORT --holding-registers "$TAGS" > "$RUN/plc.log" 2>&1 & pids+=($!)
+wait_for "$RUN/plc.log" READY
+
+{
+cat <<TOML
+gateway_id = "gw-membench"
+[telemetry]
+listen = "127.0.0.1:$METRICS_PORT"
+log_level = "warn"
+[buffer]
+path = "$RUN/buffer"
+[kinesis]
+stream = "bench"
+region = "eu-central-1"
+endpoint_url = "http://127.0.0.1:$KINESIS_PORT"
+access_key_id = "bench"
+secret_access_key = "bench"
+[[sources]]
+type = "modbus"
+id = "line"
+address = "127.0.0.1:$MODBUS_PORT"
+equipment_id = "eq-0"
+heartbeat_interval = "0s"
+TOML
+# 10 groups of TAGS/10 tags each, 1 s interval, one u16 per register, 10 pieces of equipment.
+per=$((TAGS / 10))
+for g in $(seq 0 9); do
+  printf '[[sources.groups]]\nname = "g%d"\ninterval = "1s"\n' "$g"
+  for i in $(seq 0 $((per - 1))); do
+    a=$((g * per + i))
+    printf '[[sources.groups.tags]]\nname = "t%d"\nequipment_id = "eq-%d"\narea = "holding_register"\naddress = %d\ntype = "u16"\n' "$a" "$g" "$a"
+  done
+done
+} > "$RUN/agent.toml"
+./target/release/linewatch-agent check --config "$RUN/agent.toml"
+./target/release/linewatch-agent run --config "$RUN/agent.toml" > "$RUN/agent.log" 2>&1 & agent=$!; pids+=($agent)
+sleep "$SECS"   # a fixed measuring window (this is a benchmark, not a test)
+rss=$(awk '/VmRSS/{print $2}' /proc/$agent/status); hwm=$(awk '/VmHWM/{print $2}' /proc/$agent/status)
+metrics=$(curl -s http://127.0.0.1:$METRICS_PORT/metrics)
+read_=$(echo "$metrics" | awk '/^linewatch_agent_points_read_total/{s+=$2} END{print s+0}')
+shipped=$(echo "$metrics" | awk '/^linewatch_agent_records_shipped_total/{print $2}')
+buffered=$(echo "$metrics" | awk '/^linewatch_agent_buffer_records /{print $2}')
+echo "agent-memory: tags=$TAGS window=${SECS}s rss=$((rss/1024)) MiB peak=$((hwm/1024)) MiB read=$read_ shipped=$shipped buffered=$buffered"

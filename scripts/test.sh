@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test of linewatch: installs the real peers the tests talk to
+# (pymodbus, kinesalite, mosquitto) if missing, then lint and the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# CI runs without a login shell: make sure rustup's cargo is on PATH.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+bash scripts/install-peers.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+# One profile (dev) for everything; the e2e tests spawn the binaries this builds.
+cargo test --workspace --locked -- --test-threads="${LINEWATCH_TEST_THREADS:-2}"

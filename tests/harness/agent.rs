@@ -1,0 +1,438 @@
+//! The agent under test: its configuration (written as TOML), the process, its metrics.
+
+use crate::http;
+use crate::kinesis;
+use crate::metrics::Scrape;
+use crate::paths;
+use crate::ports;
+use crate::process::ChildGuard;
+use crate::wait;
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+/// The agent's configuration, as the harness writes it. Optional keys are left out
+/// when `None`, so the agent's own defaults apply.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentConfig {
+    pub gateway_id: String,
+    pub telemetry: Telemetry,
+    pub buffer: Buffer,
+    pub kinesis: Kinesis,
+    pub sources: Vec<ModbusSource>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Telemetry {
+    pub listen: String,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Buffer {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub overflow: String,
+    pub commit_interval: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Kinesis {
+    pub stream: String,
+    pub region: String,
+    pub endpoint_url: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub linger: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_initial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_max: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModbusSource {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub address: String,
+    pub unit_id: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equipment_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_initial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_max: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<String>,
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub name: String,
+    pub interval: String,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tag {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equipment_id: Option<String>,
+    pub area: String,
+    pub address: u16,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub byte_order: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub word_order: Option<String>,
+}
+
+/// A tag with no scaling, big-endian: `tag("water_temperature", "holding_register", 0, "f32")`.
+pub fn tag(name: &str, area: &str, address: u16, data_type: &str) -> Tag {
+    Tag {
+        name: name.to_owned(),
+        equipment_id: None,
+        area: area.to_owned(),
+        address,
+        data_type: data_type.to_owned(),
+        scale: None,
+        offset: None,
+        byte_order: None,
+        word_order: None,
+    }
+}
+
+impl Tag {
+    pub fn scaled(mut self, scale: f64, offset: f64) -> Tag {
+        self.scale = Some(scale);
+        self.offset = Some(offset);
+        self
+    }
+    pub fn equipment(mut self, equipment_id: &str) -> Tag {
+        self.equipment_id = Some(equipment_id.to_owned());
+        self
+    }
+    pub fn orders(mut self, byte_order: &str, word_order: &str) -> Tag {
+        self.byte_order = Some(byte_order.to_owned());
+        self.word_order = Some(word_order.to_owned());
+        self
+    }
+}
+
+/// A Modbus source polling one group of `tags` every `interval` (humantime, e.g. `"100ms"`),
+/// reconnecting quickly (tests should not wait out production backoffs).
+pub fn modbus_source(
+    id: &str,
+    address: &str,
+    equipment_id: &str,
+    interval: &str,
+    tags: Vec<Tag>,
+) -> ModbusSource {
+    ModbusSource {
+        kind: "modbus".into(),
+        id: id.to_owned(),
+        address: address.to_owned(),
+        unit_id: 1,
+        equipment_id: Some(equipment_id.to_owned()),
+        timeout: Some("1s".into()),
+        reconnect_initial: Some("100ms".into()),
+        reconnect_max: Some("1s".into()),
+        heartbeat_interval: None,
+        groups: vec![Group {
+            name: "main".into(),
+            interval: interval.to_owned(),
+            tags,
+        }],
+    }
+}
+
+impl AgentConfig {
+    /// A config shipping to `kinesis_endpoint`/`stream`, its buffer and metrics port fresh,
+    /// quick linger and backoff. Add sources before starting.
+    pub fn new(dir: &Path, kinesis_endpoint: &str, stream: &str) -> AgentConfig {
+        AgentConfig {
+            gateway_id: "gw-e2e".into(),
+            telemetry: Telemetry {
+                listen: format!("127.0.0.1:{}", ports::free_port()),
+                log_level: "info,linewatch_agent=debug".into(),
+            },
+            buffer: Buffer {
+                path: dir.join("buffer"),
+                max_bytes: 64 * 1024 * 1024,
+                overflow: "drop_oldest".into(),
+                commit_interval: "50ms".into(),
+            },
+            kinesis: Kinesis {
+                stream: stream.to_owned(),
+                region: kinesis::REGION.into(),
+                endpoint_url: kinesis_endpoint.to_owned(),
+                access_key_id: kinesis::ACCESS_KEY_ID.into(),
+                secret_access_key: kinesis::SECRET_ACCESS_KEY.into(),
+                linger: "100ms".into(),
+                request_timeout: Some("3s".into()),
+                backoff_initial: Some("50ms".into()),
+                backoff_max: Some("500ms".into()),
+            },
+            sources: Vec::new(),
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        match toml::to_string(self) {
+            Ok(s) => s,
+            // Only non-serialisable values (NaN scale...) get here: a bug in the test itself.
+            Err(e) => panic!("agent config does not serialise to TOML: {e}\n{self:#?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.telemetry
+            .listen
+            .parse()
+            .unwrap_or_else(|e| panic!("telemetry.listen {:?}: {e}", self.telemetry.listen))
+    }
+}
+
+/// A running `linewatch-agent run` (killed when dropped).
+pub struct Agent {
+    config: AgentConfig,
+    config_path: PathBuf,
+    log: PathBuf,
+    child: Option<ChildGuard>,
+    runs: u32,
+}
+
+impl Agent {
+    /// Writes `config` to `dir/agent.toml`, starts the agent and waits until `/metrics` answers.
+    #[track_caller]
+    pub fn start(config: AgentConfig, dir: &Path) -> Agent {
+        let config_path = dir.join("agent.toml");
+        if let Err(e) = std::fs::write(&config_path, config.to_toml()) {
+            panic!("cannot write {}: {e}", config_path.display());
+        }
+        let mut agent = Agent {
+            config,
+            config_path,
+            log: dir.join("agent.log"),
+            child: None,
+            runs: 0,
+        };
+        agent.start_again();
+        agent
+    }
+
+    /// Starts the agent again with the same config and buffer (after `kill` or `terminate`).
+    #[track_caller]
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the agent is already running");
+        self.runs += 1;
+        let marker = format!("===== linewatch-e2e: agent run {} =====\n", self.runs);
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
+        let mut cmd = Command::new(paths::agent_binary());
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        let mut child = ChildGuard::spawn("linewatch-agent", cmd, &self.log);
+        let addr = self.config.metrics_addr();
+        wait::until_blocking(
+            &format!("linewatch-agent serving /metrics on {addr}"),
+            Duration::from_secs(30),
+            || {
+                child.assert_running();
+                match http::get(addr, "/metrics") {
+                    Ok((200, _)) => Ok(()),
+                    Ok((code, body)) => Err(format!("HTTP {code}: {body}")),
+                    Err(e) => Err(e),
+                }
+            },
+        );
+        self.child = Some(child);
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_exit().is_none())
+    }
+
+    /// Panics (with the log) if the agent has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        match self.child.as_mut() {
+            Some(c) => c.assert_running(),
+            None => panic!("the agent is not running (stopped by the test)"),
+        }
+    }
+
+    /// One scrape of `/metrics`.
+    pub fn try_scrape(&self) -> Result<Scrape, String> {
+        match http::get(self.config.metrics_addr(), "/metrics")? {
+            (200, body) => Ok(Scrape::parse(&body)),
+            (code, body) => Err(format!("/metrics answered {code}: {body}")),
+        }
+    }
+
+    /// One scrape of `/metrics`; panics with the agent log if it fails.
+    #[track_caller]
+    pub fn scrape(&mut self) -> Scrape {
+        self.assert_running();
+        match self.try_scrape() {
+            Ok(s) => s,
+            Err(e) => panic!("scraping the agent: {e}\nagent log:\n{}", self.log_tail(40)),
+        }
+    }
+
+    /// `/healthz`: status code and body.
+    pub fn health(&self) -> Result<(u16, String), String> {
+        http::get(self.config.metrics_addr(), "/healthz")
+    }
+
+    /// Polls `/metrics` until `check` returns `Ok`; panics after `timeout` with the
+    /// last `Err` description, the agent's metrics and its log tail.
+    #[track_caller]
+    pub fn wait_metrics<'a, T, F>(
+        &'a mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> impl std::future::Future<Output = T> + 'a
+    where
+        F: FnMut(&Scrape) -> Result<T, String> + 'a,
+        T: 'a,
+    {
+        let caller = std::panic::Location::caller();
+        let what = what.to_owned();
+        async move {
+            let timeout = wait::scaled(timeout);
+            let start = std::time::Instant::now();
+            loop {
+                if let Some(c) = self.child.as_mut() {
+                    if let Some(status) = c.try_exit() {
+                        panic!(
+                            "waiting for {what} (at {caller}): the agent exited ({status})\nagent log:\n{}",
+                            self.log_tail(60)
+                        );
+                    }
+                }
+                let last = match self.try_scrape() {
+                    Ok(s) => match check(&s) {
+                        Ok(v) => return v,
+                        Err(e) => format!("{e}\n  metrics: {}", s.describe("linewatch_agent_")),
+                    },
+                    Err(e) => e,
+                };
+                if start.elapsed() >= timeout {
+                    panic!(
+                        "timed out after {:.1?} waiting for: {what}\n  (waited at {caller})\n  last seen: {last}\nagent log:\n{}",
+                        start.elapsed(),
+                        self.log_tail(60)
+                    );
+                }
+                tokio::time::sleep(wait::POLL).await;
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to commit or finish a batch.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; panics if it takes longer than `timeout`.
+    #[track_caller]
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let Some(mut c) = self.child.take() else {
+            panic!("terminate: the agent is not running");
+        };
+        match c.stop_with(libc::SIGTERM, wait::scaled(timeout)) {
+            Some(status) => status,
+            None => panic!(
+                "the agent did not exit within {timeout:?} of SIGTERM (killed)\nagent log:\n{}",
+                c.log_tail(60)
+            ),
+        }
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::tail(&self.log, lines)
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+}
+
+/// What a short-lived agent command printed and how it ended.
+#[derive(Debug)]
+pub struct CommandResult {
+    pub status: ExitStatus,
+    /// stdout and stderr together.
+    pub output: String,
+}
+
+/// Runs `linewatch-agent check --config FILE` on `text` (written to `dir/check.toml`).
+#[track_caller]
+pub fn check_config(text: &str, dir: &Path) -> CommandResult {
+    let path = dir.join("check.toml");
+    if let Err(e) = std::fs::write(&path, text) {
+        panic!("cannot write {}: {e}", path.display());
+    }
+    run_agent(&["check", "--config"], &path, dir, Duration::from_secs(20))
+}
+
+/// Runs the agent binary with `args` followed by `path`, for commands that end on their
+/// own (`check`, or `run` on a bad config); panics if it is still running after `timeout`.
+#[track_caller]
+pub fn run_agent(args: &[&str], path: &Path, dir: &Path, timeout: Duration) -> CommandResult {
+    let log = dir.join(format!(
+        "agent-{}.log",
+        args.first().copied().unwrap_or("cmd")
+    ));
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new(paths::agent_binary());
+    cmd.args(args).arg(path);
+    let mut child = ChildGuard::spawn("linewatch-agent", cmd, &log);
+    let status = wait::until_blocking(
+        &format!("linewatch-agent {} to exit", args.join(" ")),
+        timeout,
+        || child.try_exit().ok_or_else(|| child.log_tail(10)),
+    );
+    CommandResult {
+        status,
+        output: crate::process::tail(&log, usize::MAX),
+    }
+}
+
+/// 127.0.0.1:PORT with nothing listening: a PLC that is not there.
+pub fn unreachable_address() -> String {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, ports::free_port())).to_string()
+}

@@ -1,0 +1,256 @@
+//! The simulated PLC (`tests/sim/modbus_plc.py`, pymodbus) and its control channel.
+
+use crate::paths;
+use crate::ports;
+use crate::process::ChildGuard;
+use crate::wait;
+use serde_json::{json, Value as Json};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Register areas, named as in the agent's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Coil,
+    DiscreteInput,
+    InputRegister,
+    HoldingRegister,
+}
+
+impl Area {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Area::Coil => "coil",
+            Area::DiscreteInput => "discrete_input",
+            Area::InputRegister => "input_register",
+            Area::HoldingRegister => "holding_register",
+        }
+    }
+}
+
+/// One value to write into the PLC. `dtype` is the agent's type name (`f32`, `u64`...).
+#[derive(Debug, Clone)]
+pub struct SimWrite {
+    pub area: Area,
+    pub address: u16,
+    pub dtype: &'static str,
+    pub value: Json,
+    pub byte_order: &'static str,
+    pub word_order: &'static str,
+}
+
+/// Builds a register write in big-endian byte and word order.
+pub fn reg(address: u16, dtype: &'static str, value: impl Into<Json>) -> SimWrite {
+    SimWrite {
+        area: Area::HoldingRegister,
+        address,
+        dtype,
+        value: value.into(),
+        byte_order: "big",
+        word_order: "big",
+    }
+}
+
+/// Builds a coil write.
+pub fn coil(address: u16, value: bool) -> SimWrite {
+    SimWrite {
+        area: Area::Coil,
+        address,
+        dtype: "bool",
+        value: Json::Bool(value),
+        byte_order: "big",
+        word_order: "big",
+    }
+}
+
+impl SimWrite {
+    pub fn area(mut self, area: Area) -> Self {
+        self.area = area;
+        self
+    }
+    pub fn orders(mut self, byte_order: &'static str, word_order: &'static str) -> Self {
+        self.byte_order = byte_order;
+        self.word_order = word_order;
+        self
+    }
+    fn to_json(&self) -> Json {
+        json!({"area": self.area.as_str(), "address": self.address, "type": self.dtype,
+               "value": self.value, "byte_order": self.byte_order, "word_order": self.word_order})
+    }
+}
+
+/// How the simulator behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub unit_id: u8,
+    /// `static` (values only change on request) or `line` (a running line, for demos).
+    pub mode: &'static str,
+    /// Port to listen on; `None` picks a free one.
+    pub port: Option<u16>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            unit_id: 1,
+            mode: "static",
+            port: None,
+        }
+    }
+}
+
+/// A running simulated PLC on 127.0.0.1 (killed when dropped).
+pub struct ModbusSim {
+    port: u16,
+    control_port: u16,
+    child: ChildGuard,
+    control: Option<BufReader<TcpStream>>,
+}
+
+impl ModbusSim {
+    /// Starts the simulator and waits until its control port answers a ping.
+    #[track_caller]
+    pub fn start(opts: SimOptions, log_dir: &Path) -> ModbusSim {
+        let port = opts.port.unwrap_or_else(ports::free_port);
+        let control_port = ports::free_port();
+        let mut cmd = Command::new(paths::venv_python());
+        cmd.arg(paths::sim_dir().join("modbus_plc.py"))
+            .args(["--port", &port.to_string()])
+            .args(["--control-port", &control_port.to_string()])
+            .args(["--unit", &opts.unit_id.to_string()])
+            .args(["--mode", opts.mode])
+            .env("PYTHONUNBUFFERED", "1");
+        let log: PathBuf = log_dir.join(format!("modbus-sim-{port}.log"));
+        let child = ChildGuard::spawn("modbus sim", cmd, &log);
+        let mut sim = ModbusSim {
+            port,
+            control_port,
+            child,
+            control: None,
+        };
+        wait::until_blocking(
+            &format!("modbus sim answering on 127.0.0.1:{port} (control {control_port})"),
+            Duration::from_secs(30),
+            || {
+                sim.child.assert_running();
+                if !ports::is_listening(port) {
+                    return Err("modbus port not listening yet".into());
+                }
+                sim.try_request(&json!({"op": "ping"}))
+                    .map(|_| ())
+                    .inspect_err(|_| sim.control = None)
+            },
+        );
+        sim
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, as the agent's `address` key wants it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn try_request(&mut self, req: &Json) -> Result<Json, String> {
+        if self.control.is_none() {
+            let s = TcpStream::connect_timeout(
+                &(Ipv4Addr::LOCALHOST, self.control_port).into(),
+                Duration::from_secs(1),
+            )
+            .map_err(|e| format!("control connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            self.control = Some(BufReader::new(s));
+        }
+        let conn = self.control.as_mut().ok_or("no control connection")?;
+        let mut line = req.to_string();
+        line.push('\n');
+        conn.get_mut()
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("control write: {e}"))?;
+        let mut reply = String::new();
+        conn.read_line(&mut reply)
+            .map_err(|e| format!("control read: {e}"))?;
+        let reply: Json =
+            serde_json::from_str(&reply).map_err(|e| format!("control reply {reply:?}: {e}"))?;
+        if reply["ok"] == Json::Bool(true) {
+            Ok(reply)
+        } else {
+            Err(format!("sim refused {req}: {}", reply["error"]))
+        }
+    }
+
+    /// Sends one control request; panics with the sim's log if it fails.
+    #[track_caller]
+    pub fn request(&mut self, req: Json) -> Json {
+        match self.try_request(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                self.control = None;
+                panic!(
+                    "modbus sim control: {e}\nsim log:\n{}",
+                    self.child.log_tail(30)
+                )
+            }
+        }
+    }
+
+    /// Writes all values at once: no poll of the agent sees half of them.
+    #[track_caller]
+    pub fn set(&mut self, writes: &[SimWrite]) {
+        let writes: Vec<Json> = writes.iter().map(SimWrite::to_json).collect();
+        self.request(json!({"op": "set", "writes": writes}));
+    }
+
+    /// Reads a value back (registers decoded as `dtype`).
+    #[track_caller]
+    pub fn get(&mut self, area: Area, address: u16, dtype: &str) -> Json {
+        self.request(json!({"op": "get", "area": area.as_str(), "address": address, "type": dtype}))
+            ["value"]
+            .clone()
+    }
+
+    /// Makes reads touching `address..address+count` of `area` answer Modbus exception `code`.
+    #[track_caller]
+    pub fn fail(&mut self, area: Area, address: u16, count: u16, code: u8) {
+        self.request(
+            json!({"op": "fail", "area": area.as_str(), "address": address,
+                            "count": count, "code": code}),
+        );
+    }
+
+    #[track_caller]
+    pub fn clear_faults(&mut self) {
+        self.request(json!({"op": "clear_faults"}));
+    }
+
+    /// Read requests served so far, per area (`{"holding_register": 12, ...}`).
+    #[track_caller]
+    pub fn reads(&mut self) -> Json {
+        self.request(json!({"op": "stats"}))["reads"].clone()
+    }
+
+    /// Total read requests served.
+    #[track_caller]
+    pub fn total_reads(&mut self) -> u64 {
+        let r = self.reads();
+        r.as_object()
+            .map(|m| m.values().filter_map(Json::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    /// Stops the simulator (the PLC "goes away"); its port becomes free.
+    pub fn stop(&mut self) {
+        self.control = None;
+        self.child.stop_with(libc::SIGTERM, Duration::from_secs(5));
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.child.log_tail(lines)
+    }
+}

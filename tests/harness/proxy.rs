@@ -1,0 +1,116 @@
+//! A TCP proxy on 127.0.0.1 that can lose responses: the request reaches the server
+//! (Kinesis accepts the batch) but the client never hears back — an unknown outcome,
+//! the one case where the agent must resend a whole batch.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+#[derive(Default)]
+struct Shared {
+    lose_responses: AtomicBool,
+    lost: AtomicU64,
+}
+
+/// Forwards 127.0.0.1:`port()` to an upstream port; stops when dropped.
+pub struct FaultProxy {
+    port: u16,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts forwarding to 127.0.0.1:`upstream_port`. Needs a tokio runtime.
+    #[track_caller]
+    pub fn start(upstream_port: u16) -> impl std::future::Future<Output = FaultProxy> {
+        let caller = std::panic::Location::caller();
+        async move {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .unwrap_or_else(|e| panic!("proxy (at {caller}): cannot bind: {e}"));
+            let port = listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("proxy: no local address: {e}"))
+                .port();
+            let shared = Arc::new(Shared::default());
+            let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
+            let task = tokio::spawn(accept_loop(listener, upstream, shared.clone()));
+            FaultProxy { port, shared, task }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// While on, every response is swallowed and its connection cut.
+    pub fn lose_responses(&self, on: bool) {
+        self.shared.lose_responses.store(on, Ordering::SeqCst);
+    }
+
+    /// Responses swallowed so far.
+    pub fn responses_lost(&self) -> u64 {
+        self.shared.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
+    // Dropping the set (when this task is aborted) aborts every connection.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => {
+                    conns.spawn(forward(client, upstream, shared.clone()));
+                }
+                Err(_) => continue,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn forward(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
+    // Upstream down: close the client too (like a refused connection, but after accept).
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let requests = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+        let _ = server_wr.shutdown().await;
+    };
+    let responses = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if shared.lose_responses.load(Ordering::SeqCst) {
+                // The server has done the work; the client learns nothing.
+                shared.lost.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            if client_wr.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    // Whichever side ends first ends the connection (both halves drop here).
+    tokio::select! {
+        _ = requests => {}
+        _ = responses => {}
+    }
+}

@@ -1,0 +1,111 @@
+//! PutRecords calls whose outcome is unknown (Kinesis took the batch, the response was
+//! lost): the agent resends them, so duplicates appear — but only as whole resent
+//! batches, byte-identical, and with no gap.
+
+mod common;
+
+use common::*;
+use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
+use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
+use linewatch_e2e::modbus::{ModbusSim, SimOptions};
+use linewatch_e2e::points;
+use linewatch_e2e::proxy::FaultProxy;
+use linewatch_e2e::{wait, Scratch};
+use std::time::Duration;
+
+const SOURCE: &str = "filling_machine";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_responses_give_whole_resent_batches_only() {
+    let scratch = Scratch::new("lost-responses");
+    let k = Kinesalite::start(KinesaliteOptions::default(), scratch.path());
+    k.create_stream(STREAM, 1).await;
+    let proxy = FaultProxy::start(k.port()).await;
+    let sim = ModbusSim::start(SimOptions::default(), scratch.path());
+
+    let mut cfg = AgentConfig::new(scratch.path(), &proxy.endpoint(), STREAM);
+    cfg.sources.push(modbus_source(
+        SOURCE,
+        &sim.address(),
+        FILLER,
+        "50ms",
+        filling_machine_tags(),
+    ));
+    let mut agent = Agent::start(cfg, scratch.path());
+
+    wait_stream(
+        &k,
+        "the agent ships through the proxy",
+        Duration::from_secs(30),
+        |p| {
+            if p.len() >= 50 {
+                Ok(())
+            } else {
+                Err("fewer than 50 points".into())
+            }
+        },
+    )
+    .await;
+
+    proxy.lose_responses(true);
+    wait::until(
+        "three lost responses",
+        Duration::from_secs(30),
+        async || {
+            let n = proxy.responses_lost();
+            if n >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} lost"))
+            }
+        },
+    )
+    .await;
+    proxy.lose_responses(false);
+    let read = agent
+        .scrape()
+        .sum("linewatch_agent_points_read_total", &[("source", SOURCE)]);
+
+    let pts = wait_stream(
+        &k,
+        "every point read so far",
+        Duration::from_secs(60),
+        |p| {
+            let n = seqs_of(p, SOURCE).len() as f64;
+            if n >= read {
+                Ok(p.to_vec())
+            } else {
+                Err(format!("{n} distinct sequence numbers of {read}"))
+            }
+        },
+    )
+    .await;
+
+    points::check_no_gaps(&pts).unwrap_or_else(|e| panic!("{e}"));
+    let dups = points::check_duplicates(&pts).unwrap_or_else(|e| panic!("{e}"));
+    points::check_order_per_equipment(&pts).unwrap_or_else(|e| panic!("order: {e}"));
+    assert!(
+        dups.copies > 0,
+        "Kinesis took {} batches the agent never heard about: they must be resent",
+        proxy.responses_lost()
+    );
+    let errors = agent
+        .scrape()
+        .get("linewatch_agent_put_records_errors_total");
+    assert!(
+        errors >= 1.0,
+        "the unknown outcomes are counted: put_records_errors {errors}"
+    );
+    assert!(
+        dups.runs as f64 <= errors,
+        "each resent slice comes from a failed call: {} slices, {errors} failed calls",
+        dups.runs
+    );
+    eprintln!(
+        "lost responses: {} lost, {} resent copies in {} runs, {} points",
+        proxy.responses_lost(),
+        dups.copies,
+        dups.runs,
+        seqs_of(&pts, SOURCE).len()
+    );
+}
