@@ -10,14 +10,17 @@
 //! * [`workers`]: N evaluators keyed by rule id, rule changes broadcast;
 //! * [`replay`]: NDJSON in, transitions out.
 
+pub mod control;
 pub mod eval;
 pub mod lifecycle;
+pub mod output;
 mod pairmap;
 pub mod reading;
 pub mod reorder;
 pub mod replay;
 pub mod rule;
 pub mod sequencer;
+pub mod source;
 pub mod transition;
 pub mod watermark;
 pub mod workers;

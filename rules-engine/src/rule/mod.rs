@@ -130,6 +130,13 @@ impl Rule {
         Arc::ptr_eq(&self.shape, &other.shape)
     }
 
+    /// The same rule under another version: on the control topic the message's
+    /// version is authoritative (the CLI numbers versions, not the script author).
+    pub fn with_version(mut self, version: u64) -> Rule {
+        self.version = version;
+        self
+    }
+
     /// Compile `source` (from `origin`, e.g. a file name) into a rule.
     pub fn compile(sandbox: &Sandbox, source: &str, origin: &str) -> Result<Rule, RuleError> {
         compile(sandbox, source, origin)

@@ -1,0 +1,1 @@
+//! MQTT control topic: rules in, status out. (Being written.)

@@ -1,0 +1,1 @@
+//! Outputs: webhook targets, outbox, dead letters. (Being written.)

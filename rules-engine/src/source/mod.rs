@@ -1,0 +1,1 @@
+//! Kinesis source: shards, lineage, de-aggregation. (Being written.)
