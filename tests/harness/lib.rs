@@ -5,6 +5,8 @@
 //! - [`agent`]: the `linewatch-agent` process, its TOML config, its `/metrics`;
 //! - [`points`]: decoding and checking what arrived (schema, gaps, duplicates, order);
 //! - [`proxy`]: a TCP proxy that can lose responses (unknown outcomes);
+//! - [`rules`]: the `linewatch-rules` service and commands; [`feed`]: hand-made points into
+//!   Kinesis, SplitShard; [`receiver`]: the webhook receiver; [`mqtt`]: the broker;
 //! - [`wait`]: polls with deadlines; [`process`]: children killed on drop; [`ports`]: free ports.
 //!
 //! Fixtures panic with a clear message (and the peer's log tail) when something does not
@@ -12,15 +14,20 @@
 //! because the `lw-kinesis` tool uses them too.
 
 pub mod agent;
+pub mod feed;
 pub mod http;
 pub mod kinesis;
 pub mod metrics;
 pub mod modbus;
+pub mod mqtt;
 pub mod paths;
 pub mod points;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod receiver;
+pub mod rules;
+pub mod scenario;
 pub mod wait;
 
 /// A per-test scratch directory, kept (and its path printed) when the test fails

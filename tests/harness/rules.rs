@@ -1,0 +1,653 @@
+//! The rule engine under test: `linewatch-rules run` (its TOML config, the process,
+//! `/healthz`, `/metrics`, `/rules`, `/states`), its control commands (`publish`, `delete`,
+//! `dead-letters`) and the `replay` command used as the oracle of expected transitions.
+
+use crate::http;
+use crate::metrics::Scrape;
+use crate::paths;
+use crate::ports;
+use crate::process::ChildGuard;
+use crate::wait;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// `linewatch-rules run`'s configuration, as the harness writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RulesConfig {
+    pub instance_id: String,
+    pub workers: u32,
+    pub state_dir: PathBuf,
+    pub checkpoint_interval: String,
+    pub watermark: Watermark,
+    pub events: Events,
+    pub kinesis: Kinesis,
+    pub mqtt: Mqtt,
+    pub webhooks: Vec<Webhook>,
+    pub http: Http,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Watermark {
+    pub max_out_of_orderness: String,
+    pub idle_timeout: String,
+    pub advance_interval: String,
+    pub late_policy: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Events {
+    pub account: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Kinesis {
+    pub stream: String,
+    pub region: String,
+    pub endpoint: String,
+    pub start: String,
+    pub poll_interval: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Mqtt {
+    pub host: String,
+    pub port: u16,
+    pub topic_prefix: String,
+    pub retained_wait: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhook {
+    pub name: String,
+    pub url: String,
+    pub backoff_initial: String,
+    pub backoff_max: String,
+    /// Any other key of a webhook target (e.g. `max_attempts`), written as given.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Http {
+    pub listen: String,
+}
+
+/// Account and region of the envelopes the tests expect.
+pub const ACCOUNT: &str = "000000000000";
+pub const REGION: &str = "local-1";
+
+impl RulesConfig {
+    /// A config reading `stream` at `kinesis_endpoint` from the start, rules under
+    /// `topic_prefix` on the broker at `mqtt_port`, posting to `webhook_url` (target
+    /// "recv"); state in `dir/state`, ops HTTP on a free port; quick intervals.
+    pub fn new(
+        dir: &Path,
+        kinesis_endpoint: &str,
+        stream: &str,
+        mqtt_port: u16,
+        topic_prefix: &str,
+        webhook_url: &str,
+    ) -> RulesConfig {
+        RulesConfig {
+            instance_id: "t1".into(),
+            workers: 1,
+            state_dir: dir.join("state"),
+            checkpoint_interval: "200ms".into(),
+            watermark: Watermark {
+                max_out_of_orderness: "1s".into(),
+                idle_timeout: "30s".into(),
+                advance_interval: "50ms".into(),
+                late_policy: "dead-letter".into(),
+            },
+            events: Events {
+                account: ACCOUNT.into(),
+                region: REGION.into(),
+            },
+            kinesis: Kinesis {
+                stream: stream.to_owned(),
+                region: crate::kinesis::REGION.into(),
+                endpoint: kinesis_endpoint.to_owned(),
+                start: "trim_horizon".into(),
+                poll_interval: "200ms".into(),
+                access_key_id: crate::kinesis::ACCESS_KEY_ID.into(),
+                secret_access_key: crate::kinesis::SECRET_ACCESS_KEY.into(),
+            },
+            mqtt: Mqtt {
+                host: "127.0.0.1".into(),
+                port: mqtt_port,
+                topic_prefix: topic_prefix.to_owned(),
+                retained_wait: "3s".into(),
+            },
+            webhooks: vec![Webhook {
+                name: "recv".into(),
+                url: webhook_url.to_owned(),
+                backoff_initial: "100ms".into(),
+                backoff_max: "1s".into(),
+                extra: BTreeMap::new(),
+            }],
+            http: Http {
+                listen: format!("127.0.0.1:{}", ports::free_port()),
+            },
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        match toml::to_string(self) {
+            Ok(s) => s,
+            Err(e) => panic!("rules config does not serialise to TOML: {e}\n{self:#?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .listen
+            .parse()
+            .unwrap_or_else(|e| panic!("http.listen {:?}: {e}", self.http.listen))
+    }
+
+    /// The retained status topic of a rule.
+    pub fn status_topic(&self, rule_id: &str) -> String {
+        format!("{}/status/{rule_id}", self.mqtt.topic_prefix)
+    }
+
+    /// The retained rule topic of a rule.
+    pub fn rule_topic(&self, rule_id: &str) -> String {
+        format!("{}/rules/{rule_id}", self.mqtt.topic_prefix)
+    }
+}
+
+/// The `linewatch-rules` binary, built up to date once per test process
+/// (`cargo build -p linewatch-rules` into the test's target directory, like the agent).
+/// `LINEWATCH_RULES_BIN` overrides it.
+#[track_caller]
+pub fn rules_binary() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(locate_rules) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn locate_rules() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("LINEWATCH_RULES_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut profile_dir = exe
+        .parent()
+        .ok_or("the test executable has no directory")?
+        .to_path_buf();
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir.pop();
+    }
+    let bin = profile_dir.join("linewatch-rules");
+    let target_dir = profile_dir
+        .parent()
+        .ok_or("test executable is not under a target directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(paths::repo_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "linewatch-rules",
+            "--bin",
+            "linewatch-rules",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(bin),
+        Ok(o) if bin.exists() => {
+            eprintln!(
+                "warning: cargo build -p linewatch-rules failed ({}), using the existing {}:\n{}",
+                o.status,
+                bin.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Ok(bin)
+        }
+        Ok(o) => Err(format!(
+            "cannot build linewatch-rules ({}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) if bin.exists() => {
+            eprintln!(
+                "warning: cannot run cargo ({e}); using the existing {}",
+                bin.display()
+            );
+            Ok(bin)
+        }
+        Err(e) => Err(format!("cannot run cargo to build linewatch-rules: {e}")),
+    }
+}
+
+/// What a short-lived `linewatch-rules` command printed and how it ended.
+#[derive(Debug)]
+pub struct CommandResult {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CommandResult {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// stdout as one JSON value (e.g. the status `publish` prints).
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout of {self} is not one JSON value: {e}"))
+    }
+
+    /// stdout as NDJSON.
+    #[track_caller]
+    pub fn ndjson(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("a line of {self} is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Panics with the output unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        if self.status.code() != Some(code) {
+            panic!("expected exit code {code}: {self}");
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for CommandResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`linewatch-rules {}` ({})\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+}
+
+/// Runs `linewatch-rules ARGS` to completion (killed after `timeout`, which panics).
+#[track_caller]
+pub fn run_cli<'a>(
+    args: &'a [String],
+    timeout: Duration,
+) -> impl std::future::Future<Output = CommandResult> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let mut cmd = tokio::process::Command::new(rules_binary());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start linewatch-rules {args:?}: {e}"));
+        match tokio::time::timeout(wait::scaled(timeout), child.wait_with_output()).await {
+            Ok(Ok(o)) => CommandResult {
+                args: args.to_vec(),
+                status: o.status,
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            },
+            Ok(Err(e)) => panic!("linewatch-rules {args:?} (at {caller}): {e}"),
+            Err(_) => panic!(
+                "linewatch-rules {args:?} (at {caller}) did not finish within {timeout:?} (killed)"
+            ),
+        }
+    }
+}
+
+/// The replay oracle: the transitions (`detail` objects) `linewatch-rules replay` gives
+/// for the `rules` files over the NDJSON `input`, with the service's watermark settings.
+#[track_caller]
+pub fn oracle<'a>(
+    rules: &'a [PathBuf],
+    input: &'a Path,
+    max_out_of_orderness: &'a str,
+    idle_timeout: &'a str,
+) -> impl std::future::Future<Output = Vec<serde_json::Value>> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let mut args = vec!["replay".to_owned(), "--rules".to_owned()];
+        args.extend(rules.iter().map(|p| p.display().to_string()));
+        args.extend([
+            "--input".to_owned(),
+            input.display().to_string(),
+            "--max-out-of-orderness".to_owned(),
+            max_out_of_orderness.to_owned(),
+            "--idle-timeout".to_owned(),
+            idle_timeout.to_owned(),
+            "--progress-every".to_owned(),
+            "0".to_owned(),
+        ]);
+        let res = run_cli(&args, Duration::from_secs(60)).await;
+        if !res.status.success() || res.stderr.contains("late:") {
+            panic!("the replay oracle (at {caller}) failed or saw late points: {res}");
+        }
+        res.ndjson()
+    }
+}
+
+/// A running `linewatch-rules run` (killed when dropped).
+pub struct RulesService {
+    name: String,
+    config: RulesConfig,
+    config_path: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+    partition: Option<String>,
+    child: Option<ChildGuard>,
+    runs: u32,
+}
+
+impl RulesService {
+    /// Writes `config` to `dir/rules.toml` and starts the service (see [`RulesService::start_named`]).
+    #[track_caller]
+    pub fn start(config: RulesConfig, dir: &Path) -> RulesService {
+        RulesService::start_named("rules", config, dir, None)
+    }
+
+    /// Writes `config` to `dir/{name}.toml`, starts `run --config … [--partition P]` with
+    /// its log in `dir/{name}.log`, and waits until `/healthz` answers 200.
+    #[track_caller]
+    pub fn start_named(
+        name: &str,
+        config: RulesConfig,
+        dir: &Path,
+        partition: Option<&str>,
+    ) -> RulesService {
+        let config_path = dir.join(format!("{name}.toml"));
+        if let Err(e) = std::fs::write(&config_path, config.to_toml()) {
+            panic!("cannot write {}: {e}", config_path.display());
+        }
+        let mut s = RulesService {
+            name: name.to_owned(),
+            config,
+            config_path,
+            dir: dir.to_owned(),
+            log: dir.join(format!("{name}.log")),
+            partition: partition.map(str::to_owned),
+            child: None,
+            runs: 0,
+        };
+        s.start_again();
+        s
+    }
+
+    /// Starts the service again on the same config and state_dir (after `kill`/`terminate`).
+    #[track_caller]
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        self.runs += 1;
+        let marker = format!(
+            "===== linewatch-e2e: {} run {} =====\n",
+            self.name, self.runs
+        );
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
+        let mut cmd = std::process::Command::new(rules_binary());
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        if let Some(p) = &self.partition {
+            cmd.arg("--partition").arg(p);
+        }
+        // Debug logs of the engine help when a test fails; the log stays in the scratch dir.
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,linewatch_rules=debug");
+        }
+        let mut child = ChildGuard::spawn(&self.name, cmd, &self.log);
+        let addr = self.config.http_addr();
+        wait::until_blocking(
+            &format!("{} answering /healthz 200 on {addr}", self.name),
+            Duration::from_secs(30),
+            || {
+                child.assert_running();
+                match http::get(addr, "/healthz") {
+                    Ok((200, _)) => Ok(()),
+                    Ok((code, body)) => Err(format!("HTTP {code}: {body}")),
+                    Err(e) => Err(e),
+                }
+            },
+        );
+        self.child = Some(child);
+    }
+
+    pub fn config(&self) -> &RulesConfig {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_exit().is_none())
+    }
+
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        match self.child.as_mut() {
+            Some(c) => c.assert_running(),
+            None => panic!("{} is not running (stopped by the test)", self.name),
+        }
+    }
+
+    /// SIGKILL: no chance to checkpoint or finish a delivery.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    /// SIGTERM and wait for the exit; panics if it takes longer than `timeout`.
+    #[track_caller]
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let Some(mut c) = self.child.take() else {
+            panic!("terminate: {} is not running", self.name);
+        };
+        match c.stop_with(libc::SIGTERM, wait::scaled(timeout)) {
+            Some(status) => status,
+            None => panic!(
+                "{} did not exit within {timeout:?} of SIGTERM (killed)\nlog:\n{}",
+                self.name,
+                c.log_tail(60)
+            ),
+        }
+    }
+
+    /// `GET path` on the ops HTTP port: status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http::get(self.config.http_addr(), path)
+    }
+
+    /// `GET path` as JSON (`/rules`, `/states`).
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        match self.get(path)? {
+            (200, body) => {
+                serde_json::from_str(&body).map_err(|e| format!("{path}: not JSON ({e}): {body}"))
+            }
+            (code, body) => Err(format!("{path} answered {code}: {body}")),
+        }
+    }
+
+    pub fn try_scrape(&self) -> Result<Scrape, String> {
+        match self.get("/metrics")? {
+            (200, body) => Ok(Scrape::parse(&body)),
+            (code, body) => Err(format!("/metrics answered {code}: {body}")),
+        }
+    }
+
+    /// One scrape of `/metrics`; panics with the log if it fails.
+    #[track_caller]
+    pub fn scrape(&mut self) -> Scrape {
+        self.assert_running();
+        match self.try_scrape() {
+            Ok(s) => s,
+            Err(e) => panic!("scraping {}: {e}\nlog:\n{}", self.name, self.log_tail(40)),
+        }
+    }
+
+    /// Polls `/metrics` until `check` returns `Ok`; panics after `timeout` with the last
+    /// `Err`, the engine's metrics and its log tail (or at once if the process exited).
+    #[track_caller]
+    pub fn wait_metrics<'a, T: 'a>(
+        &'a mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Scrape) -> Result<T, String> + 'a,
+    ) -> impl std::future::Future<Output = T> + 'a {
+        let caller = std::panic::Location::caller();
+        let what = what.to_owned();
+        async move {
+            let timeout = wait::scaled(timeout);
+            let start = std::time::Instant::now();
+            loop {
+                if let Some(c) = self.child.as_mut() {
+                    if let Some(status) = c.try_exit() {
+                        panic!(
+                            "waiting for {what} (at {caller}): {} exited ({status})\nlog:\n{}",
+                            self.name,
+                            self.log_tail(60)
+                        );
+                    }
+                }
+                let last = match self.try_scrape() {
+                    Ok(s) => match check(&s) {
+                        Ok(v) => return v,
+                        Err(e) => format!("{e}\n  metrics: {}", s.describe("linewatch_rules_")),
+                    },
+                    Err(e) => e,
+                };
+                if start.elapsed() >= timeout {
+                    panic!(
+                        "timed out after {:.1?} waiting for: {what}\n  (waited at {caller})\n  last seen: {last}\n{} log:\n{}",
+                        start.elapsed(),
+                        self.name,
+                        self.log_tail(60)
+                    );
+                }
+                tokio::time::sleep(wait::POLL).await;
+            }
+        }
+    }
+
+    fn config_args(&self) -> [String; 2] {
+        [
+            "--config".to_owned(),
+            self.config_path.display().to_string(),
+        ]
+    }
+
+    /// `publish SCRIPT --config … [--version N] [--id ID] --wait WAIT`.
+    #[track_caller]
+    pub fn publish<'a>(
+        &'a self,
+        script: &'a Path,
+        version: Option<u64>,
+        id: Option<&'a str>,
+        wait_for: &'a str,
+    ) -> impl std::future::Future<Output = CommandResult> + 'a {
+        let mut args = vec!["publish".to_owned(), script.display().to_string()];
+        args.extend(self.config_args());
+        if let Some(v) = version {
+            args.extend(["--version".to_owned(), v.to_string()]);
+        }
+        if let Some(id) = id {
+            args.extend(["--id".to_owned(), id.to_owned()]);
+        }
+        args.extend(["--wait".to_owned(), wait_for.to_owned()]);
+        async move { run_cli(&args, Duration::from_secs(60)).await }
+    }
+
+    /// Writes `script` to `dir/{file}` and publishes it; panics unless it is accepted (exit 0).
+    #[track_caller]
+    pub fn publish_text<'a>(
+        &'a self,
+        file: &'a str,
+        script: &'a str,
+    ) -> impl std::future::Future<Output = serde_json::Value> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let path = self.dir.join(file);
+            std::fs::write(&path, script)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            let res = self.publish(&path, None, None, "10s").await;
+            if res.code() != Some(0) {
+                panic!(
+                    "publishing {file} (at {caller}) was not accepted: {res}\n{} log:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            res.json()
+        }
+    }
+
+    /// `delete RULE_ID --config …`.
+    pub async fn delete(&self, rule_id: &str) -> CommandResult {
+        let mut args = vec!["delete".to_owned(), rule_id.to_owned()];
+        args.extend(self.config_args());
+        run_cli(&args, Duration::from_secs(30)).await
+    }
+
+    /// `dead-letters list --config …` (the service may be running or not).
+    pub async fn dead_letters_list(&self) -> CommandResult {
+        let mut args = vec!["dead-letters".to_owned(), "list".to_owned()];
+        args.extend(self.config_args());
+        run_cli(&args, Duration::from_secs(30)).await
+    }
+
+    /// `dead-letters replay --config … [--target NAME]`.
+    pub async fn dead_letters_replay(&self, target: Option<&str>) -> CommandResult {
+        let mut args = vec!["dead-letters".to_owned(), "replay".to_owned()];
+        args.extend(self.config_args());
+        if let Some(t) = target {
+            args.extend(["--target".to_owned(), t.to_owned()]);
+        }
+        run_cli(&args, Duration::from_secs(60)).await
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::tail(&self.log, lines)
+    }
+}
+
+/// A file name no other call in this process returned (for scripts written by tests).
+pub fn unique_file(stem: &str, ext: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{stem}-{}.{ext}", N.fetch_add(1, Ordering::Relaxed))
+}
