@@ -20,6 +20,7 @@ pub mod reorder;
 pub mod replay;
 pub mod rule;
 pub mod sequencer;
+pub mod service;
 pub mod source;
 pub mod transition;
 pub mod watermark;

@@ -1,0 +1,3 @@
+//! The rule engine as a service: Kinesis in, rules over MQTT, checkpoints, webhooks out.
+
+pub mod engine;
