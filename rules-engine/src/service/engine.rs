@@ -204,14 +204,12 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return Ok(RecordOutcome::Invalid(e)),
         };
-        let sender = || {
-            format!(
-                "{}/{}",
-                point.meta.gateway_id.as_deref().unwrap_or("-"),
-                point.meta.source_id
-            )
+        // Named like `SenderState::name`, so logs and metrics agree.
+        let sender = match &point.meta.gateway_id {
+            Some(g) => format!("{g}/{}", point.meta.source_id),
+            None => point.meta.source_id.clone(),
         };
-        let (sender, timestamp) = (sender(), point.timestamp);
+        let timestamp = point.timestamp;
         Ok(match self.seq.push(point, now) {
             Admission::Buffered => RecordOutcome::Buffered,
             Admission::Heartbeat => RecordOutcome::Heartbeat,
