@@ -7,6 +7,7 @@ use linewatch_rules::replay::{load_rule_files, replay, ReplayEvent, ReplayOption
 use linewatch_rules::cli::{
     self,
     control::{DeleteArgs, PublishArgs},
+    dead_letters::{DeadLettersArgs, DeadLettersCommand},
 };
 use linewatch_rules::eval::Partition;
 use linewatch_rules::service::config::{parse_partition, ServiceConfig};
@@ -52,8 +53,7 @@ enum Command {
     /// Delete a rule from the control topic and print the engine's answer.
     Delete(DeleteArgs),
     /// Events a webhook target refused or that ran out of retries.
-    #[command(subcommand)]
-    DeadLetters(DeadLetters),
+    DeadLetters(DeadLettersArgs),
     /// Compile and validate rule scripts; exit non-zero with the errors if any is bad.
     Check {
         /// Rule files (.rhai) or directories of them.
@@ -98,29 +98,6 @@ enum Command {
         /// A progress line on stderr every this many input lines (0: none).
         #[arg(long, default_value_t = 1_000_000)]
         progress_every: u64,
-    },
-}
-
-#[derive(Subcommand)]
-enum DeadLetters {
-    /// Print the dead letters as NDJSON.
-    List {
-        #[arg(long)]
-        config: PathBuf,
-        /// Only this target's.
-        #[arg(long)]
-        target: Option<String>,
-    },
-    /// POST dead letters to their target again (with its auth); delivered ones are
-    /// removed, failed ones kept. Exit non-zero if any failed.
-    Replay {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        target: Option<String>,
-        /// Only these event ids (repeatable); default all.
-        #[arg(long)]
-        id: Vec<uuid::Uuid>,
     },
 }
 
@@ -241,21 +218,25 @@ async fn wait_for_signal() {
     }
 }
 
-fn dead_letters(cmd: DeadLetters) -> anyhow::Result<ExitCode> {
-    match cmd {
-        DeadLetters::List { config, target } => {
+fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DeadLettersCommand::List { config, target } => {
             let cfg = ServiceConfig::load(&config)?;
             let mut out = std::io::stdout().lock();
             cli::dead_letters::list(&cfg.webhook_dead_letter_dir(), target.as_deref(), &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        DeadLetters::Replay { config, target, id } => {
+        DeadLettersCommand::Replay {
+            config,
+            target,
+            ids,
+        } => {
             let cfg = ServiceConfig::load(&config)?;
             let report = runtime()?.block_on(cli::dead_letters::replay(
                 &cfg.webhook_dead_letter_dir(),
                 &cfg.webhooks,
                 target.as_deref(),
-                &id,
+                &ids,
             ))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(if report.failed == 0 {

@@ -128,8 +128,7 @@ pub async fn run(
         limits: Limits::default(),
         partition,
     };
-    let targets: Vec<String> = cfg.webhooks.iter().map(|w| w.name.clone()).collect();
-    let max_pending = cfg.webhooks.iter().map(|w| w.max_pending).max().unwrap_or(100_000);
+    let outbox = Outbox::from_webhooks(&cfg.webhooks);
     let (mut engine, positions, outbox) = match loaded {
         Some(cp) => {
             let (engine, problems) = Engine::restore(engine_cfg, cp.engine)?;
@@ -142,14 +141,11 @@ pub async fn run(
                 rules = engine.rules().len(),
                 "resuming from the checkpoint"
             );
-            let outbox = Outbox::restore(&targets, max_pending, cp.outbox);
+            let report = outbox.restore(cp.outbox);
+            tracing::info!(?report, "undelivered events restored");
             (engine, cp.positions, outbox)
         }
-        None => (
-            Engine::new(engine_cfg)?,
-            ShardPositions::default(),
-            Outbox::new(&targets, max_pending),
-        ),
+        None => (Engine::new(engine_cfg)?, ShardPositions::default(), outbox),
     };
     let outbox = Arc::new(outbox);
 
