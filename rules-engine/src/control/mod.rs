@@ -5,7 +5,7 @@
 //! * [`config`]: the `[mqtt]` table;
 //! * [`client`]: the connection — subscribes, reconnects, emits [`ControlEvent`]s,
 //!   publishes [`RuleStatus`]es;
-//! * [`metrics`]: `linewatch_control_*`.
+//! * [`metrics`]: the `linewatch_control_*` metrics.
 //!
 //! The engine decides what a message does (compile, version check, apply); this
 //! module only carries messages. Formats and semantics: `docs/control-topic.md`.
