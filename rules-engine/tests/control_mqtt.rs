@@ -39,11 +39,17 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(port: u16) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
+        Mosquitto::start_with(port, tempfile::tempdir().unwrap(), "")
+    }
+
+    /// `extra`: more lines for the listener (TLS files...), which may live in `dir`.
+    fn start_with(port: u16, dir: tempfile::TempDir, extra: &str) -> Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"
+            ),
         )
         .unwrap();
         let bin = ["/usr/sbin/mosquitto", "mosquitto"]
@@ -834,4 +840,153 @@ async fn a_delete_published_while_away_is_delivered_on_return() {
         })
     );
     stop(handle, port, &id).await;
+}
+
+/// Run openssl, failing the test with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl not found");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_with_a_private_ca() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // mosquitto drops root privileges: let any user read the files.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=lwtest-ca",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for name in ["server", "client"] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            d,
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+            ],
+        );
+    }
+    for f in std::fs::read_dir(d).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
+    let extra = format!(
+        "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+        d.display()
+    );
+    let port = free_port();
+    let ca = d.join("ca.pem");
+    let (client_cert, client_key) = (d.join("client.pem"), d.join("client.key"));
+    let _broker = Mosquitto::start_with(port, dir, &extra);
+
+    let mut cfg = config(port, &prefix());
+    cfg.tls = Some(control::TlsConfig {
+        ca_file: Some(ca.clone()),
+        client_cert: Some(client_cert),
+        client_key: Some(client_key),
+    });
+    let (handle, mut rx) = control::start(&cfg, client_id("tls"), ControlMetrics::default())
+        .await
+        .unwrap();
+    let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
+    assert_eq!(
+        seen,
+        vec![
+            ControlEvent::Connected,
+            ControlEvent::InitialSyncDone {
+                rules: 0,
+                timed_out: false
+            }
+        ]
+    );
+    handle.shutdown().await;
+
+    // Without the client certificate the broker refuses the handshake: reported, retried.
+    cfg.tls = Some(control::TlsConfig {
+        ca_file: Some(ca),
+        ..Default::default()
+    });
+    cfg.retained_wait = Duration::from_millis(500);
+    let (handle, mut rx) = control::start(&cfg, client_id("tls-nocert"), ControlMetrics::default())
+        .await
+        .unwrap();
+    let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
+    assert!(
+        matches!(seen.first(), Some(ControlEvent::Disconnected { .. })),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&ControlEvent::InitialSyncDone {
+            rules: 0,
+            timed_out: true
+        })
+    );
+    handle.shutdown().await;
 }
