@@ -51,6 +51,7 @@ pub struct ConnectionArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct PublishArgs {
     /// The rule script (.rhai).
+    #[arg(value_name = "RULE.rhai")]
     pub file: PathBuf,
     #[command(flatten)]
     pub connection: ConnectionArgs,

@@ -142,7 +142,8 @@ impl ControlHandle {
                 .await
                 .is_err()
             {
-                warn!("control topic: task did not stop in time; aborting it");
+                // Typically a connection attempt to a broker that is away.
+                debug!("control topic: task did not stop in time; aborting it");
                 task.abort();
             }
         }
