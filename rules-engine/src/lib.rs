@@ -10,6 +10,7 @@
 //! * [`workers`]: N evaluators keyed by rule id, rule changes broadcast;
 //! * [`replay`]: NDJSON in, transitions out.
 
+pub mod cli;
 pub mod control;
 pub mod eval;
 pub mod lifecycle;
