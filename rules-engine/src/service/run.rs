@@ -211,11 +211,12 @@ pub async fn run(
                     }
                     break true;
                 }
-                Some(ControlEvent::Rule { rule_id, message, .. }) => {
-                    if message.is_some() { present.insert(rule_id.clone()); } else { present.remove(&rule_id); }
-                    lp.on_rule(&rule_id, message.as_ref().map(|m| (m.version, m.script.as_str()))).await?;
+                Some(ev) => {
+                    if let ControlEvent::Rule { rule_id, message, .. } = &ev {
+                        if message.is_some() { present.insert(rule_id.clone()); } else { present.remove(rule_id); }
+                    }
+                    lp.on_control(ev).await?;
                 }
-                Some(other) => lp.on_control(other),
                 None => return Err(ServiceError::Start("the control topic task stopped".into())),
             },
         }
@@ -249,10 +250,7 @@ pub async fn run(
                 _ = advance.tick() => lp.tick()?,
                 _ = checkpoint.tick() => lp.checkpoint(&mut store, &positions)?,
                 ev = control_rx.recv(), if control_open => match ev {
-                    Some(ControlEvent::Rule { rule_id, message, .. }) => {
-                        lp.on_rule(&rule_id, message.as_ref().map(|m| (m.version, m.script.as_str()))).await?;
-                    }
-                    Some(other) => lp.on_control(other),
+                    Some(ev) => lp.on_control(ev).await?,
                     None => {
                         // Keep processing data with the rules loaded.
                         tracing::error!("the control topic task stopped; rule changes are not received any more");
@@ -317,8 +315,14 @@ impl Loop {
         }
     }
 
-    fn on_control(&self, ev: ControlEvent) {
+    async fn on_control(&mut self, ev: ControlEvent) -> Result<(), ServiceError> {
         match ev {
+            ControlEvent::Rule {
+                rule_id, message, ..
+            } => {
+                let message = message.as_ref().map(|m| (m.version, m.script.as_str()));
+                self.on_rule(&rule_id, message).await?;
+            }
             ControlEvent::Connected => {
                 self.view.write().unwrap_or_else(|p| p.into_inner()).mqtt_connected = true;
             }
@@ -326,10 +330,19 @@ impl Loop {
                 tracing::warn!(%error, "control topic disconnected; rules loaded stay in force");
                 self.view.write().unwrap_or_else(|p| p.into_inner()).mqtt_connected = false;
             }
-            // The control task logs and counts these itself.
-            ControlEvent::Malformed { .. } | ControlEvent::InitialSyncDone { .. } => {}
-            ControlEvent::Rule { .. } => unreachable!("handled by the caller"),
+            ControlEvent::Malformed { topic, error } => {
+                // The control task logged and counted it; the author learns on the
+                // status topic, if the topic names a rule this instance owns.
+                let rule_id = self.control.topics().rule_id_of(&topic).ok().map(str::to_owned);
+                if let Some(rule_id) = rule_id.filter(|id| self.engine.partition().owns(id)) {
+                    let status = RuleStatus::rejected(&rule_id, None, error, self.instance.clone(), now_ms());
+                    self.metrics.rule_changes.get_or_create(&StatusLabel { status: "rejected" }).inc();
+                    self.publish(status).await;
+                }
+            }
+            ControlEvent::InitialSyncDone { .. } => {}
         }
+        Ok(())
     }
 
     async fn on_rule(&mut self, rule_id: &str, message: Option<(u64, &str)>) -> Result<(), ServiceError> {
