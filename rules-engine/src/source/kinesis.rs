@@ -200,11 +200,11 @@ impl KinesisSource {
                                             position: ShardPosition::Finished,
                                             millis_behind_latest: None,
                                         };
+                                        self.metrics.batches.inc();
                                         tokio::select! {
                                             r = tx.send(batch) => if r.is_err() { break 'outer },
                                             _ = stopped(&mut shutdown) => break 'outer,
                                         }
-                                        self.metrics.batches.inc();
                                         positions.set(shard.id.clone(), ShardPosition::Finished);
                                         skipped = true;
                                     }
@@ -553,6 +553,9 @@ impl Reader {
                     position,
                     millis_behind_latest: millis_behind,
                 };
+                // Counted before the send, so a consumer never sees a batch the metrics miss.
+                self.metrics.batches.inc();
+                self.metrics.records.inc_by(count);
                 // Bounded channel: waiting here is the back-pressure.
                 let sent = tokio::select! {
                     r = self.tx.send(batch) => r.is_ok(),
@@ -562,8 +565,6 @@ impl Reader {
                     let _ = self.events.send(ReaderEvent::ConsumerGone);
                     return;
                 }
-                self.metrics.batches.inc();
-                self.metrics.records.inc_by(count);
             }
             if finished {
                 let _ = self
