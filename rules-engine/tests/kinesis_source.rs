@@ -533,20 +533,31 @@ async fn restart_from_positions_loses_and_repeats_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_starts_after_existing_records() {
     let k = Kinesalite::start();
-    create_stream(&k, "latest", 2).await;
+    create_stream(&k, "latest", 1).await;
     let client = k.client();
     put_numbered(&client, "latest", 4, 0, 5).await;
+    // A closed parent and two open children, all holding old records.
+    client
+        .split_shard()
+        .stream_name("latest")
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("SplitShard: {e:?}\n{}", k.log_tail()));
+    wait_active(&client, "latest").await;
+    put_numbered(&client, "latest", 4, 5, 5).await;
 
     let mut cfg = k.config("latest");
     cfg.start = StartPosition::Latest;
     let mut src = run_source(cfg, ShardPositions::new()).await;
-    // Both shards hold a LATEST iterator before new records go in.
+    // Both children hold a LATEST iterator before new records go in.
     let deadline = Instant::now() + DEADLINE;
     while src.metrics.open_shards.get() < 2 {
         assert!(Instant::now() < deadline, "shards not opened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let new = put_numbered(&client, "latest", 4, 5, 3).await;
+    let new = put_numbered(&client, "latest", 4, 10, 3).await;
     let mut batches = Vec::new();
     src.until(&mut batches, "the new records", |b| {
         records(b).count() >= new.len()
@@ -555,6 +566,13 @@ async fn latest_starts_after_existing_records() {
     let got: BTreeSet<String> = datas(&batches).into_iter().collect();
     assert_eq!(got, new.into_iter().collect::<BTreeSet<_>>());
     assert_eq!(records(&batches).count(), 12);
+    // The closed parent is not read, but reported finished (its children depend on it).
+    assert_eq!(batches[0].shard_id, "shardId-000000000000");
+    assert_eq!(batches[0].position, ShardPosition::Finished);
+    assert!(batches[0].records.is_empty());
+    assert!(batches[1..]
+        .iter()
+        .all(|b| b.shard_id != "shardId-000000000000"));
     src.stop().await;
 }
 
