@@ -6,6 +6,11 @@ use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::StreamStatus;
 use aws_sdk_kinesis::Client;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use linewatch_rules::source::metrics::{ErrorLabels, OperationLabel};
 use linewatch_rules::source::{
     KinesisSource, KinesisSourceConfig, ShardPosition, ShardPositions, SourceBatch, SourceMetrics,
     SourceRecord, StartPosition,
@@ -15,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -607,5 +613,137 @@ async fn waits_for_a_stream_that_does_not_exist_yet() {
     })
     .await;
     assert_eq!(datas(&batches).len(), 6);
+    src.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Throttling and iterator expiry: kinesalite never throttles, so a small HTTP server on
+// 127.0.0.1 answers the Kinesis JSON protocol with a scripted sequence of replies.
+
+#[derive(Default)]
+struct Script {
+    get_records_calls: usize,
+    /// `(type, starting sequence number)` of every GetShardIterator request.
+    iterator_requests: Vec<(String, Option<String>)>,
+}
+
+async fn scripted_kinesis(
+    State(script): State<Arc<Mutex<Script>>>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let req: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let ok = |b: serde_json::Value| {
+        (
+            StatusCode::OK,
+            [("content-type", "application/x-amz-json-1.1")],
+            b.to_string(),
+        )
+    };
+    let err = |t: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/x-amz-json-1.1")],
+            serde_json::json!({"__type": t, "message": "scripted"}).to_string(),
+        )
+    };
+    let mut s = script.lock().unwrap();
+    match target.as_str() {
+        "Kinesis_20131202.ListShards" => ok(serde_json::json!({"Shards": [{
+            "ShardId": "shardId-000000000000",
+            "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "340282366920938463463374607431768211455"},
+            "SequenceNumberRange": {"StartingSequenceNumber": "1"}
+        }]})),
+        "Kinesis_20131202.GetShardIterator" => {
+            s.iterator_requests.push((
+                req["ShardIteratorType"].as_str().unwrap_or("").to_owned(),
+                req["StartingSequenceNumber"].as_str().map(str::to_owned),
+            ));
+            ok(serde_json::json!({"ShardIterator": format!("it-{}", s.iterator_requests.len())}))
+        }
+        "Kinesis_20131202.GetRecords" => {
+            s.get_records_calls += 1;
+            let record = |seq: &str, data: &str| {
+                serde_json::json!({
+                    "SequenceNumber": seq, "PartitionKey": "k", "Data": data,
+                    "ApproximateArrivalTimestamp": 1_700_000_000.5
+                })
+            };
+            let page = |records: Vec<serde_json::Value>| {
+                serde_json::json!({
+                    "Records": records, "NextShardIterator": "it-next", "MillisBehindLatest": 0
+                })
+            };
+            match s.get_records_calls {
+                1 => ok(page(vec![record("5", "cmVjLTU=")])),
+                2 => err("ProvisionedThroughputExceededException"),
+                3 => err("LimitExceededException"),
+                4 => err("ExpiredIteratorException"),
+                5 => ok(page(vec![record("6", "cmVjLTY=")])),
+                _ => ok(page(vec![])),
+            }
+        }
+        other => err(&format!("UnknownOperation {other}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_expired_iterators_are_retried() {
+    let script = Arc::new(Mutex::new(Script::default()));
+    let app = Router::new()
+        .route("/", post(scripted_kinesis))
+        .with_state(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut cfg = KinesisSourceConfig::new("scripted");
+    cfg.region = Some(REGION.into());
+    cfg.endpoint = Some(format!("http://{addr}"));
+    cfg.access_key_id = Some(KEY_ID.into());
+    cfg.secret_access_key = Some(SECRET.into());
+    cfg.poll_interval = Duration::from_millis(200);
+    let mut src = run_source(cfg, ShardPositions::new()).await;
+    let mut batches = Vec::new();
+    src.until(&mut batches, "both records", |b| records(b).count() >= 2)
+        .await;
+    assert_eq!(datas(&batches), ["rec-5", "rec-6"]);
+    assert_eq!(batches[0].records[0].arrival_ms, Some(1_700_000_000_500));
+    assert_eq!(batches[1].position, ShardPosition::After("6".into()));
+    {
+        let s = script.lock().unwrap();
+        // The expired iterator is replaced by one after the last delivered record.
+        assert_eq!(
+            s.iterator_requests,
+            [
+                ("TRIM_HORIZON".to_owned(), None),
+                ("AFTER_SEQUENCE_NUMBER".to_owned(), Some("5".to_owned())),
+            ]
+        );
+    }
+    let m = &src.metrics;
+    let errors = |kind: &str| {
+        m.errors
+            .get_or_create(&ErrorLabels {
+                operation: "GetRecords".into(),
+                kind: kind.into(),
+            })
+            .get()
+    };
+    assert_eq!(errors("throttled"), 2);
+    assert_eq!(errors("expired_iterator"), 1);
+    assert_eq!(
+        m.throttles
+            .get_or_create(&OperationLabel {
+                operation: "GetRecords".into()
+            })
+            .get(),
+        2
+    );
     src.stop().await;
 }
