@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job, locally: a simulated filling-machine PLC (pymodbus), a local Kinesis endpoint
-# (kinesalite), the agent on firmware-config/examples/filling-machine.toml (pointed at them), and a
-# live view of the points arriving in the stream. Everything binds 127.0.0.1; Ctrl-C stops it all.
+# The main job, locally: a simulated filling-machine PLC (pymodbus), the agent on
+# firmware-config/examples/filling-machine.toml, a local Kinesis endpoint (kinesalite), the rule
+# engine (rules from the MQTT control topic on Mosquitto), and a webhook receiver that prints every
+# state transition. Everything binds 127.0.0.1; Ctrl-C stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -9,12 +10,15 @@ cd "$(dirname "$0")/.."
 MODBUS_PORT="${MODBUS_PORT:-15020}"
 KINESIS_PORT="${KINESIS_PORT:-14567}"
 METRICS_PORT="${METRICS_PORT:-19464}"
+RULES_PORT="${RULES_PORT:-19465}"
+WEBHOOK_PORT="${WEBHOOK_PORT:-18080}"
+MQTT_PORT="${MQTT_PORT:-1883}"
 STREAM="linewatch-points"
 RUN="$PWD/.run"
 
 bash scripts/install-peers.sh
 echo "== building (debug profile, shared with the tests)"
-cargo build -p linewatch-agent -p linewatch-e2e --bins
+cargo build -p linewatch-agent -p linewatch-rules -p linewatch-e2e --bins
 mkdir -p "$RUN"
 
 pids=()
@@ -56,7 +60,52 @@ sed -e "s|^address = \".*\"|address = \"127.0.0.1:$MODBUS_PORT\"|" \
 ./target/debug/linewatch-agent run --config "$RUN/agent.toml" > "$RUN/agent.log" 2>&1 &
 pids+=($!)
 
-echo "== points arriving in Kinesis (Ctrl-C stops everything)"
-./target/debug/lw-kinesis tail --endpoint "http://127.0.0.1:$KINESIS_PORT" --stream "$STREAM" &
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; then
+    MQTT_PORT=11883
+    echo "== mosquitto on 127.0.0.1:$MQTT_PORT"
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$MQTT_PORT" > "$RUN/mosquitto.conf"
+    mosquitto -c "$RUN/mosquitto.conf" > "$RUN/mosquitto.log" 2>&1 &
+    pids+=($!)
+    sleep 0.5
+fi
+
+echo "== webhook receiver on 127.0.0.1:$WEBHOOK_PORT"
+python3 -u tests/sim/webhook_receiver.py --port "$WEBHOOK_PORT" --log "$RUN/events.ndjson" > "$RUN/receiver.log" 2>&1 &
+pids+=($!)
+wait_for_line "$RUN/receiver.log" READY 20
+
+echo "== rule engine (logs in $RUN/rules.log, http://127.0.0.1:$RULES_PORT/states)"
+cat > "$RUN/rules.toml" <<EOF
+instance_id = "local"
+state_dir = "$RUN/rules-state"
+checkpoint_interval = "2s"
+[watermark]
+max_out_of_orderness = "2s"
+idle_timeout = "10s"
+[kinesis]
+stream = "$STREAM"
+region = "local-1"
+endpoint = "http://127.0.0.1:$KINESIS_PORT"
+access_key_id = "local"
+secret_access_key = "local"
+poll_interval = "500ms"
+[mqtt]
+port = $MQTT_PORT
+topic_prefix = "linewatch-local"
+retained_wait = "3s"
+[[webhooks]]
+name = "receiver"
+url = "http://127.0.0.1:$WEBHOOK_PORT/events"
+[http]
+listen = "127.0.0.1:$RULES_PORT"
+EOF
+./target/debug/linewatch-rules run --config "$RUN/rules.toml" > "$RUN/rules.log" 2>&1 &
+pids+=($!)
+./target/debug/linewatch-rules publish rules-engine/examples/rules/filling-machine-local.rhai \
+    --config "$RUN/rules.toml" --wait 30s
+
+echo "== state transitions at the webhook receiver (Ctrl-C stops everything)"
+echo "   (points in the stream: ./target/debug/lw-kinesis tail --endpoint http://127.0.0.1:$KINESIS_PORT --stream $STREAM)"
+tail -n +2 -f "$RUN/receiver.log" &
 pids+=($!)
 wait "${pids[-1]}"

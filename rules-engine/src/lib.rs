@@ -10,6 +10,7 @@
 //! * [`workers`]: N evaluators keyed by rule id, rule changes broadcast;
 //! * [`replay`]: NDJSON in, transitions out.
 
+pub mod cli;
 pub mod control;
 pub mod eval;
 pub mod lifecycle;
@@ -20,6 +21,7 @@ pub mod reorder;
 pub mod replay;
 pub mod rule;
 pub mod sequencer;
+pub mod service;
 pub mod source;
 pub mod transition;
 pub mod watermark;

@@ -1,11 +1,20 @@
-//! `linewatch-rules`: check rule scripts, or replay recorded data points through them.
+//! `linewatch-rules`: run the rule engine service; publish and delete rules; check rule
+//! scripts; replay recorded data points; list and replay undeliverable events.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use linewatch_rules::replay::{load_rule_files, replay, ReplayEvent, ReplayOptions};
+use linewatch_rules::cli::{
+    self,
+    control::{DeleteArgs, PublishArgs},
+    dead_letters::{DeadLettersArgs, DeadLettersCommand},
+};
+use linewatch_rules::eval::Partition;
+use linewatch_rules::service::config::{parse_partition, ServiceConfig};
+use linewatch_rules::service::run::{run, RunOptions};
 use linewatch_rules::{EventSource, LatePolicy, Limits, Sandbox, WatermarkConfig};
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -26,6 +35,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the rule engine: read the Kinesis stream, take rules from the MQTT control
+    /// topic, deliver transitions to the webhooks. Stops cleanly on SIGTERM / Ctrl-C.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Own only the rules whose id hashes to I of N (`I/N`); run N instances, each
+        /// reading the whole stream and control topic, to split the rules between them.
+        #[arg(long, value_parser = parse_partition)]
+        partition: Option<Partition>,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Publish a rule script on the control topic and print the engine's answer.
+    Publish(PublishArgs),
+    /// Delete a rule from the control topic and print the engine's answer.
+    Delete(DeleteArgs),
+    /// Events a webhook target refused or that ran out of retries.
+    DeadLetters(DeadLettersArgs),
     /// Compile and validate rule scripts; exit non-zero with the errors if any is bad.
     Check {
         /// Rule files (.rhai) or directories of them.
@@ -73,22 +101,50 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Late {
     DeadLetter,
     Apply,
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+fn init_logging(default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Run { log_format, .. } => init_logging("info", *log_format),
+        _ => init_logging("warn", LogFormat::Text),
+    }
     let result = match cli.command {
+        Command::Run {
+            config, partition, ..
+        } => run_service(&config, partition),
+        Command::Publish(args) => runtime().and_then(|rt| rt.block_on(cli::control::publish(args))),
+        Command::Delete(args) => runtime().and_then(|rt| rt.block_on(cli::control::delete(args))),
+        Command::DeadLetters(cmd) => dead_letters(cmd),
         Command::Check { rules } => check(&rules),
         Command::Replay {
             rules,
@@ -127,6 +183,67 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_service(config: &Path, partition: Option<Partition>) -> anyhow::Result<ExitCode> {
+    let cfg = ServiceConfig::load(config)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: checkpointing and finishing deliveries in flight");
+            let _ = stop.send(true);
+        });
+        run(cfg, RunOptions { partition }, stopped).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the engine");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DeadLettersCommand::List { config, target } => {
+            let cfg = ServiceConfig::load(&config)?;
+            let mut out = std::io::stdout().lock();
+            cli::dead_letters::list(&cfg.webhook_dead_letter_dir(), target.as_deref(), &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLettersCommand::Replay {
+            config,
+            target,
+            ids,
+        } => {
+            let cfg = ServiceConfig::load(&config)?;
+            let report = runtime()?.block_on(cli::dead_letters::replay(
+                &cfg.webhook_dead_letter_dir(),
+                &cfg.webhooks,
+                target.as_deref(),
+                &ids,
+            ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

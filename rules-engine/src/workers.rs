@@ -7,7 +7,7 @@
 //! Output is collected at [`WorkerPool::flush`] and sorted canonically, so the
 //! transitions do not depend on N as long as flushes happen at the same steps.
 
-use crate::eval::{owner_of, EvalStats, Evaluator, Output, Partition};
+use crate::eval::{owner_of, EvalStats, Evaluator, EvaluatorSnapshot, Output, Partition};
 use crate::lifecycle::{decide, ChangeOutcome, Decision, RuleChange};
 use crate::pairmap::PairMap;
 use crate::reading::Reading;
@@ -39,11 +39,15 @@ enum Msg {
     Advance(u64),
     Change(RuleChange, u64),
     Barrier,
+    /// Like a barrier, and the reply carries the worker's state.
+    Snapshot,
+    Restore(Arc<EvaluatorSnapshot>),
 }
 
 struct Reply {
     output: Output,
     stats: EvalStats,
+    snapshot: Option<EvaluatorSnapshot>,
 }
 
 struct Worker {
@@ -220,6 +224,50 @@ impl WorkerPool {
         Ok(out)
     }
 
+    /// The state of every rule, for a checkpoint. With threads this is a barrier:
+    /// output produced meanwhile is kept for the next [`WorkerPool::flush`].
+    pub fn snapshot(&mut self) -> Result<EvaluatorSnapshot, PoolError> {
+        match &mut self.kind {
+            Kind::Inline(e) => Ok(e.snapshot()),
+            Kind::Threads(t) => {
+                for i in 0..t.workers.len() {
+                    t.send(i, Msg::Snapshot)?;
+                    t.push(i)?;
+                }
+                let mut rules = Vec::new();
+                for (i, w) in t.workers.iter_mut().enumerate() {
+                    let mut reply = w.rx.recv().map_err(|_| PoolError::WorkerDied(i))?;
+                    self.out.append(&mut reply.output);
+                    t.stats[i] = reply.stats;
+                    rules.extend(reply.snapshot.map(|s| s.rules).unwrap_or_default());
+                }
+                rules.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+                Ok(EvaluatorSnapshot { rules })
+            }
+        }
+    }
+
+    /// Put back checkpointed state of the loaded rules (see [`Evaluator::restore`]).
+    /// Returns the ids of snapshot rules that are not loaded with the same version.
+    pub fn restore(&mut self, snapshot: &EvaluatorSnapshot) -> Result<Vec<String>, PoolError> {
+        match &mut self.kind {
+            Kind::Inline(e) => Ok(e.restore(snapshot)),
+            Kind::Threads(t) => {
+                let skipped = snapshot
+                    .rules
+                    .iter()
+                    .filter(|r| t.directory.get(&r.rule_id).map(|d| d.version()) != Some(r.version))
+                    .map(|r| r.rule_id.clone())
+                    .collect();
+                let shared = Arc::new(snapshot.clone());
+                for i in 0..t.workers.len() {
+                    t.send(i, Msg::Restore(Arc::clone(&shared)))?;
+                }
+                Ok(skipped)
+            }
+        }
+    }
+
     /// Evaluation counters summed over workers (as of the last flush for threads).
     pub fn stats(&self) -> EvalStats {
         match &self.kind {
@@ -380,10 +428,15 @@ fn worker_loop(mut eval: Evaluator, rx: Receiver<Vec<Msg>>, tx: SyncSender<Reply
                 Msg::Change(change, at) => {
                     eval.apply(&change, at, &mut out);
                 }
-                Msg::Barrier => {
+                Msg::Restore(snapshot) => {
+                    // Rules of other workers are simply not found here.
+                    eval.restore(&snapshot);
+                }
+                msg @ (Msg::Barrier | Msg::Snapshot) => {
                     let reply = Reply {
                         output: std::mem::take(&mut out),
                         stats: eval.stats(),
+                        snapshot: matches!(msg, Msg::Snapshot).then(|| eval.snapshot()),
                     };
                     if tx.send(reply).is_err() {
                         return;

@@ -14,3 +14,5 @@ pub use value::Value;
 
 /// The JSON Schema of data point v1, embedded so tools can validate without the repo.
 pub const DATAPOINT_V1_SCHEMA: &str = include_str!("../datapoint.v1.schema.json");
+
+pub mod kpl;

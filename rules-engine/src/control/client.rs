@@ -1,0 +1,357 @@
+//! The control connection: two tasks.
+//!
+//! * the *poller* owns rumqttc's event loop and only drives it (rumqttc's `poll` must
+//!   not be cancelled mid-write, so it gets a task of its own with no other select
+//!   arm): it subscribes after every CONNACK, backs off after errors, and forwards
+//!   what happened;
+//! * the *dispatcher* turns that into [`ControlEvent`]s, keeps the metrics, and
+//!   decides when the start-up retained delivery is complete ([`InitialSync`]).
+//!
+//! The session is persistent (clean session off): a rule deleted while this instance
+//! was disconnected leaves no retained message to find, but the broker queues the
+//! delete (QoS 1) for the session and delivers it on reconnect.
+
+use super::config::ControlConfig;
+use super::message::{check_rule_id, RuleMessage, RuleStatus, Topics};
+use super::metrics::ControlMetrics;
+use super::sync::InitialSync;
+use super::{ControlError, ControlEvent};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS, Request,
+    Subscribe, SubscribeReasonCode,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+/// Requests (status publishes) the client queues before `publish_status` waits.
+const REQUEST_CAPACITY: usize = 256;
+/// Events queued for the engine. Rule changes are rare; this absorbs a burst of
+/// retained rules at start-up.
+const EVENT_CAPACITY: usize = 1024;
+/// `publish_status` gives up (logs, counts) after this: the engine must not stall
+/// on a full request queue while the broker is away.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Handle on a running control connection. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlHandle {
+    client: AsyncClient,
+    topics: Topics,
+    metrics: ControlMetrics,
+    stop: Arc<watch::Sender<bool>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// Connect to the broker and follow `{prefix}/rules/+`. Returns at once: connecting,
+/// subscribing and reconnecting happen in the background and are reported as events.
+/// `client_id` is used unless the config sets `client_id`. Fails only on configuration
+/// (bad keys, unreadable TLS files, an unset password variable).
+pub async fn start(
+    cfg: &ControlConfig,
+    client_id: String,
+    metrics: ControlMetrics,
+) -> Result<(ControlHandle, mpsc::Receiver<ControlEvent>), ControlError> {
+    let client_id = cfg.client_id.clone().unwrap_or(client_id);
+    let mut opts = cfg.mqtt_options(&client_id)?;
+    opts.set_clean_session(false);
+    let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
+    let topics = Topics::new(cfg.topic_prefix.clone());
+    let broker = format!("{}:{}", cfg.host, cfg.port);
+    let (raw_tx, raw_rx) = mpsc::channel(64);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    info!(%broker, %client_id, filter = %topics.rules_filter(), "control topic: connecting");
+
+    let poller = tokio::spawn(poll_loop(eventloop, topics.rules_filter(), raw_tx, stop_rx));
+    let dispatcher = Dispatcher {
+        topics: topics.clone(),
+        metrics: metrics.clone(),
+        events: events_tx,
+        sync: InitialSync::new(Instant::now(), cfg.retained_wait, cfg.retained_quiet),
+        connected: None,
+        broker,
+    };
+    let dispatcher = tokio::spawn(dispatcher.run(raw_rx));
+    let handle = ControlHandle {
+        client,
+        topics,
+        metrics,
+        stop: Arc::new(stop_tx),
+        tasks: Arc::new(Mutex::new(vec![poller, dispatcher])),
+    };
+    Ok((handle, events_rx))
+}
+
+impl ControlHandle {
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Queue `status` on `{prefix}/status/{ruleId}` (retained, QoS 1). Waits at most
+    /// about a second for room in the queue; a failure is logged and counted, never
+    /// returned: the rule set has changed either way.
+    pub async fn publish_status(&self, status: &RuleStatus) {
+        if let Err(e) = check_rule_id(&status.rule_id) {
+            warn!(rule_id = %status.rule_id, error = %e, "control topic: no status published: the rule id cannot be a topic level");
+            self.metrics.status("failed");
+            return;
+        }
+        let topic = self.topics.status(&status.rule_id);
+        let publish = self
+            .client
+            .publish(&topic, QoS::AtLeastOnce, true, status.encode());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(())) => {
+                debug!(%topic, status = ?status.status, version = ?status.version, "control topic: status queued");
+                self.metrics.status("queued");
+            }
+            Ok(Err(e)) => {
+                warn!(%topic, error = %e, "control topic: status not published");
+                self.metrics.status("failed");
+            }
+            Err(_) => {
+                warn!(%topic, timeout = ?PUBLISH_TIMEOUT, "control topic: status not published: the MQTT request queue stayed full (broker away?)");
+                self.metrics.status("failed");
+            }
+        }
+    }
+
+    /// Disconnect cleanly (queued statuses go out first when connected) and stop both
+    /// tasks; the event receiver then ends. Bounded: tasks still running after a
+    /// couple of seconds are aborted.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(PUBLISH_TIMEOUT, self.client.disconnect())
+            .await
+            .is_err()
+        {
+            debug!("control topic: request queue full at shutdown; not waiting for DISCONNECT");
+        }
+        let tasks: Vec<_> = match self.tasks.lock() {
+            Ok(mut t) => t.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        for mut task in tasks {
+            if tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                // Typically a connection attempt to a broker that is away.
+                debug!("control topic: task did not stop in time; aborting it");
+                task.abort();
+            }
+        }
+    }
+}
+
+/// What the poller saw.
+#[derive(Debug)]
+enum Raw {
+    ConnAck,
+    SubAck { refused: bool },
+    Publish(Publish),
+    Error { error: String, retry_in: Duration },
+}
+
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    filter: String,
+    tx: mpsc::Sender<Raw>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let raw = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = BACKOFF_MIN;
+                // Subscribe on every connection, ahead of anything queued: a new broker
+                // (or an expired session) knows nothing of us, and even with a session
+                // a fresh SUBSCRIBE re-delivers the retained rules, which is harmless
+                // (the engine ignores versions it already has).
+                eventloop
+                    .pending
+                    .push_front(Request::Subscribe(Subscribe::new(
+                        filter.clone(),
+                        QoS::AtLeastOnce,
+                    )));
+                Raw::ConnAck
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => Raw::SubAck {
+                refused: ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure)),
+            },
+            Ok(Event::Incoming(Packet::Publish(p))) => Raw::Publish(p),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => continue,
+            Err(ConnectionError::RequestsDone) => return, // every handle dropped
+            Err(e) => {
+                if *stop.borrow() {
+                    return;
+                }
+                let retry_in = jitter(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                if tx
+                    .send(Raw::Error {
+                        error: e.to_string(),
+                        retry_in,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_in) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+        };
+        if tx.send(raw).await.is_err() {
+            return; // the dispatcher ended (the engine dropped the receiver)
+        }
+    }
+}
+
+/// ±25 % so that many instances do not reconnect in lock-step after a broker restart.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+
+struct Dispatcher {
+    topics: Topics,
+    metrics: ControlMetrics,
+    events: mpsc::Sender<ControlEvent>,
+    sync: InitialSync,
+    /// `None` until the first connection attempt ends either way.
+    connected: Option<bool>,
+    broker: String,
+}
+
+impl Dispatcher {
+    async fn run(mut self, mut raw_rx: mpsc::Receiver<Raw>) {
+        loop {
+            // Report the end of the start-up wait before anything that came after it.
+            if let Some(done) = self.sync.poll(Instant::now()) {
+                if done.timed_out {
+                    warn!(rules = done.rules, broker = %self.broker, "control topic: retained rules not complete within retained_wait; continuing with what arrived");
+                } else {
+                    info!(rules = done.rules, "control topic: retained rules received");
+                }
+                let ev = ControlEvent::InitialSyncDone {
+                    rules: done.rules,
+                    timed_out: done.timed_out,
+                };
+                if self.events.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            let deadline = self.sync.deadline();
+            let raw = tokio::select! {
+                raw = raw_rx.recv() => match raw {
+                    Some(raw) => raw,
+                    None => return,
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => continue,
+            };
+            let event = self.handle(raw);
+            if let Some(ev) = event {
+                if self.events.send(ev).await.is_err() {
+                    debug!("control topic: event receiver dropped; stopping");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, raw: Raw) -> Option<ControlEvent> {
+        let now = Instant::now();
+        match raw {
+            Raw::ConnAck => {
+                self.connected = Some(true);
+                self.metrics.connected.set(1);
+                info!(broker = %self.broker, "control topic: connected");
+                Some(ControlEvent::Connected)
+            }
+            Raw::SubAck { refused: false } => {
+                self.sync.subscribed(now);
+                info!(filter = %self.topics.rules_filter(), "control topic: subscribed");
+                None
+            }
+            Raw::SubAck { refused: true } => {
+                error!(filter = %self.topics.rules_filter(), broker = %self.broker, "control topic: the broker refused the subscription (ACL?); no rules will arrive");
+                None
+            }
+            Raw::Error { error, retry_in } => {
+                self.metrics.reconnects.inc();
+                self.metrics.connected.set(0);
+                self.sync.disconnected();
+                let was = self.connected.replace(false);
+                warn!(broker = %self.broker, %error, retry_in = ?retry_in, "control topic: MQTT connection failed; retrying");
+                // One event per loss, not one per failed attempt while the broker is away.
+                (was != Some(false)).then_some(ControlEvent::Disconnected { error })
+            }
+            Raw::Publish(p) => Some(self.rule_message(now, p)),
+        }
+    }
+
+    fn rule_message(&mut self, now: Instant, p: Publish) -> ControlEvent {
+        let rule_id = match self.topics.rule_id_of(&p.topic) {
+            Ok(id) => id.to_string(),
+            Err(error) => {
+                self.metrics.malformed("topic");
+                warn!(topic = %p.topic, %error, "control topic: malformed topic; message ignored");
+                return ControlEvent::Malformed {
+                    topic: p.topic,
+                    error,
+                };
+            }
+        };
+        match RuleMessage::decode(&p.payload) {
+            Ok(message) => {
+                self.sync
+                    .rule_message(now, &rule_id, p.retain, message.is_some());
+                match &message {
+                    Some(m) => {
+                        self.metrics.message("rule");
+                        info!(%rule_id, version = m.version, retained = p.retain, bytes = p.payload.len(), "control topic: rule received");
+                    }
+                    None => {
+                        self.metrics.message("delete");
+                        info!(%rule_id, retained = p.retain, "control topic: delete received");
+                    }
+                }
+                ControlEvent::Rule {
+                    rule_id,
+                    message,
+                    retained: p.retain,
+                }
+            }
+            Err(error) => {
+                // Still retained activity: the start-up wait must not end in the middle.
+                self.sync.rule_message(now, &rule_id, p.retain, false);
+                self.metrics.malformed("payload");
+                warn!(topic = %p.topic, %error, "control topic: malformed rule message; ignored");
+                ControlEvent::Malformed {
+                    topic: p.topic,
+                    error,
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

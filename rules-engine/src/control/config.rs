@@ -1,0 +1,339 @@
+//! `[mqtt]`: where the control topic lives and how to log in.
+
+use super::ControlError;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Largest MQTT packet accepted or sent. rumqttc's default (10 KiB) is below a rule
+/// script's limit (64 KiB, more once JSON-escaped), and an oversize packet drops the
+/// connection — with a retained message, on every reconnect. Keep this well above.
+pub const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
+
+/// CA bundle used when `tls.ca_file` is not given (Debian/Ubuntu path).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub host: String,
+    pub port: u16,
+    /// MQTT client id; by default the caller derives one from the instance id. The
+    /// session is persistent (clean session off), so keep it stable per instance.
+    pub client_id: Option<String>,
+    /// Rules on `{topic_prefix}/rules/<ruleId>`, status on `{topic_prefix}/status/<ruleId>`.
+    pub topic_prefix: String,
+    pub username: Option<String>,
+    /// The password in the file; prefer `password_env`.
+    pub password: Option<String>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    pub tls: Option<TlsConfig>,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Upper bound of the start-up wait for the retained rules.
+    #[serde(with = "humantime_serde")]
+    pub retained_wait: Duration,
+    /// Retained delivery counts as complete once subscribed and no retained message
+    /// arrived for this long.
+    #[serde(with = "humantime_serde")]
+    pub retained_quiet: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM CA certificates to trust; default: the system bundle.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and its key, for brokers that require them.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            topic_prefix: "linewatch".into(),
+            username: None,
+            password: None,
+            password_env: None,
+            tls: None,
+            keep_alive: Duration::from_secs(30),
+            retained_wait: Duration::from_secs(10),
+            retained_quiet: Duration::from_millis(500),
+        }
+    }
+}
+
+impl fmt::Debug for ControlConfig {
+    // By hand so that a logged config never shows the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .field("tls", &self.tls)
+            .field("keep_alive", &self.keep_alive)
+            .field("retained_wait", &self.retained_wait)
+            .field("retained_quiet", &self.retained_quiet)
+            .finish()
+    }
+}
+
+impl ControlConfig {
+    /// Every problem, each naming its key (`mqtt.port: ...`). Does not touch files or
+    /// the environment; [`ControlConfig::mqtt_options`] does.
+    pub fn check(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.host.trim().is_empty() {
+            errs.push("mqtt.host: must not be empty".to_string());
+        }
+        if self.port == 0 {
+            errs.push("mqtt.port: must be 1 to 65535".to_string());
+        }
+        if let Some(id) = &self.client_id {
+            if id.is_empty() || id.len() > 65535 {
+                errs.push("mqtt.client_id: must have 1 to 65535 bytes".to_string());
+            }
+        }
+        if let Err(e) = check_prefix(&self.topic_prefix) {
+            errs.push(format!("mqtt.topic_prefix: {e}"));
+        }
+        if self.password.is_some() && self.password_env.is_some() {
+            errs.push("mqtt.password: give either password or password_env, not both".to_string());
+        }
+        if (self.password.is_some() || self.password_env.is_some()) && self.username.is_none() {
+            errs.push("mqtt.username: required when a password is set (MQTT 3.1.1)".to_string());
+        }
+        if let Some(var) = &self.password_env {
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                errs.push(format!(
+                    "mqtt.password_env: {var:?} is not an environment variable name"
+                ));
+            }
+        }
+        if !self.keep_alive.is_zero() && self.keep_alive < Duration::from_secs(1) {
+            errs.push(format!(
+                "mqtt.keep_alive: {} is below 1s (0 disables keep-alive)",
+                humantime::format_duration(self.keep_alive)
+            ));
+        }
+        if self.keep_alive > Duration::from_secs(u16::MAX as u64) {
+            errs.push("mqtt.keep_alive: at most 65535s".to_string());
+        }
+        if self.retained_quiet.is_zero() {
+            errs.push("mqtt.retained_quiet: must be above 0".to_string());
+        }
+        if let Some(tls) = &self.tls {
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                errs.push("mqtt.tls: client_cert and client_key go together".to_string());
+            }
+        }
+        errs
+    }
+
+    /// The rumqttc options: credentials (reading `password_env`), TLS (reading the
+    /// PEM files), keep-alive, packet size. Clean session is the caller's choice.
+    pub fn mqtt_options(&self, client_id: &str) -> Result<MqttOptions, ControlError> {
+        let problems = self.check();
+        if !problems.is_empty() {
+            return Err(ControlError::Config(problems.join("; ")));
+        }
+        let mut opts = MqttOptions::new(client_id, self.host.clone(), self.port);
+        // check() bounds keep_alive to 0 or 1s..=65535s, where rumqttc does not panic.
+        opts.set_keep_alive(self.keep_alive);
+        opts.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        if let Some(user) = &self.username {
+            let password = match (&self.password, &self.password_env) {
+                (Some(p), _) => p.clone(),
+                (None, Some(var)) => std::env::var(var).map_err(|e| {
+                    ControlError::Config(format!(
+                        "mqtt.password_env: environment variable {var} is not usable: {e}"
+                    ))
+                })?,
+                (None, None) => String::new(),
+            };
+            opts.set_credentials(user.clone(), password);
+        }
+        if let Some(tls) = &self.tls {
+            let ca_path = tls
+                .ca_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+            let ca = read_pem("mqtt.tls.ca_file", &ca_path)?;
+            let client_auth = match (&tls.client_cert, &tls.client_key) {
+                (Some(cert), Some(key)) => Some((
+                    read_pem("mqtt.tls.client_cert", cert)?,
+                    read_pem("mqtt.tls.client_key", key)?,
+                )),
+                _ => None,
+            };
+            opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth,
+            }));
+        }
+        Ok(opts)
+    }
+}
+
+fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, ControlError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ControlError::Config(format!("{key}: cannot read {}: {e}", path.display())))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(ControlError::Config(format!(
+            "{key}: {} is not PEM (no -----BEGIN line)",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A prefix is one or more topic levels without wildcards (they would make the
+/// subscription match other topics) and without empty levels.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if prefix.contains(['+', '#', '\0']) {
+        return Err(format!("{prefix:?} contains a wildcard (+ or #) or NUL"));
+    }
+    if prefix.split('/').any(|level| level.is_empty()) {
+        return Err(format!(
+            "{prefix:?} has an empty level (leading, trailing or double /)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_from_an_empty_table_and_unknown_keys_refused() {
+        let c: ControlConfig = toml::from_str("").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 1883));
+        assert_eq!(c.topic_prefix, "linewatch");
+        assert_eq!(c.keep_alive, Duration::from_secs(30));
+        assert_eq!(c.retained_wait, Duration::from_secs(10));
+        assert_eq!(c.retained_quiet, Duration::from_millis(500));
+        assert!(c.check().is_empty());
+        let err = toml::from_str::<ControlConfig>("hots = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("hots"), "{err}");
+        let err = toml::from_str::<ControlConfig>("[tls]\nca = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("ca"), "{err}");
+    }
+
+    #[test]
+    fn check_names_the_keys_at_fault() {
+        let c: ControlConfig = toml::from_str(
+            r#"
+            host = ""
+            port = 0
+            topic_prefix = "a/+/b"
+            password = "p"
+            password_env = "P"
+            keep_alive = "200ms"
+            retained_quiet = "0s"
+            [tls]
+            client_cert = "c.pem"
+            "#,
+        )
+        .unwrap();
+        let errs = c.check();
+        for key in [
+            "mqtt.host:",
+            "mqtt.port:",
+            "mqtt.topic_prefix:",
+            "mqtt.password:",
+            "mqtt.username:",
+            "mqtt.keep_alive:",
+            "mqtt.retained_quiet:",
+            "mqtt.tls:",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(key)),
+                "{key} missing in {errs:?}"
+            );
+        }
+        assert!(matches!(c.mqtt_options("x"), Err(ControlError::Config(_))));
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(check_prefix("linewatch").is_ok());
+        assert!(check_prefix("plant/a").is_ok());
+        for bad in ["", "/a", "a/", "a//b", "a/#", "+"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn password_from_env_and_redacted_in_debug() {
+        let var = format!("LINEWATCH_TEST_MQTT_PW_{}", std::process::id());
+        std::env::set_var(&var, "s3cret");
+        let c = ControlConfig {
+            username: Some("engine".into()),
+            password_env: Some(var.clone()),
+            ..Default::default()
+        };
+        let opts = c.mqtt_options("id").unwrap();
+        let login = opts.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("engine", "s3cret")
+        );
+        std::env::remove_var(&var);
+        let err = c.mqtt_options("id").unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.password_env") && err.contains(&var),
+            "{err}"
+        );
+
+        let c = ControlConfig {
+            username: Some("u".into()),
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let c = ControlConfig {
+            tls: Some(TlsConfig {
+                ca_file: Some(not_pem),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = c.mqtt_options("id").unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.tls.ca_file") && err.contains("not PEM"),
+            "{err}"
+        );
+        let c = ControlConfig {
+            tls: Some(TlsConfig {
+                ca_file: Some(dir.path().join("missing.pem")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = c.mqtt_options("id").unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+}

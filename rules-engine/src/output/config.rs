@@ -1,0 +1,555 @@
+//! `[[webhooks]]`: one table per target. Secrets may come from the environment; they are
+//! resolved once at start ([`WebhookConfig::resolve`]) so a missing variable is a start-up
+//! error naming the key, not a delivery failure hours later.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One webhook target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Unique, `[A-Za-z0-9_-]`; names the dead-letter folder and the metrics label.
+    pub name: String,
+    /// `http://` or `https://`.
+    pub url: String,
+    /// Per request, connect to end of body.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// An event older than this (since it was created) is not retried any more.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Attempts per event (the first one included) before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Events waiting for this target; beyond it the oldest goes to the dead-letter store.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+}
+
+/// How a request proves where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// A fixed secret in a header.
+    ApiKey {
+        #[serde(default = "default_api_key_header")]
+        header: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value_env: Option<String>,
+    },
+    /// `Authorization: Basic …`.
+    Basic {
+        username: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_env: Option<String>,
+    },
+    /// HMAC-SHA256 over `"{timestamp}.{body}"`, sent as `<header>: v1=<hex>` with
+    /// `x-linewatch-timestamp: <unix seconds>`.
+    Hmac {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_env: Option<String>,
+        #[serde(default = "default_hmac_header")]
+        header: String,
+    },
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_attempts() -> u32 {
+    185
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_pending() -> usize {
+    100_000
+}
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+fn default_hmac_header() -> String {
+    "x-linewatch-signature".into()
+}
+
+/// Header carrying the unix time (seconds) the HMAC signature covers.
+pub const HMAC_TIMESTAMP_HEADER: &str = "x-linewatch-timestamp";
+
+/// Headers the delivery sets itself; a `headers` entry may not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+];
+
+/// A secret resolved at start; `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// [`AuthConfig`] with its secret in hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedAuth {
+    ApiKey { header: String, value: Secret },
+    Basic { username: String, password: Secret },
+    Hmac { header: String, secret: Secret },
+}
+
+/// A checked target with its secrets resolved: what a delivery task runs with.
+#[derive(Debug, Clone)]
+pub struct ResolvedWebhook {
+    pub config: WebhookConfig,
+    pub auth: Option<ResolvedAuth>,
+}
+
+impl ResolvedWebhook {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WebhookConfigError {
+    #[error("webhook {target:?}: {problems}", problems = .problems.join("; "))]
+    Invalid {
+        target: String,
+        problems: Vec<String>,
+    },
+    #[error("webhook {target:?}: {key}: environment variable {var} is not set (or not UTF-8)")]
+    MissingEnv {
+        target: String,
+        key: String,
+        var: String,
+    },
+}
+
+impl WebhookConfig {
+    /// A target with every default, for code and tests.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        WebhookConfig {
+            name: name.into(),
+            url: url.into(),
+            timeout: default_timeout(),
+            max_age: default_max_age(),
+            max_attempts: default_max_attempts(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            max_pending: default_max_pending(),
+            headers: BTreeMap::new(),
+            auth: None,
+        }
+    }
+
+    /// Problems with this table, each naming its key (`webhooks[0].url: …`).
+    pub fn check(&self, index: usize) -> Vec<String> {
+        let k = |key: &str| format!("webhooks[{index}].{key}");
+        let mut p = Vec::new();
+        if !valid_name(&self.name) {
+            p.push(format!(
+                "{}: {:?} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                k("name"),
+                self.name
+            ));
+        }
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(u) => p.push(format!(
+                "{}: {:?} must be an http:// or https:// URL with a host (scheme is {:?})",
+                k("url"),
+                self.url,
+                u.scheme()
+            )),
+            Err(e) => p.push(format!("{}: {:?} is not a URL: {e}", k("url"), self.url)),
+        }
+        if self.timeout.is_zero() {
+            p.push(format!("{}: must be more than 0", k("timeout")));
+        }
+        if self.max_age.is_zero() {
+            p.push(format!("{}: must be more than 0", k("max_age")));
+        }
+        if self.max_attempts == 0 {
+            p.push(format!("{}: must be at least 1", k("max_attempts")));
+        }
+        if self.backoff_initial.is_zero() {
+            p.push(format!("{}: must be more than 0", k("backoff_initial")));
+        }
+        if self.backoff_max < self.backoff_initial {
+            p.push(format!(
+                "{}: {} is less than backoff_initial ({})",
+                k("backoff_max"),
+                humantime::format_duration(self.backoff_max),
+                humantime::format_duration(self.backoff_initial)
+            ));
+        }
+        if self.max_pending == 0 {
+            p.push(format!("{}: must be at least 1", k("max_pending")));
+        }
+        let auth_headers: Vec<String> = match &self.auth {
+            Some(AuthConfig::ApiKey { header, .. }) => vec![header.to_ascii_lowercase()],
+            Some(AuthConfig::Basic { .. }) => vec!["authorization".into()],
+            Some(AuthConfig::Hmac { header, .. }) => {
+                vec![header.to_ascii_lowercase(), HMAC_TIMESTAMP_HEADER.into()]
+            }
+            None => vec![],
+        };
+        for (name, value) in &self.headers {
+            let key = k(&format!("headers.{name}"));
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                p.push(format!("{key}: not a valid header name"));
+            } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+                || auth_headers.contains(&name.to_ascii_lowercase())
+            {
+                p.push(format!(
+                    "{key}: set by the delivery itself, cannot be overridden"
+                ));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                p.push(format!("{key}: not a valid header value"));
+            }
+        }
+        if let Some(auth) = &self.auth {
+            let mut header_ok = |key: &str, header: &str| {
+                if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    p.push(format!("{}: {header:?} is not a valid header name", k(key)));
+                } else if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str())
+                    || header.eq_ignore_ascii_case(HMAC_TIMESTAMP_HEADER)
+                {
+                    p.push(format!("{}: {header:?} is reserved", k(key)));
+                }
+            };
+            let (secret, env, names) = match auth {
+                AuthConfig::ApiKey {
+                    header,
+                    value,
+                    value_env,
+                } => {
+                    header_ok("auth.header", header);
+                    (value, value_env, ("value", "value_env"))
+                }
+                AuthConfig::Basic {
+                    username,
+                    password,
+                    password_env,
+                } => {
+                    if username.contains(':') {
+                        p.push(format!("{}: may not contain ':'", k("auth.username")));
+                    }
+                    (password, password_env, ("password", "password_env"))
+                }
+                AuthConfig::Hmac {
+                    secret,
+                    secret_env,
+                    header,
+                } => {
+                    header_ok("auth.header", header);
+                    (secret, secret_env, ("secret", "secret_env"))
+                }
+            };
+            match (secret, env) {
+                (Some(_), Some(_)) => p.push(format!(
+                    "{}: set either {} or {}, not both",
+                    k("auth"),
+                    names.0,
+                    names.1
+                )),
+                (None, None) => p.push(format!(
+                    "{}: one of {} or {} is required",
+                    k("auth"),
+                    names.0,
+                    names.1
+                )),
+                (None, Some(var)) if var.is_empty() || var.contains('=') => p.push(format!(
+                    "{}: {var:?} is not an environment variable name",
+                    k(&format!("auth.{}", names.1))
+                )),
+                (Some(s), None) if s.is_empty() && !matches!(auth, AuthConfig::Basic { .. }) => {
+                    p.push(format!("{}: is empty", k(&format!("auth.{}", names.0))))
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// Check and resolve secrets from the process environment.
+    pub fn resolve(&self) -> Result<ResolvedWebhook, WebhookConfigError> {
+        self.resolve_with(|var| std::env::var(var).ok())
+    }
+
+    /// [`resolve`](Self::resolve) with the environment injected.
+    pub fn resolve_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ResolvedWebhook, WebhookConfigError> {
+        let problems = self.check(0);
+        if !problems.is_empty() {
+            return Err(WebhookConfigError::Invalid {
+                target: self.name.clone(),
+                problems,
+            });
+        }
+        let secret = |inline: &Option<String>, var: &Option<String>, key: &str| match (inline, var)
+        {
+            (Some(s), _) => Ok(Secret::new(s.clone())),
+            (None, Some(var)) => {
+                env(var)
+                    .map(Secret::new)
+                    .ok_or_else(|| WebhookConfigError::MissingEnv {
+                        target: self.name.clone(),
+                        key: format!("auth.{key}"),
+                        var: var.clone(),
+                    })
+            }
+            // `check` rules this out.
+            (None, None) => Ok(Secret::new("")),
+        };
+        let auth = match &self.auth {
+            None => None,
+            Some(AuthConfig::ApiKey {
+                header,
+                value,
+                value_env,
+            }) => Some(ResolvedAuth::ApiKey {
+                header: header.clone(),
+                value: secret(value, value_env, "value_env")?,
+            }),
+            Some(AuthConfig::Basic {
+                username,
+                password,
+                password_env,
+            }) => Some(ResolvedAuth::Basic {
+                username: username.clone(),
+                password: secret(password, password_env, "password_env")?,
+            }),
+            Some(AuthConfig::Hmac {
+                secret: s,
+                secret_env,
+                header,
+            }) => Some(ResolvedAuth::Hmac {
+                header: header.clone(),
+                secret: secret(s, secret_env, "secret_env")?,
+            }),
+        };
+        if let Some(ResolvedAuth::ApiKey { value, .. }) = &auth {
+            if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
+                return Err(WebhookConfigError::Invalid {
+                    target: self.name.clone(),
+                    problems: vec![
+                        "auth.value: not a valid header value (control characters?)".into()
+                    ],
+                });
+            }
+        }
+        Ok(ResolvedWebhook {
+            config: self.clone(),
+            auth,
+        })
+    }
+}
+
+/// Problems with the whole `[[webhooks]]` list: each table, and unique names.
+pub fn check_all(webhooks: &[WebhookConfig]) -> Vec<String> {
+    let mut p: Vec<String> = webhooks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| w.check(i))
+        .collect();
+    for (i, w) in webhooks.iter().enumerate() {
+        if let Some(j) = webhooks[..i].iter().position(|o| o.name == w.name) {
+            p.push(format!(
+                "webhooks[{i}].name: {:?} is already used by webhooks[{j}]",
+                w.name
+            ));
+        }
+    }
+    p
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<WebhookConfig, toml::de::Error> {
+        toml::from_str(s)
+    }
+
+    #[test]
+    fn defaults_are_eventbridge_like() {
+        let w = parse("name = \"ops\"\nurl = \"https://example.com/hook\"").unwrap();
+        assert_eq!(w, WebhookConfig::new("ops", "https://example.com/hook"));
+        assert_eq!(w.max_age, Duration::from_secs(86_400));
+        assert_eq!(w.max_attempts, 185);
+        assert_eq!(w.timeout, Duration::from_secs(10));
+        assert_eq!(w.backoff_initial, Duration::from_secs(1));
+        assert_eq!(w.backoff_max, Duration::from_secs(600));
+        assert_eq!(w.max_pending, 100_000);
+        assert!(w.check(0).is_empty());
+    }
+
+    #[test]
+    fn auth_kinds_parse_with_defaults() {
+        let w = parse(
+            r#"name = "a"
+url = "http://127.0.0.1:1/x"
+[auth]
+type = "api_key"
+value_env = "KEY""#,
+        )
+        .unwrap();
+        assert_eq!(
+            w.auth,
+            Some(AuthConfig::ApiKey {
+                header: "x-api-key".into(),
+                value: None,
+                value_env: Some("KEY".into())
+            })
+        );
+        let w = parse(
+            r#"name = "a"
+url = "http://127.0.0.1:1/x"
+auth = { type = "hmac", secret = "s" }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            w.auth,
+            Some(AuthConfig::Hmac {
+                secret: Some("s".into()),
+                secret_env: None,
+                header: "x-linewatch-signature".into()
+            })
+        );
+        let w = parse(
+            r#"name = "a"
+url = "http://127.0.0.1:1/x"
+auth = { type = "basic", username = "u", password_env = "P" }"#,
+        )
+        .unwrap();
+        assert!(matches!(w.auth, Some(AuthConfig::Basic { .. })));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(parse("name = \"a\"\nurl = \"http://h/\"\ntimeot = \"1s\"").is_err());
+        let e = parse(
+            "name = \"a\"\nurl = \"http://h/\"\nauth = { type = \"hmac\", secret = \"s\", sekret = \"x\" }",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sekret"), "{e}");
+        assert!(parse("name = \"a\"\nurl = \"http://h/\"\nauth = { type = \"oauth\" }").is_err());
+    }
+
+    #[test]
+    fn check_names_each_bad_key() {
+        let mut w = WebhookConfig::new("bad name", "ftp://h/x");
+        w.max_attempts = 0;
+        w.backoff_initial = Duration::from_secs(5);
+        w.backoff_max = Duration::from_secs(1);
+        w.headers.insert("content-type".into(), "text/plain".into());
+        w.auth = Some(AuthConfig::Hmac {
+            secret: Some("s".into()),
+            secret_env: Some("S".into()),
+            header: "x-sig".into(),
+        });
+        let p = w.check(3);
+        let has = |prefix: &str| p.iter().any(|m| m.starts_with(prefix));
+        assert!(has("webhooks[3].name:"), "{p:?}");
+        assert!(has("webhooks[3].url:"), "{p:?}");
+        assert!(has("webhooks[3].max_attempts:"), "{p:?}");
+        assert!(has("webhooks[3].backoff_max:"), "{p:?}");
+        assert!(has("webhooks[3].headers.content-type:"), "{p:?}");
+        assert!(
+            has("webhooks[3].auth: set either secret or secret_env"),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 6, "{p:?}");
+
+        let w = WebhookConfig::new("ok", "not a url");
+        assert!(w.check(0)[0].starts_with("webhooks[0].url:"));
+    }
+
+    #[test]
+    fn duplicate_names_are_reported() {
+        let a = WebhookConfig::new("a", "http://h/1");
+        let p = check_all(&[a.clone(), WebhookConfig::new("b", "http://h/2"), a]);
+        assert_eq!(
+            p,
+            vec!["webhooks[2].name: \"a\" is already used by webhooks[0]".to_string()]
+        );
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_or_fail_clearly() {
+        let mut w = WebhookConfig::new("ops", "http://127.0.0.1:9/x");
+        w.auth = Some(AuthConfig::Hmac {
+            secret: None,
+            secret_env: Some("OPS_SECRET".into()),
+            header: "x-linewatch-signature".into(),
+        });
+        let r = w
+            .resolve_with(|v| (v == "OPS_SECRET").then(|| "hunter2".to_string()))
+            .unwrap();
+        assert_eq!(
+            r.auth,
+            Some(ResolvedAuth::Hmac {
+                header: "x-linewatch-signature".into(),
+                secret: Secret::new("hunter2")
+            })
+        );
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let e = w.resolve_with(|_| None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "webhook \"ops\": auth.secret_env: environment variable OPS_SECRET is not set (or not UTF-8)"
+        );
+        w.url = "nope".into();
+        assert!(matches!(
+            w.resolve_with(|_| None),
+            Err(WebhookConfigError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,3 @@
+//! Turning a pending event into what goes on the wire.
+
+pub mod request;

@@ -1,0 +1,593 @@
+//! The service's decisions, without I/O: raw records, rule messages and clock ticks
+//! in; transitions, rule statuses and dead letters out. The run loop
+//! (`service::run`) owns the sockets, files and timers around it; this type is
+//! driven the same way in tests, with an injected clock.
+
+use crate::eval::{Diagnostic, EvaluatorSnapshot, Partition};
+use crate::lifecycle::{ChangeOutcome, RuleChange};
+use crate::rule::{Limits, Rule, Sandbox};
+use crate::sequencer::{Admission, Sequencer, SequencerConfig, SequencerSnapshot};
+use crate::transition::Transition;
+use crate::workers::{PoolError, WorkerPool};
+use linewatch_schemas::{DataPoint, DataPointError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub sequencer: SequencerConfig,
+    pub workers: usize,
+    pub limits: Limits,
+    /// The rules this instance owns (`--partition I/N`).
+    pub partition: Partition,
+}
+
+/// A rule as it arrived on the control topic: what a checkpoint keeps to rebuild it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadedRule {
+    pub version: u64,
+    pub script: String,
+}
+
+/// The current state of one rule for one equipment, for `GET /states`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateView {
+    pub state: String,
+    /// Event time of the transition into it (unknown after a restore from an old checkpoint).
+    pub since: Option<u64>,
+    pub sequence: u64,
+}
+
+/// Everything of the engine that a checkpoint keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineSnapshot {
+    pub rules: BTreeMap<String, LoadedRule>,
+    pub evaluator: EvaluatorSnapshot,
+    pub sequencer: SequencerSnapshot,
+    /// `ruleId` → `equipmentId` → state.
+    pub states: BTreeMap<String, BTreeMap<String, StateView>>,
+}
+
+/// What became of one raw record.
+#[derive(Debug)]
+pub enum RecordOutcome {
+    /// Waiting for the watermark.
+    Buffered,
+    Heartbeat,
+    /// Not a data point: dead-letter it.
+    Invalid(DataPointError),
+    /// At or below the watermark on arrival. `applied`: evaluated at once under the
+    /// `apply` policy; otherwise dead-letter it.
+    Late {
+        sender: String,
+        timestamp: u64,
+        watermark: u64,
+        applied: bool,
+    },
+}
+
+/// What applying a message from the control topic did; published on the status topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleUpdate {
+    /// The rule is another instance's (`--partition`): nothing to do or say.
+    NotOwned,
+    /// The same version again (a retained message re-delivered after a reconnect or
+    /// a restart): nothing changed and nothing is published.
+    Unchanged { version: u64 },
+    Applied(ChangeOutcome),
+    /// A version not higher than the loaded one.
+    Stale(ChangeOutcome),
+    NotFound(ChangeOutcome),
+    Rejected { version: Option<u64>, error: String },
+}
+
+/// Transitions and diagnostics produced since the last tick.
+#[derive(Debug, Default)]
+pub struct TickOutput {
+    pub watermark: Option<u64>,
+    pub transitions: Vec<Transition>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    seq: Sequencer,
+    pool: WorkerPool,
+    sandbox: Sandbox,
+    rules: BTreeMap<String, LoadedRule>,
+    states: BTreeMap<String, BTreeMap<String, StateView>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rules", &self.rules.len())
+            .field("buffered", &self.seq.buffered())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        Ok(Engine {
+            seq: Sequencer::new(cfg.sequencer),
+            pool: WorkerPool::new(cfg.workers, cfg.limits.clone())?,
+            sandbox: Sandbox::new(cfg.limits.clone()),
+            rules: BTreeMap::new(),
+            states: BTreeMap::new(),
+            cfg,
+        })
+    }
+
+    /// Rebuild from a checkpoint: recompile its rules, then put back their state.
+    /// Returns the engine and the ids of rules that could not be rebuilt (with why).
+    pub fn restore(
+        cfg: EngineConfig,
+        snap: EngineSnapshot,
+    ) -> Result<(Engine, Vec<(String, String)>), EngineError> {
+        let mut engine = Engine::new(cfg)?;
+        let mut problems = Vec::new();
+        let at = snap.sequencer.now_event;
+        for (id, loaded) in snap.rules {
+            if !engine.cfg.partition.owns(&id) {
+                // Checkpointed under another partition count: not ours any more.
+                continue;
+            }
+            match engine.compile(&id, loaded.version, &loaded.script) {
+                Ok(rule) => {
+                    engine.pool.apply(RuleChange::Upsert(Arc::new(rule)), at)?;
+                    engine.rules.insert(id, loaded);
+                }
+                Err(e) => problems.push((id, e)),
+            }
+        }
+        let skipped = engine.pool.restore(&snap.evaluator)?;
+        for id in skipped {
+            if engine.rules.contains_key(&id) {
+                problems.push((id, "state not restored: version changed".into()));
+            }
+        }
+        engine.seq = Sequencer::restore(engine.cfg.sequencer, snap.sequencer);
+        engine.states = snap
+            .states
+            .into_iter()
+            .filter(|(id, _)| engine.rules.contains_key(id))
+            .collect();
+        Ok((engine, problems))
+    }
+
+    /// The engine's state for a checkpoint. Call [`Engine::tick`] first so that no
+    /// output is pending: the checkpoint must not contain effects whose transitions
+    /// were not handed on yet.
+    pub fn snapshot(&mut self) -> Result<EngineSnapshot, EngineError> {
+        Ok(EngineSnapshot {
+            rules: self.rules.clone(),
+            evaluator: self.pool.snapshot()?,
+            sequencer: self.seq.snapshot(),
+            states: self.states.clone(),
+        })
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.cfg.partition
+    }
+
+    pub fn rules(&self) -> &BTreeMap<String, LoadedRule> {
+        &self.rules
+    }
+
+    pub fn states(&self) -> &BTreeMap<String, BTreeMap<String, StateView>> {
+        &self.states
+    }
+
+    pub fn sequencer(&self) -> &Sequencer {
+        &self.seq
+    }
+
+    pub fn stats(&self) -> crate::eval::EvalStats {
+        self.pool.stats()
+    }
+
+    /// One raw record from the stream, arrived at wall-clock `now` (ms).
+    pub fn on_record(&mut self, data: &[u8], now: u64) -> Result<RecordOutcome, EngineError> {
+        let point = match DataPoint::from_json(data) {
+            Ok(p) => p,
+            Err(e) => return Ok(RecordOutcome::Invalid(e)),
+        };
+        // Named like `SenderState::name`, so logs and metrics agree.
+        let sender = match &point.meta.gateway_id {
+            Some(g) => format!("{g}/{}", point.meta.source_id),
+            None => point.meta.source_id.clone(),
+        };
+        let timestamp = point.timestamp;
+        Ok(match self.seq.push(point, now) {
+            Admission::Buffered => RecordOutcome::Buffered,
+            Admission::Heartbeat => RecordOutcome::Heartbeat,
+            Admission::DeadLetter { watermark, .. } => RecordOutcome::Late {
+                sender,
+                timestamp,
+                watermark,
+                applied: false,
+            },
+            Admission::Apply { point, at } => {
+                self.pool.on_point(point.into(), at)?;
+                RecordOutcome::Late {
+                    sender,
+                    timestamp,
+                    watermark: at,
+                    applied: true,
+                }
+            }
+        })
+    }
+
+    /// A message from the control topic for `rule_id`: `Some((version, script))`
+    /// adds or updates the rule, `None` deletes it. Applied at the event time the
+    /// rules have reached.
+    pub fn on_rule(
+        &mut self,
+        rule_id: &str,
+        message: Option<(u64, &str)>,
+    ) -> Result<RuleUpdate, EngineError> {
+        if !self.cfg.partition.owns(rule_id) {
+            return Ok(RuleUpdate::NotOwned);
+        }
+        let at = self.seq.event_now();
+        let Some((version, script)) = message else {
+            let outcome = self.pool.apply(
+                RuleChange::Delete {
+                    id: rule_id.to_owned(),
+                },
+                at,
+            )?;
+            self.rules.remove(rule_id);
+            self.states.remove(rule_id);
+            return Ok(match outcome {
+                ChangeOutcome::NotFound { .. } => RuleUpdate::NotFound(outcome),
+                _ => RuleUpdate::Applied(outcome),
+            });
+        };
+        if let Some(loaded) = self.rules.get(rule_id) {
+            if loaded.version == version && loaded.script == script {
+                return Ok(RuleUpdate::Unchanged { version });
+            }
+        }
+        let rule = match self.compile(rule_id, version, script) {
+            Ok(rule) => rule,
+            Err(error) => {
+                return Ok(RuleUpdate::Rejected {
+                    version: Some(version),
+                    error,
+                })
+            }
+        };
+        let equipment: BTreeSet<String> = rule.equipment().iter().cloned().collect();
+        let outcome = self.pool.apply(RuleChange::Upsert(Arc::new(rule)), at)?;
+        if !outcome.applied() {
+            return Ok(RuleUpdate::Stale(outcome));
+        }
+        self.rules.insert(
+            rule_id.to_owned(),
+            LoadedRule {
+                version,
+                script: script.to_owned(),
+            },
+        );
+        if let Some(states) = self.states.get_mut(rule_id) {
+            // Equipment dropped by an update have no state any more.
+            states.retain(|e, _| equipment.contains(e));
+        }
+        Ok(RuleUpdate::Applied(outcome))
+    }
+
+    /// After the retained rules arrived at start-up: rules of the checkpoint whose
+    /// retained message is gone were deleted while this instance was down.
+    pub fn forget_missing(
+        &mut self,
+        present: &BTreeSet<String>,
+    ) -> Result<Vec<ChangeOutcome>, EngineError> {
+        let gone: Vec<String> = self
+            .rules
+            .keys()
+            .filter(|id| !present.contains(*id))
+            .cloned()
+            .collect();
+        let mut outcomes = Vec::new();
+        for id in gone {
+            if let RuleUpdate::Applied(o) = self.on_rule(&id, None)? {
+                outcomes.push(o);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Recompute the watermark at wall-clock `now`, evaluate what it released, fire
+    /// due holds, and collect the output.
+    pub fn tick(&mut self, now: u64) -> Result<TickOutput, EngineError> {
+        if let Some(w) = self.seq.advance(now) {
+            while let Some(p) = self.seq.pop_released() {
+                let at = p.timestamp;
+                self.pool.on_point(p, at)?;
+            }
+            self.pool.advance(w)?;
+        }
+        let out = self.pool.flush()?;
+        for t in &out.transitions {
+            self.states.entry(t.rule_id.clone()).or_default().insert(
+                t.equipment_id.clone(),
+                StateView {
+                    state: t.state.clone(),
+                    since: Some(t.event_time),
+                    sequence: t.sequence,
+                },
+            );
+        }
+        Ok(TickOutput {
+            watermark: self.seq.watermark(),
+            transitions: out.transitions,
+            diagnostics: out.diagnostics,
+        })
+    }
+
+    fn compile(&self, rule_id: &str, version: u64, script: &str) -> Result<Rule, String> {
+        if version == 0 {
+            return Err("version must be at least 1".into());
+        }
+        let rule = Rule::compile(&self.sandbox, script, &format!("rule topic {rule_id}"))
+            .map_err(|e| e.to_string())?;
+        if rule.id() != rule_id {
+            return Err(format!(
+                "the script's id `{}` is not the topic's rule id `{rule_id}`",
+                rule.id()
+            ));
+        }
+        Ok(rule.with_version(version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watermark::WatermarkConfig;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    const HOT: &str = r#"#{ id: "hot", equipment: ["e1", "e2"],
+        groups: [ #{ name: "t", tags: ["temp"], hold: 3000,
+                     state: |v| if v.temp > 50 { "WARNING" } else { "OK" } } ] }"#;
+
+    fn script(id: &str, limit: i64) -> String {
+        format!(
+            r#"#{{ id: "{id}", equipment: ["e1", "e2"],
+               groups: [ #{{ name: "t", tags: ["temp"],
+                            state: |v| if v.temp > {limit} {{ "WARNING" }} else {{ "OK" }} }} ] }}"#
+        )
+    }
+
+    fn cfg(partition: Partition, workers: usize) -> EngineConfig {
+        EngineConfig {
+            sequencer: SequencerConfig {
+                watermark: WatermarkConfig {
+                    max_out_of_orderness: Duration::from_millis(500),
+                    idle_timeout: Duration::from_secs(3600),
+                },
+                ..SequencerConfig::default()
+            },
+            workers,
+            limits: Limits::default(),
+            partition,
+        }
+    }
+
+    fn record(equipment: &str, ts: u64, temp: i64, seq: u64) -> Vec<u8> {
+        serde_json::json!({"version":1,"timestamp":ts,"equipmentId":equipment,"tag":"temp",
+            "value":temp,"quality":"Ok",
+            "meta":{"sequenceNumber":seq,"flags":[],"createdAt":ts,"sourceId":"plc","gatewayId":"gw"}})
+        .to_string()
+        .into_bytes()
+    }
+
+    /// A stream of temperatures for two equipment, one point per 400 ms.
+    fn stream(values: &[i64]) -> Vec<Vec<u8>> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let e = if i % 2 == 0 { "e1" } else { "e2" };
+                record(e, 1_000 + 400 * i as u64, *v, i as u64)
+            })
+            .collect()
+    }
+
+    fn run(engine: &mut Engine, records: &[Vec<u8>], out: &mut Vec<String>) {
+        for (i, r) in records.iter().enumerate() {
+            engine.on_record(r, 0).unwrap();
+            if i % 3 == 0 {
+                let t = engine.tick(0).unwrap();
+                out.extend(t.transitions.into_iter().map(|t| t.transition_id));
+            }
+        }
+        let t = engine.tick(0).unwrap();
+        out.extend(t.transitions.into_iter().map(|t| t.transition_id));
+    }
+
+    fn loaded(partition: Partition, workers: usize, rules: &[(&str, String)]) -> Engine {
+        let mut e = Engine::new(cfg(partition, workers)).unwrap();
+        for (id, s) in rules {
+            let u = e.on_rule(id, Some((1, s))).unwrap();
+            assert!(
+                matches!(u, RuleUpdate::Applied(_) | RuleUpdate::NotOwned),
+                "{u:?}"
+            );
+        }
+        e
+    }
+
+    #[test]
+    fn points_become_transitions_and_states() {
+        let mut e = loaded(Partition::ALL, 1, &[("hot", HOT.to_owned())]);
+        let mut out = Vec::new();
+        let mut values = vec![10, 10];
+        values.extend([60; 12]);
+        values.extend([10, 10]);
+        run(&mut e, &stream(&values), &mut out);
+        assert_eq!(
+            out,
+            ["hot/e1/1000/1", "hot/e2/1400/1", "hot/e1/4800/2", "hot/e2/5200/2"],
+            "first state at once, WARNING after the 3 s hold"
+        );
+        assert_eq!(e.states()["hot"]["e1"].state, "WARNING");
+        assert_eq!(e.states()["hot"]["e2"].sequence, 2);
+    }
+
+    #[test]
+    fn invalid_records_and_late_points_are_reported() {
+        let mut e = loaded(Partition::ALL, 1, &[("hot", HOT.to_owned())]);
+        assert!(matches!(
+            e.on_record(b"{not json", 0).unwrap(),
+            RecordOutcome::Invalid(_)
+        ));
+        e.on_record(&record("e1", 10_000, 1, 1), 0).unwrap();
+        e.tick(0).unwrap();
+        match e.on_record(&record("e1", 2_000, 1, 2), 0).unwrap() {
+            RecordOutcome::Late {
+                sender,
+                watermark,
+                applied,
+                ..
+            } => {
+                assert_eq!(sender, "gw/plc");
+                assert_eq!(watermark, 9_500);
+                assert!(!applied);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rule_messages_follow_the_lifecycle() {
+        let mut e = loaded(Partition::ALL, 1, &[]);
+        let s1 = script("r", 50);
+        assert!(matches!(
+            e.on_rule("r", Some((1, &s1))).unwrap(),
+            RuleUpdate::Applied(ChangeOutcome::Added { version: 1, .. })
+        ));
+        // A re-delivery of the same message changes nothing and says nothing.
+        assert_eq!(
+            e.on_rule("r", Some((1, &s1))).unwrap(),
+            RuleUpdate::Unchanged { version: 1 }
+        );
+        assert!(matches!(
+            e.on_rule("r", Some((1, &script("r", 60)))).unwrap(),
+            RuleUpdate::Stale(_)
+        ));
+        assert!(matches!(
+            e.on_rule("r", Some((2, &script("r", 60)))).unwrap(),
+            RuleUpdate::Applied(ChangeOutcome::Updated { from: 1, to: 2, .. })
+        ));
+        match e.on_rule("x", Some((1, &s1))).unwrap() {
+            RuleUpdate::Rejected { error, .. } => assert!(error.contains("`r`"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        match e.on_rule("b", Some((1, "#{ id: \"b\", "))).unwrap() {
+            RuleUpdate::Rejected { error, .. } => assert!(error.contains("b"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        let mut out = Vec::new();
+        run(&mut e, &stream(&[70, 70, 70]), &mut out);
+        assert!(e.states().contains_key("r"));
+        assert!(matches!(
+            e.on_rule("r", None).unwrap(),
+            RuleUpdate::Applied(ChangeOutcome::Deleted { version: 2, .. })
+        ));
+        assert!(!e.states().contains_key("r") && e.rules().is_empty());
+        assert!(matches!(
+            e.on_rule("r", None).unwrap(),
+            RuleUpdate::NotFound(_)
+        ));
+    }
+
+    #[test]
+    fn rules_missing_after_a_restart_are_forgotten() {
+        let mut e = loaded(
+            Partition::ALL,
+            1,
+            &[("a", script("a", 1)), ("b", script("b", 2))],
+        );
+        let present = BTreeSet::from(["a".to_owned()]);
+        let gone = e.forget_missing(&present).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(e.rules().keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    fn rule_set() -> Vec<(String, String)> {
+        (0..6)
+            .map(|i| (format!("rule-{i}"), script(&format!("rule-{i}"), 20 + 10 * i)))
+            .collect()
+    }
+
+    fn as_refs(rules: &[(String, String)]) -> Vec<(&str, String)> {
+        rules.iter().map(|(a, b)| (a.as_str(), b.clone())).collect()
+    }
+
+    #[test]
+    fn partitions_together_emit_what_one_instance_emits() {
+        let rules = rule_set();
+        let input = stream(&[10, 30, 50, 70, 90, 10, 60, 40, 80, 20]);
+        let mut whole = Vec::new();
+        run(&mut loaded(Partition::ALL, 1, &as_refs(&rules)), &input, &mut whole);
+        let mut parts = Vec::new();
+        for index in 0..2 {
+            let p = Partition { index, count: 2 };
+            let mut e = loaded(p, 1, &as_refs(&rules));
+            assert!(!e.rules().is_empty(), "both partitions own rules");
+            run(&mut e, &input, &mut parts);
+        }
+        whole.sort();
+        parts.sort();
+        assert_eq!(whole, parts);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// A checkpoint at any point, restored into a new engine (any worker count),
+        /// continues exactly as if nothing had happened.
+        #[test]
+        fn restore_continues_exactly(
+            values in proptest::collection::vec(0i64..100, 4..40),
+            cut in any::<proptest::sample::Index>(),
+            workers in 1usize..4,
+        ) {
+            let rules = rule_set();
+            let mut hot = rules.clone();
+            hot.push(("hot".into(), HOT.into()));
+            let input = stream(&values);
+            let mut straight = Vec::new();
+            run(&mut loaded(Partition::ALL, 1, &as_refs(&hot)), &input, &mut straight);
+
+            let cut = cut.index(input.len());
+            let mut first = loaded(Partition::ALL, workers, &as_refs(&hot));
+            let mut resumed = Vec::new();
+            run(&mut first, &input[..cut], &mut resumed);
+            let snap = first.snapshot().unwrap();
+            drop(first);
+            let json = serde_json::to_vec(&snap).unwrap();
+            let snap: EngineSnapshot = serde_json::from_slice(&json).unwrap();
+            let (mut second, problems) = Engine::restore(cfg(Partition::ALL, workers), snap).unwrap();
+            prop_assert!(problems.is_empty(), "{:?}", problems);
+            run(&mut second, &input[cut..], &mut resumed);
+            prop_assert_eq!(straight, resumed);
+        }
+    }
+}

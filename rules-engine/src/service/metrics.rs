@@ -1,0 +1,121 @@
+//! The engine's own Prometheus metrics (the source, control and output modules
+//! register theirs next to these).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SenderLabel {
+    pub sender: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineMetrics {
+    /// Records read from the stream, by what became of them.
+    pub records: Family<OutcomeLabel, Counter>,
+    pub late: Family<SenderLabel, Counter>,
+    pub senders: Family<StateLabel, Gauge>,
+    pub watermark_ms: Gauge,
+    pub watermark_lag_seconds: Gauge<f64, AtomicU64>,
+    pub reorder_buffered: Gauge,
+    pub rules_loaded: Gauge,
+    pub rule_changes: Family<StatusLabel, Counter>,
+    pub group_evaluations: Counter,
+    pub evaluation_errors: Counter,
+    pub timers_fired: Counter,
+    pub transitions: Counter,
+    pub diagnostics: Counter,
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_age_seconds: Gauge<f64, AtomicU64>,
+    pub checkpoint_bytes: Gauge,
+    pub checkpoint_failures: Counter,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        EngineMetrics {
+            records: Family::default(),
+            late: Family::default(),
+            senders: Family::default(),
+            watermark_ms: Gauge::default(),
+            watermark_lag_seconds: Gauge::default(),
+            reorder_buffered: Gauge::default(),
+            rules_loaded: Gauge::default(),
+            rule_changes: Family::default(),
+            group_evaluations: Counter::default(),
+            evaluation_errors: Counter::default(),
+            timers_fired: Counter::default(),
+            transitions: Counter::default(),
+            diagnostics: Counter::default(),
+            dead_letters: Family::default(),
+            checkpoint_duration: Histogram::new(
+                [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter(),
+            ),
+            checkpoint_age_seconds: Gauge::default(),
+            checkpoint_bytes: Gauge::default(),
+            checkpoint_failures: Counter::default(),
+        }
+    }
+}
+
+impl EngineMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("linewatch_rules");
+        r.register(
+            "records",
+            "Records read from Kinesis, by outcome (point, heartbeat, invalid, late_dropped, late_applied)",
+            self.records.clone(),
+        );
+        r.register("late_points", "Points at or below the watermark on arrival, per sender", self.late.clone());
+        r.register("senders", "Senders known to the watermark, active or idle", self.senders.clone());
+        r.register("watermark_ms", "The global watermark, ms since the Unix epoch", self.watermark_ms.clone());
+        r.register(
+            "watermark_lag_seconds",
+            "Wall clock minus the watermark",
+            self.watermark_lag_seconds.clone(),
+        );
+        r.register("reorder_buffered", "Points waiting for the watermark", self.reorder_buffered.clone());
+        r.register("rules_loaded", "Rules this instance owns", self.rules_loaded.clone());
+        r.register("rule_changes", "Control-topic messages applied, by status", self.rule_changes.clone());
+        r.register("group_evaluations", "Condition-group evaluations", self.group_evaluations.clone());
+        r.register("evaluation_errors", "Condition-group evaluations that failed", self.evaluation_errors.clone());
+        r.register("timers_fired", "Hold timers fired", self.timers_fired.clone());
+        r.register("transitions", "State transitions emitted", self.transitions.clone());
+        r.register("diagnostics", "Rule diagnostics (errors in groups) reported", self.diagnostics.clone());
+        r.register("dead_letters", "Records written to the points dead-letter file, by reason", self.dead_letters.clone());
+        r.register(
+            "checkpoint_duration_seconds",
+            "Time to write one checkpoint",
+            self.checkpoint_duration.clone(),
+        );
+        r.register("checkpoint_age_seconds", "Age of the last checkpoint written", self.checkpoint_age_seconds.clone());
+        r.register("checkpoint_bytes", "Size of the last checkpoint", self.checkpoint_bytes.clone());
+        r.register("checkpoint_failures", "Checkpoints that could not be written", self.checkpoint_failures.clone());
+    }
+}
