@@ -121,7 +121,10 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = CheckpointStore::open(&dir.path().join("cp"), Duration::ZERO).expect("store");
-    let positions = std::collections::BTreeMap::from([("shardId-000000000000", "49590338271490256608559692538361571095921575989136588898")]);
+    let positions = std::collections::BTreeMap::from([(
+        "shardId-000000000000",
+        "49590338271490256608559692538361571095921575989136588898",
+    )]);
     let outbox: Vec<String> = Vec::new();
     let mut best = f64::MAX;
     let mut size = 0;

@@ -3,13 +3,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use linewatch_rules::replay::{load_rule_files, replay, ReplayEvent, ReplayOptions};
 use linewatch_rules::cli::{
     self,
     control::{DeleteArgs, PublishArgs},
     dead_letters::{DeadLettersArgs, DeadLettersCommand},
 };
 use linewatch_rules::eval::Partition;
+use linewatch_rules::replay::{load_rule_files, replay, ReplayEvent, ReplayOptions};
 use linewatch_rules::service::config::{parse_partition, ServiceConfig};
 use linewatch_rules::service::run::{run, RunOptions};
 use linewatch_rules::{EventSource, LatePolicy, Limits, Sandbox, WatermarkConfig};

@@ -182,7 +182,11 @@ impl CheckpointStore {
         })
     }
 
-    fn decode<T: DeserializeOwned>(&self, part: &'static str, raw: &[u8]) -> Result<T, CheckpointError> {
+    fn decode<T: DeserializeOwned>(
+        &self,
+        part: &'static str,
+        raw: &[u8],
+    ) -> Result<T, CheckpointError> {
         serde_json::from_slice(raw).map_err(|e| self.corrupt(part, e.to_string()))
     }
 
@@ -216,11 +220,15 @@ mod tests {
         let path = dir.path().join("cp");
         {
             let mut s = CheckpointStore::open(&path, Duration::ZERO).unwrap();
-            assert!(s.load::<BTreeMap<String, u64>, Vec<String>, Vec<u64>>().unwrap().is_none());
+            assert!(s
+                .load::<BTreeMap<String, u64>, Vec<String>, Vec<u64>>()
+                .unwrap()
+                .is_none());
             let e = BTreeMap::from([("a".to_owned(), 1u64)]);
             s.save(&e, &vec!["p1".to_owned()], &vec![1u64], 10).unwrap();
             let e = BTreeMap::from([("b".to_owned(), 2u64)]);
-            s.save(&e, &vec!["p2".to_owned()], &Vec::<u64>::new(), 20).unwrap();
+            s.save(&e, &vec!["p2".to_owned()], &Vec::<u64>::new(), 20)
+                .unwrap();
         }
         let mut s = CheckpointStore::open(&path, Duration::from_secs(5)).unwrap();
         let cp: Cp = s.load().unwrap().unwrap();
@@ -254,7 +262,13 @@ mod tests {
         let mut s = CheckpointStore::open(&path, Duration::from_secs(5)).unwrap();
         let err = s.load::<u64, u64, u64>().unwrap_err();
         assert!(
-            matches!(err, CheckpointError::Corrupt { part: "positions", .. }),
+            matches!(
+                err,
+                CheckpointError::Corrupt {
+                    part: "positions",
+                    ..
+                }
+            ),
             "{err}"
         );
     }

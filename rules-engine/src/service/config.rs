@@ -184,11 +184,21 @@ impl ServiceConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.workers == 0 || self.workers > MAX_WORKERS {
-            p.push(format!("workers: must be 1 to {MAX_WORKERS}, not {}", self.workers));
+            p.push(format!(
+                "workers: must be 1 to {MAX_WORKERS}, not {}",
+                self.workers
+            ));
         }
         if let Some(id) = &self.instance_id {
-            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                p.push(format!("instance_id: `{id}` must be 1-64 characters of A-Z a-z 0-9 - _ ."));
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                p.push(format!(
+                    "instance_id: `{id}` must be 1-64 characters of A-Z a-z 0-9 - _ ."
+                ));
             }
         }
         if self.checkpoint_interval < Duration::from_millis(10) {
@@ -203,7 +213,9 @@ impl ServiceConfig {
         if w.idle_timeout.is_zero() {
             p.push("watermark.idle_timeout: must be more than 0".into());
         }
-        if w.advance_interval < Duration::from_millis(1) || w.advance_interval > Duration::from_secs(60) {
+        if w.advance_interval < Duration::from_millis(1)
+            || w.advance_interval > Duration::from_secs(60)
+        {
             p.push("watermark.advance_interval: must be between 1ms and 60s".into());
         }
         if self.events.account.is_empty() {

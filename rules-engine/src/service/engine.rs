@@ -77,12 +77,17 @@ pub enum RuleUpdate {
     NotOwned,
     /// The same version again (a retained message re-delivered after a reconnect or
     /// a restart): nothing changed and nothing is published.
-    Unchanged { version: u64 },
+    Unchanged {
+        version: u64,
+    },
     Applied(ChangeOutcome),
     /// A version not higher than the loaded one.
     Stale(ChangeOutcome),
     NotFound(ChangeOutcome),
-    Rejected { version: Option<u64>, error: String },
+    Rejected {
+        version: Option<u64>,
+        error: String,
+    },
 }
 
 /// Transitions and diagnostics produced since the last tick.
@@ -443,7 +448,12 @@ mod tests {
         run(&mut e, &stream(&values), &mut out);
         assert_eq!(
             out,
-            ["hot/e1/1000/1", "hot/e2/1400/1", "hot/e1/4800/2", "hot/e2/5200/2"],
+            [
+                "hot/e1/1000/1",
+                "hot/e2/1400/1",
+                "hot/e1/4800/2",
+                "hot/e2/5200/2"
+            ],
             "first state at once, WARNING after the 3 s hold"
         );
         assert_eq!(e.states()["hot"]["e1"].state, "WARNING");
@@ -532,7 +542,12 @@ mod tests {
 
     fn rule_set() -> Vec<(String, String)> {
         (0..6)
-            .map(|i| (format!("rule-{i}"), script(&format!("rule-{i}"), 20 + 10 * i)))
+            .map(|i| {
+                (
+                    format!("rule-{i}"),
+                    script(&format!("rule-{i}"), 20 + 10 * i),
+                )
+            })
             .collect()
     }
 
@@ -545,7 +560,11 @@ mod tests {
         let rules = rule_set();
         let input = stream(&[10, 30, 50, 70, 90, 10, 60, 40, 80, 20]);
         let mut whole = Vec::new();
-        run(&mut loaded(Partition::ALL, 1, &as_refs(&rules)), &input, &mut whole);
+        run(
+            &mut loaded(Partition::ALL, 1, &as_refs(&rules)),
+            &input,
+            &mut whole,
+        );
         let mut parts = Vec::new();
         for index in 0..2 {
             let p = Partition { index, count: 2 };

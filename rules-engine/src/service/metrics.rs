@@ -74,9 +74,7 @@ impl Default for EngineMetrics {
             transitions: Counter::default(),
             diagnostics: Counter::default(),
             dead_letters: Family::default(),
-            checkpoint_duration: Histogram::new(
-                [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter(),
-            ),
+            checkpoint_duration: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             checkpoint_age_seconds: Gauge::default(),
             checkpoint_bytes: Gauge::default(),
             checkpoint_failures: Counter::default(),
@@ -92,30 +90,90 @@ impl EngineMetrics {
             "Records read from Kinesis, by outcome (point, heartbeat, invalid, late_dropped, late_applied)",
             self.records.clone(),
         );
-        r.register("late_points", "Points at or below the watermark on arrival, per sender", self.late.clone());
-        r.register("senders", "Senders known to the watermark, active or idle", self.senders.clone());
-        r.register("watermark_ms", "The global watermark, ms since the Unix epoch", self.watermark_ms.clone());
+        r.register(
+            "late_points",
+            "Points at or below the watermark on arrival, per sender",
+            self.late.clone(),
+        );
+        r.register(
+            "senders",
+            "Senders known to the watermark, active or idle",
+            self.senders.clone(),
+        );
+        r.register(
+            "watermark_ms",
+            "The global watermark, ms since the Unix epoch",
+            self.watermark_ms.clone(),
+        );
         r.register(
             "watermark_lag_seconds",
             "Wall clock minus the watermark",
             self.watermark_lag_seconds.clone(),
         );
-        r.register("reorder_buffered", "Points waiting for the watermark", self.reorder_buffered.clone());
-        r.register("rules_loaded", "Rules this instance owns", self.rules_loaded.clone());
-        r.register("rule_changes", "Control-topic messages applied, by status", self.rule_changes.clone());
-        r.register("group_evaluations", "Condition-group evaluations", self.group_evaluations.clone());
-        r.register("evaluation_errors", "Condition-group evaluations that failed", self.evaluation_errors.clone());
-        r.register("timers_fired", "Hold timers fired", self.timers_fired.clone());
-        r.register("transitions", "State transitions emitted", self.transitions.clone());
-        r.register("diagnostics", "Rule diagnostics (errors in groups) reported", self.diagnostics.clone());
-        r.register("dead_letters", "Records written to the points dead-letter file, by reason", self.dead_letters.clone());
+        r.register(
+            "reorder_buffered",
+            "Points waiting for the watermark",
+            self.reorder_buffered.clone(),
+        );
+        r.register(
+            "rules_loaded",
+            "Rules this instance owns",
+            self.rules_loaded.clone(),
+        );
+        r.register(
+            "rule_changes",
+            "Control-topic messages applied, by status",
+            self.rule_changes.clone(),
+        );
+        r.register(
+            "group_evaluations",
+            "Condition-group evaluations",
+            self.group_evaluations.clone(),
+        );
+        r.register(
+            "evaluation_errors",
+            "Condition-group evaluations that failed",
+            self.evaluation_errors.clone(),
+        );
+        r.register(
+            "timers_fired",
+            "Hold timers fired",
+            self.timers_fired.clone(),
+        );
+        r.register(
+            "transitions",
+            "State transitions emitted",
+            self.transitions.clone(),
+        );
+        r.register(
+            "diagnostics",
+            "Rule diagnostics (errors in groups) reported",
+            self.diagnostics.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Records written to the points dead-letter file, by reason",
+            self.dead_letters.clone(),
+        );
         r.register(
             "checkpoint_duration_seconds",
             "Time to write one checkpoint",
             self.checkpoint_duration.clone(),
         );
-        r.register("checkpoint_age_seconds", "Age of the last checkpoint written", self.checkpoint_age_seconds.clone());
-        r.register("checkpoint_bytes", "Size of the last checkpoint", self.checkpoint_bytes.clone());
-        r.register("checkpoint_failures", "Checkpoints that could not be written", self.checkpoint_failures.clone());
+        r.register(
+            "checkpoint_age_seconds",
+            "Age of the last checkpoint written",
+            self.checkpoint_age_seconds.clone(),
+        );
+        r.register(
+            "checkpoint_bytes",
+            "Size of the last checkpoint",
+            self.checkpoint_bytes.clone(),
+        );
+        r.register(
+            "checkpoint_failures",
+            "Checkpoints that could not be written",
+            self.checkpoint_failures.clone(),
+        );
     }
 }

@@ -12,7 +12,9 @@ use super::checkpoint::{CheckpointError, CheckpointStore};
 use super::config::{parse_partition, ServiceConfig};
 use super::engine::{Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate};
 use super::http::{self, OpsView, Phase, RuleView, SharedView};
-use super::metrics::{EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabel, StateLabel, StatusLabel};
+use super::metrics::{
+    EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabel, StateLabel, StatusLabel,
+};
 use crate::control::{self, ControlEvent, ControlHandle, ControlMetrics, RuleStatus, StatusKind};
 use crate::eval::{EvalStats, Partition};
 use crate::output::{self, DeadLetterStore, Outbox, OutboxSnapshot, OutputMetrics, PendingEvent};
@@ -129,7 +131,7 @@ pub async fn run(
         partition,
     };
     let outbox = Outbox::from_webhooks(&cfg.webhooks);
-    let (mut engine, positions, outbox) = match loaded {
+    let (engine, positions, outbox) = match loaded {
         Some(cp) => {
             let (engine, problems) = Engine::restore(engine_cfg, cp.engine)?;
             for (rule, why) in problems {
@@ -156,9 +158,8 @@ pub async fn run(
     let http_task = http::serve(cfg.http.listen, registry, view.clone(), shutdown.clone()).await?;
 
     // Webhook targets, each its own task.
-    let dead = DeadLetterStore::open(&cfg.webhook_dead_letter_dir()).map_err(|e| {
-        ServiceError::Start(format!("webhook dead-letter store: {e}"))
-    })?;
+    let dead = DeadLetterStore::open(cfg.webhook_dead_letter_dir())
+        .map_err(|e| ServiceError::Start(format!("webhook dead-letter store: {e}")))?;
     let mut tasks = Vec::new();
     for hook in &cfg.webhooks {
         let hook = hook
@@ -174,11 +175,12 @@ pub async fn run(
     }
 
     // The control topic: rules first, then data.
-    let client_id = cfg
-        .mqtt
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("linewatch-rules-{instance}-p{}of{}", partition.index, partition.count));
+    let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(|| {
+        format!(
+            "linewatch-rules-{instance}-p{}of{}",
+            partition.index, partition.count
+        )
+    });
     let (control, mut control_rx) = control::start(&cfg.mqtt, client_id, control_metrics)
         .await
         .map_err(|e| ServiceError::Start(format!("control topic: {e}")))?;
@@ -224,8 +226,12 @@ pub async fn run(
     if synced {
         for outcome in lp.engine.forget_missing(&present)? {
             tracing::info!(?outcome, "rule deleted while this instance was down");
-            lp.publish(RuleStatus::from_outcome(outcome, lp.instance.clone(), now_ms()))
-                .await;
+            lp.publish(RuleStatus::from_outcome(
+                outcome,
+                lp.instance.clone(),
+                now_ms(),
+            ))
+            .await;
         }
         lp.refresh_view();
         lp.set_phase(Phase::Running);
@@ -235,6 +241,8 @@ pub async fn run(
             .await
             .map_err(|e| ServiceError::Start(format!("kinesis source: {e}")))?;
         let mut positions = positions;
+        // Shards trimmed from the stream are dropped from the positions at checkpoints.
+        let listed = source.listed_shards();
         let source_task = tokio::spawn(source.run(positions.clone(), tx, shutdown.clone()));
 
         let mut advance = tokio::time::interval(cfg.watermark.advance_interval);
@@ -248,7 +256,13 @@ pub async fn run(
                 biased;
                 _ = shutdown_rx.wait_for(|s| *s) => break,
                 _ = advance.tick() => lp.tick()?,
-                _ = checkpoint.tick() => lp.checkpoint(&mut store, &positions)?,
+                _ = checkpoint.tick() => {
+                    let current = listed.borrow().clone();
+                    if !current.is_empty() {
+                        positions.forget_unlisted(&current);
+                    }
+                    lp.checkpoint(&mut store, &positions)?;
+                }
                 ev = control_rx.recv(), if control_open => match ev {
                     Some(ev) => lp.on_control(ev).await?,
                     None => {
@@ -324,19 +338,39 @@ impl Loop {
                 self.on_rule(&rule_id, message).await?;
             }
             ControlEvent::Connected => {
-                self.view.write().unwrap_or_else(|p| p.into_inner()).mqtt_connected = true;
+                self.view
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .mqtt_connected = true;
             }
             ControlEvent::Disconnected { error } => {
                 tracing::warn!(%error, "control topic disconnected; rules loaded stay in force");
-                self.view.write().unwrap_or_else(|p| p.into_inner()).mqtt_connected = false;
+                self.view
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .mqtt_connected = false;
             }
             ControlEvent::Malformed { topic, error } => {
                 // The control task logged and counted it; the author learns on the
                 // status topic, if the topic names a rule this instance owns.
-                let rule_id = self.control.topics().rule_id_of(&topic).ok().map(str::to_owned);
+                let rule_id = self
+                    .control
+                    .topics()
+                    .rule_id_of(&topic)
+                    .ok()
+                    .map(str::to_owned);
                 if let Some(rule_id) = rule_id.filter(|id| self.engine.partition().owns(id)) {
-                    let status = RuleStatus::rejected(&rule_id, None, error, self.instance.clone(), now_ms());
-                    self.metrics.rule_changes.get_or_create(&StatusLabel { status: "rejected" }).inc();
+                    let status = RuleStatus::rejected(
+                        &rule_id,
+                        None,
+                        error,
+                        self.instance.clone(),
+                        now_ms(),
+                    );
+                    self.metrics
+                        .rule_changes
+                        .get_or_create(&StatusLabel { status: "rejected" })
+                        .inc();
                     self.publish(status).await;
                 }
             }
@@ -345,7 +379,11 @@ impl Loop {
         Ok(())
     }
 
-    async fn on_rule(&mut self, rule_id: &str, message: Option<(u64, &str)>) -> Result<(), ServiceError> {
+    async fn on_rule(
+        &mut self,
+        rule_id: &str,
+        message: Option<(u64, &str)>,
+    ) -> Result<(), ServiceError> {
         let update = self.engine.on_rule(rule_id, message)?;
         let at = now_ms();
         let status = match update {
@@ -355,7 +393,13 @@ impl Loop {
             }
             RuleUpdate::Rejected { version, error } => {
                 tracing::warn!(rule = rule_id, ?version, %error, "rule rejected");
-                Some(RuleStatus::rejected(rule_id, version, error, self.instance.clone(), at))
+                Some(RuleStatus::rejected(
+                    rule_id,
+                    version,
+                    error,
+                    self.instance.clone(),
+                    at,
+                ))
             }
         };
         if let Some(status) = status {
@@ -367,7 +411,10 @@ impl Loop {
                 StatusKind::NotFound => "not_found",
             };
             tracing::info!(rule = rule_id, version = ?status.version, status = label, "rule change");
-            self.metrics.rule_changes.get_or_create(&StatusLabel { status: label }).inc();
+            self.metrics
+                .rule_changes
+                .get_or_create(&StatusLabel { status: label })
+                .inc();
             self.publish(status).await;
         }
         self.refresh_view();
@@ -389,20 +436,40 @@ impl Loop {
                 RecordOutcome::Late { applied: true, .. } => "late_applied",
                 RecordOutcome::Late { applied: false, .. } => "late_dropped",
             };
-            self.metrics.records.get_or_create(&OutcomeLabel { outcome: label }).inc();
+            self.metrics
+                .records
+                .get_or_create(&OutcomeLabel { outcome: label })
+                .inc();
             match outcome {
                 RecordOutcome::Invalid(e) => {
-                    self.dead_points.put(&batch.shard_id, rec, "invalid", &e.to_string());
-                    self.metrics.dead_letters.get_or_create(&ReasonLabel { reason: "invalid" }).inc();
+                    self.dead_points
+                        .put(&batch.shard_id, rec, "invalid", &e.to_string());
+                    self.metrics
+                        .dead_letters
+                        .get_or_create(&ReasonLabel { reason: "invalid" })
+                        .inc();
                 }
-                RecordOutcome::Late { sender, timestamp, watermark, applied } => {
-                    self.metrics.late.get_or_create(&SenderLabel { sender: sender.clone() }).inc();
+                RecordOutcome::Late {
+                    sender,
+                    timestamp,
+                    watermark,
+                    applied,
+                } => {
+                    self.metrics
+                        .late
+                        .get_or_create(&SenderLabel {
+                            sender: sender.clone(),
+                        })
+                        .inc();
                     if !applied {
                         let why = format!(
                             "late: timestamp {timestamp} at or below the watermark {watermark} (sender {sender})"
                         );
                         self.dead_points.put(&batch.shard_id, rec, "late", &why);
-                        self.metrics.dead_letters.get_or_create(&ReasonLabel { reason: "late" }).inc();
+                        self.metrics
+                            .dead_letters
+                            .get_or_create(&ReasonLabel { reason: "late" })
+                            .inc();
                     }
                 }
                 RecordOutcome::Buffered | RecordOutcome::Heartbeat => {}
@@ -418,19 +485,27 @@ impl Loop {
         let out = self.engine.tick(now)?;
         for t in &out.transitions {
             tracing::debug!(transition = %t.transition_id, state = %t.state, "transition");
-            self.outbox.push(PendingEvent::from_transition(t, &self.events, now));
+            self.outbox
+                .push(PendingEvent::from_transition(t, &self.events, now));
         }
-        self.metrics.transitions.inc_by(out.transitions.len() as u64);
+        self.metrics
+            .transitions
+            .inc_by(out.transitions.len() as u64);
         for d in &out.diagnostics {
             tracing::warn!(rule = %d.rule_id, group = %d.group, equipment = %d.equipment_id,
                 line = ?d.line, kind = ?d.kind, message = %d.message, "rule diagnostic");
         }
-        self.metrics.diagnostics.inc_by(out.diagnostics.len() as u64);
+        self.metrics
+            .diagnostics
+            .inc_by(out.diagnostics.len() as u64);
         self.update_metrics(now, out.watermark);
         if !out.transitions.is_empty() {
             self.refresh_view();
         }
-        self.view.write().unwrap_or_else(|p| p.into_inner()).watermark = out.watermark;
+        self.view
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .watermark = out.watermark;
         Ok(())
     }
 
@@ -439,7 +514,8 @@ impl Loop {
         let seq = self.engine.sequencer();
         if let Some(w) = watermark {
             m.watermark_ms.set(w as i64);
-            m.watermark_lag_seconds.set(now.saturating_sub(w) as f64 / 1000.0);
+            m.watermark_lag_seconds
+                .set(now.saturating_sub(w) as f64 / 1000.0);
         }
         m.reorder_buffered.set(seq.buffered() as i64);
         let senders = seq.tracker().senders();
@@ -447,19 +523,25 @@ impl Loop {
             .iter()
             .filter(|s| now.saturating_sub(s.last_seen) > self.idle_timeout)
             .count();
-        m.senders.get_or_create(&StateLabel { state: "idle" }).set(idle as i64);
+        m.senders
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(idle as i64);
         m.senders
             .get_or_create(&StateLabel { state: "active" })
             .set((senders.len() - idle) as i64);
         m.rules_loaded.set(self.engine.rules().len() as i64);
         let s = self.engine.stats();
         let l = self.last_stats;
-        m.group_evaluations.inc_by(s.group_evaluations.saturating_sub(l.group_evaluations));
-        m.evaluation_errors.inc_by(s.group_errors.saturating_sub(l.group_errors));
-        m.timers_fired.inc_by(s.timers_fired.saturating_sub(l.timers_fired));
+        m.group_evaluations
+            .inc_by(s.group_evaluations.saturating_sub(l.group_evaluations));
+        m.evaluation_errors
+            .inc_by(s.group_errors.saturating_sub(l.group_errors));
+        m.timers_fired
+            .inc_by(s.timers_fired.saturating_sub(l.timers_fired));
         self.last_stats = s;
         if let Some(at) = self.last_checkpoint {
-            m.checkpoint_age_seconds.set(now.saturating_sub(at) as f64 / 1000.0);
+            m.checkpoint_age_seconds
+                .set(now.saturating_sub(at) as f64 / 1000.0);
         }
     }
 
@@ -480,7 +562,11 @@ impl Loop {
     /// Tick (so no output is pending), then write engine state, positions and the
     /// outbox in one atomic checkpoint. A failure is logged and retried next time:
     /// nothing is lost, the restart point just stays older.
-    fn checkpoint(&mut self, store: &mut CheckpointStore, positions: &ShardPositions) -> Result<(), ServiceError> {
+    fn checkpoint(
+        &mut self,
+        store: &mut CheckpointStore,
+        positions: &ShardPositions,
+    ) -> Result<(), ServiceError> {
         self.tick()?;
         let started = Instant::now();
         let snapshot = self.engine.snapshot()?;
@@ -488,11 +574,16 @@ impl Loop {
         let now = now_ms();
         match store.save(&snapshot, positions, &outbox, now) {
             Ok(bytes) => {
-                self.metrics.checkpoint_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .checkpoint_duration
+                    .observe(started.elapsed().as_secs_f64());
                 self.metrics.checkpoint_bytes.set(bytes as i64);
                 self.metrics.checkpoint_age_seconds.set(0.0);
                 self.last_checkpoint = Some(now);
-                self.view.write().unwrap_or_else(|p| p.into_inner()).last_checkpoint = Some(now);
+                self.view
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_checkpoint = Some(now);
             }
             Err(e) => {
                 self.metrics.checkpoint_failures.inc();
@@ -535,7 +626,11 @@ impl PointDeadLetters {
         }
         tracing::warn!(reason, error, shard, sequence = %rec.sequence_number, "record dead-lettered");
         if self.out.is_none() {
-            match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
                 Ok(f) => self.out = Some(std::io::BufWriter::new(f)),
                 Err(e) => {
                     if !self.failed {
