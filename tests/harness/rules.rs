@@ -53,6 +53,9 @@ pub struct Kinesis {
     pub endpoint: String,
     pub start: String,
     pub poll_interval: String,
+    /// How often the shard list is re-read (children of a split appear then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_discovery_interval: Option<String>,
     pub access_key_id: String,
     pub secret_access_key: String,
 }
@@ -118,6 +121,7 @@ impl RulesConfig {
                 endpoint: kinesis_endpoint.to_owned(),
                 start: "trim_horizon".into(),
                 poll_interval: "200ms".into(),
+                shard_discovery_interval: Some("500ms".into()),
                 access_key_id: crate::kinesis::ACCESS_KEY_ID.into(),
                 secret_access_key: crate::kinesis::SECRET_ACCESS_KEY.into(),
             },
@@ -589,19 +593,22 @@ impl RulesService {
         async move { run_cli(&args, Duration::from_secs(60)).await }
     }
 
-    /// Writes `script` to `dir/{file}` and publishes it; panics unless it is accepted (exit 0).
+    /// Writes `script` to `dir/{file}` and publishes it as `version` (the message's
+    /// version wins over the script's; keep them equal so the oracle agrees); panics
+    /// unless it is accepted (exit 0). Returns the status JSON.
     #[track_caller]
     pub fn publish_text<'a>(
         &'a self,
         file: &'a str,
         script: &'a str,
+        version: u64,
     ) -> impl std::future::Future<Output = serde_json::Value> + 'a {
         let caller = std::panic::Location::caller();
         async move {
             let path = self.dir.join(file);
             std::fs::write(&path, script)
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-            let res = self.publish(&path, None, None, "10s").await;
+            let res = self.publish(&path, Some(version), None, "10s").await;
             if res.code() != Some(0) {
                 panic!(
                     "publishing {file} (at {caller}) was not accepted: {res}\n{} log:\n{}",

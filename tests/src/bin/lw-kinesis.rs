@@ -2,11 +2,13 @@
 //!
 //!   lw-kinesis create-stream --endpoint http://127.0.0.1:4567 --stream linewatch [--shards 2]
 //!   lw-kinesis tail --endpoint http://127.0.0.1:4567 --stream linewatch
+//!   lw-kinesis split-shard --endpoint http://127.0.0.1:4567 --stream linewatch [--shard shardId-000000000000]
 //!
 //! `tail` prints one line per second: records per equipment so far and the last decoded point.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use linewatch_e2e::feed;
 use linewatch_e2e::kinesis::{self, StreamReader};
 use linewatch_schemas::DataPoint;
 use std::collections::BTreeMap;
@@ -43,6 +45,16 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Split a shard (default: the first open one) in the middle of its hash range, wait
+    /// until the stream is ACTIVE again and print the two children.
+    SplitShard {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        shard: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -65,6 +77,24 @@ async fn main() -> anyhow::Result<()> {
             stream,
             seconds,
         } => tail(&endpoint, &stream, seconds.map(Duration::from_secs)).await,
+        Cmd::SplitShard {
+            endpoint,
+            stream,
+            shard,
+        } => {
+            let client = kinesis::client(&endpoint);
+            let (a, b) = feed::split_shard(
+                &client,
+                &endpoint,
+                &stream,
+                shard.as_deref(),
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| format!("splitting a shard of {stream}"))?;
+            println!("split: children {a} and {b} of stream {stream} on {endpoint}");
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,252 @@
+//! Shared by the rule engine tests (`rules_*.rs`): the peers of one test, checks of
+//! the EventBridge envelope, and comparison with the replay oracle.
+#![allow(dead_code)] // each test binary uses a different part
+
+use linewatch_e2e::feed::{self, Feed};
+use linewatch_e2e::kinesis::Kinesalite;
+use linewatch_e2e::mqtt::{self, Broker};
+use linewatch_e2e::receiver::{Receiver, Request};
+use linewatch_e2e::rules::{self, RulesConfig};
+use linewatch_e2e::Scratch;
+use linewatch_rules::Transition;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+pub const STREAM: &str = "points";
+
+/// The peers of one test: kinesalite with a stream, the broker, a receiver, a topic prefix.
+pub struct Env {
+    pub scratch: Scratch,
+    pub kinesis: Kinesalite,
+    pub broker: Broker,
+    pub receiver: Receiver,
+    pub prefix: String,
+}
+
+impl Env {
+    pub async fn start(test: &str, shards: i32) -> Env {
+        let scratch = Scratch::new(test);
+        let kinesis = Kinesalite::start(Default::default(), scratch.path());
+        kinesis.create_stream(STREAM, shards).await;
+        let broker = Broker::start(scratch.path());
+        Env {
+            receiver: Receiver::start(),
+            prefix: mqtt::unique_prefix(test),
+            kinesis,
+            broker,
+            scratch,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// A service config for this env, posting to `/events` of the receiver.
+    pub fn config(&self) -> RulesConfig {
+        RulesConfig::new(
+            self.dir(),
+            &self.kinesis.endpoint(),
+            STREAM,
+            self.broker.port(),
+            &self.prefix,
+            &self.receiver.url("/events"),
+        )
+    }
+
+    /// PutRecords of the points `feed` made since the last put.
+    pub async fn put(&self, feed: &mut Feed) {
+        let pts = feed.take();
+        if let Err(e) = feed::put_points(
+            &self.kinesis.client(),
+            &self.kinesis.endpoint(),
+            STREAM,
+            &pts,
+        )
+        .await
+        {
+            panic!(
+                "putting {} points: {e}\nkinesalite log:\n{}",
+                pts.len(),
+                self.kinesis.log_tail(20)
+            );
+        }
+    }
+
+    /// Writes `script` to a file in the scratch dir (for the oracle); returns its path.
+    pub fn rule_file(&self, name: &str, script: &str) -> PathBuf {
+        let p = self.dir().join(name);
+        std::fs::write(&p, script).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+        p
+    }
+
+    /// The oracle's transitions for every point `feed` made and `rules`.
+    pub async fn oracle(&self, feed: &Feed, rules: &[PathBuf], name: &str) -> Vec<Value> {
+        let input = self.dir().join(format!("{name}.ndjson"));
+        feed.write_ndjson(&input);
+        rules::oracle(rules, &input, "1s", "30s").await
+    }
+
+    /// Clears the retained topics of `rule_ids` on the shared broker.
+    pub async fn cleanup(&self, rule_ids: &[&str]) {
+        self.broker.clear_rules(&self.prefix, rule_ids).await;
+    }
+}
+
+/// The event id the engine must give a transition (`detail`): uuid v5 of its transitionId.
+#[track_caller]
+pub fn event_id_of(detail: &Value) -> String {
+    let t: Transition = serde_json::from_value(detail.clone())
+        .unwrap_or_else(|e| panic!("not a transition ({e}): {detail}"));
+    t.event_id().to_string()
+}
+
+/// The event ids of the oracle's transitions, in order.
+pub fn ids_of(transitions: &[Value]) -> Vec<String> {
+    transitions.iter().map(event_id_of).collect()
+}
+
+/// Checks one webhook body is a complete EventBridge envelope for `account`/`region`.
+pub fn check_envelope(body: &Value) -> Result<(), String> {
+    let obj = body.as_object().ok_or("the body is not a JSON object")?;
+    let want: BTreeSet<&str> = [
+        "version",
+        "id",
+        "detail-type",
+        "source",
+        "account",
+        "time",
+        "region",
+        "resources",
+        "detail",
+    ]
+    .into();
+    let have: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    if have != want {
+        return Err(format!("envelope keys {have:?}, expected {want:?}"));
+    }
+    let s = |k: &str| body[k].as_str().unwrap_or("<not a string>");
+    for (k, v) in [
+        ("version", "0"),
+        ("detail-type", "Rule State Changed"),
+        ("source", "linewatch.rules"),
+        ("account", rules::ACCOUNT),
+        ("region", rules::REGION),
+    ] {
+        if s(k) != v {
+            return Err(format!("{k} is {:?}, expected {v:?}", body[k]));
+        }
+    }
+    let detail = &body["detail"];
+    for k in [
+        "ruleId",
+        "ruleVersion",
+        "equipmentId",
+        "previousState",
+        "state",
+        "eventTime",
+        "sequence",
+        "transitionId",
+        "groups",
+        "values",
+    ] {
+        if detail.get(k).is_none() {
+            return Err(format!("detail has no {k}: {detail}"));
+        }
+    }
+    let expected_id = event_id_of(detail);
+    if s("id") != expected_id {
+        return Err(format!(
+            "id {} is not uuid v5 of transitionId {} ({expected_id})",
+            s("id"),
+            detail["transitionId"]
+        ));
+    }
+    let rule = detail["ruleId"].as_str().unwrap_or("");
+    if body["resources"] != serde_json::json!([format!("linewatch:rule/{rule}")]) {
+        return Err(format!("resources {}", body["resources"]));
+    }
+    let time = humantime::parse_rfc3339(s("time"))
+        .map_err(|e| format!("time {:?} is not RFC 3339: {e}", s("time")))?;
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let event_time = detail["eventTime"].as_u64().ok_or("eventTime not a u64")?;
+    if secs != event_time / 1000 {
+        return Err(format!(
+            "time {} is not eventTime {event_time} (to the second)",
+            s("time")
+        ));
+    }
+    Ok(())
+}
+
+/// The `detail` of each request (first copies), failing on a body that is not an envelope.
+#[track_caller]
+pub fn details(reqs: &[Request]) -> Vec<Value> {
+    reqs.iter()
+        .map(|r| {
+            let body = r
+                .json()
+                .unwrap_or_else(|| panic!("request {} body is not JSON", r.describe()));
+            if let Err(e) = check_envelope(&body) {
+                panic!("request {}: {e}\nbody: {body}", r.describe());
+            }
+            body["detail"].clone()
+        })
+        .collect()
+}
+
+/// (ruleId, equipmentId) → transitionIds, in the given order.
+pub fn per_key(transitions: &[Value]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for t in transitions {
+        let key = (
+            t["ruleId"].as_str().unwrap_or("").to_owned(),
+            t["equipmentId"].as_str().unwrap_or("").to_owned(),
+        );
+        m.entry(key)
+            .or_default()
+            .push(t["transitionId"].as_str().unwrap_or("").to_owned());
+    }
+    m
+}
+
+/// Panics (showing the first difference) unless `got` equals `want` per (rule, equipment),
+/// in order, and every transition is equal as JSON to the oracle's.
+#[track_caller]
+pub fn assert_same_transitions(got: &[Value], want: &[Value]) {
+    let (g, w) = (per_key(got), per_key(want));
+    for key in g.keys().chain(w.keys()).collect::<BTreeSet<_>>() {
+        let (gs, ws) = (
+            g.get(key).cloned().unwrap_or_default(),
+            w.get(key).cloned().unwrap_or_default(),
+        );
+        if gs != ws {
+            let i = gs.iter().zip(&ws).take_while(|(a, b)| a == b).count();
+            panic!(
+                "transitions of {key:?} differ from the oracle at #{i}: got {:?}, oracle {:?}\n(got {} vs {} transitions; got all: {:?})",
+                gs.get(i),
+                ws.get(i),
+                gs.len(),
+                ws.len(),
+                gs
+            );
+        }
+    }
+    let by_id: BTreeMap<&str, &Value> = want
+        .iter()
+        .map(|t| (t["transitionId"].as_str().unwrap_or(""), t))
+        .collect();
+    for t in got {
+        let id = t["transitionId"].as_str().unwrap_or("");
+        if by_id.get(id) != Some(&t) {
+            panic!(
+                "transition {id} differs from the oracle's:\n got    {t}\n oracle {}",
+                by_id.get(id).map(|v| v.to_string()).unwrap_or_default()
+            );
+        }
+    }
+}
