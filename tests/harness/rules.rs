@@ -121,7 +121,7 @@ impl RulesConfig {
                 endpoint: kinesis_endpoint.to_owned(),
                 start: "trim_horizon".into(),
                 poll_interval: "200ms".into(),
-                shard_discovery_interval: Some("500ms".into()),
+                shard_discovery_interval: Some("1s".into()),
                 access_key_id: crate::kinesis::ACCESS_KEY_ID.into(),
                 secret_access_key: crate::kinesis::SECRET_ACCESS_KEY.into(),
             },
