@@ -1257,7 +1257,10 @@ mod tests {
         let (_held, _) = Buffer::open(&c).unwrap();
         let started = std::time::Instant::now();
         let err = Buffer::open(&c).unwrap_err();
-        assert!(started.elapsed() >= c.lock_wait, "waited for the lock first");
+        assert!(
+            started.elapsed() >= c.lock_wait,
+            "waited for the lock first"
+        );
         assert!(matches!(err, BufferError::Locked { .. }), "{err}");
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1, "nothing moved aside");
