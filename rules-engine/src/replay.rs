@@ -298,6 +298,10 @@ impl<'o, W: Write> Replay<'o, W> {
             }
         };
         self.summary.rule_changes += 1;
+        // Bring the watermark up to date first, as the service does between batches,
+        // so the change applies at the event time the stream has reached.
+        self.since_advance = 0;
+        self.step(on_event)?;
         let outcome = self.pool.apply(change, self.seq.event_now())?;
         on_event(ReplayEvent::RuleChanged {
             line,
