@@ -101,7 +101,7 @@ listen = "127.0.0.1:$RULES_PORT"
 EOF
 ./target/debug/linewatch-rules run --config "$RUN/rules.toml" > "$RUN/rules.log" 2>&1 &
 pids+=($!)
-./target/debug/linewatch-rules publish rules-engine/examples/rules/filling-machine-local.rhai \
+./target/debug/linewatch-rules publish rules-engine/examples/local/filling-machine-local.rhai \
     --config "$RUN/rules.toml" --wait 30s
 
 echo "== state transitions at the webhook receiver (Ctrl-C stops everything)"
