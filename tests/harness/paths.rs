@@ -67,18 +67,20 @@ fn profile_dir() -> Option<PathBuf> {
 #[track_caller]
 pub fn agent_binary() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(locate_agent) {
+    match BIN.get_or_init(|| build_binary("linewatch-agent", "LINEWATCH_AGENT_BIN")) {
         Ok(p) => p.clone(),
         Err(e) => panic!("{e}"),
     }
 }
 
-fn locate_agent() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("LINEWATCH_AGENT_BIN") {
+/// `cargo build -p <package> --bin <package>` into the test's target directory, in
+/// the test's profile; `override_var` names a binary to use instead.
+pub fn build_binary(package: &str, override_var: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(override_var) {
         return Ok(PathBuf::from(p));
     }
     let profile_dir = profile_dir().ok_or("cannot find the test executable's directory")?;
-    let bin = profile_dir.join("linewatch-agent");
+    let bin = profile_dir.join(package);
     let target_dir = profile_dir
         .parent()
         .ok_or("test executable is not under a target directory")?;
@@ -86,25 +88,17 @@ fn locate_agent() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "linewatch-agent",
-            "--bin",
-            "linewatch-agent",
-        ])
+        .args(["build", "--quiet", "-p", package, "--bin", package])
         .env("CARGO_TARGET_DIR", target_dir);
     if release {
         cmd.arg("--release");
     }
-    let out = cmd.output();
-    match out {
+    match cmd.output() {
         Ok(o) if o.status.success() => Ok(bin),
         // Offline or locked out: an existing binary is still better than no test.
         Ok(o) if bin.exists() => {
             eprintln!(
-                "warning: cargo build -p linewatch-agent failed ({}), using the existing {}:\n{}",
+                "warning: cargo build -p {package} failed ({}), using the existing {}:\n{}",
                 o.status,
                 bin.display(),
                 String::from_utf8_lossy(&o.stderr)
@@ -112,7 +106,7 @@ fn locate_agent() -> Result<PathBuf, String> {
             Ok(bin)
         }
         Ok(o) => Err(format!(
-            "cannot build linewatch-agent ({}):\n{}",
+            "cannot build {package} ({}):\n{}",
             o.status,
             String::from_utf8_lossy(&o.stderr)
         )),
@@ -124,7 +118,7 @@ fn locate_agent() -> Result<PathBuf, String> {
             Ok(bin)
         }
         Err(e) => Err(format!(
-            "cannot run cargo to build linewatch-agent ({e}) and {} does not exist",
+            "cannot run cargo to build {package} ({e}) and {} does not exist",
             bin.display()
         )),
     }

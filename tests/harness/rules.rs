@@ -176,67 +176,9 @@ impl RulesConfig {
 #[track_caller]
 pub fn rules_binary() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(locate_rules) {
+    match BIN.get_or_init(|| paths::build_binary("linewatch-rules", "LINEWATCH_RULES_BIN")) {
         Ok(p) => p.clone(),
         Err(e) => panic!("{e}"),
-    }
-}
-
-fn locate_rules() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("LINEWATCH_RULES_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let mut profile_dir = exe
-        .parent()
-        .ok_or("the test executable has no directory")?
-        .to_path_buf();
-    if profile_dir.file_name().is_some_and(|n| n == "deps") {
-        profile_dir.pop();
-    }
-    let bin = profile_dir.join("linewatch-rules");
-    let target_dir = profile_dir
-        .parent()
-        .ok_or("test executable is not under a target directory")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(paths::repo_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "linewatch-rules",
-            "--bin",
-            "linewatch-rules",
-        ])
-        .env("CARGO_TARGET_DIR", target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    match cmd.output() {
-        Ok(o) if o.status.success() => Ok(bin),
-        Ok(o) if bin.exists() => {
-            eprintln!(
-                "warning: cargo build -p linewatch-rules failed ({}), using the existing {}:\n{}",
-                o.status,
-                bin.display(),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            Ok(bin)
-        }
-        Ok(o) => Err(format!(
-            "cannot build linewatch-rules ({}):\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) if bin.exists() => {
-            eprintln!(
-                "warning: cannot run cargo ({e}); using the existing {}",
-                bin.display()
-            );
-            Ok(bin)
-        }
-        Err(e) => Err(format!("cannot run cargo to build linewatch-rules: {e}")),
     }
 }
 
