@@ -12,13 +12,14 @@ MODBUS_PORT=25020; KINESIS_PORT=24567; METRICS_PORT=29464
 
 bash scripts/install-peers.sh >/dev/null
 cargo build --release -p linewatch-agent -p linewatch-e2e --bins 2>&1 | tail -1
+BIN="${CARGO_TARGET_DIR:-target}/release"
 pids=()
 trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
 wait_for() { local d=$((SECONDS+30)); until grep -q "$2" "$1" 2>/dev/null; do [ $SECONDS -lt $d ] || { tail "$1"; exit 1; }; sleep 0.2; done; }
 
 node tests/peers/kinesalite-local.js --port $KINESIS_PORT --shardLimit 20 > "$RUN/kinesalite.log" 2>&1 & pids+=($!)
 wait_for "$RUN/kinesalite.log" listening
-./target/release/lw-kinesis create-stream --endpoint http://127.0.0.1:$KINESIS_PORT --stream bench --shards 10
+"$BIN"/lw-kinesis create-stream --endpoint http://127.0.0.1:$KINESIS_PORT --stream bench --shards 10
 .venv/bin/python tests/sim/modbus_plc.py --port $MODBUS_PORT --holding-registers "$TAGS" > "$RUN/plc.log" 2>&1 & pids+=($!)
 wait_for "$RUN/plc.log" READY
 
@@ -53,8 +54,8 @@ for g in $(seq 0 9); do
   done
 done
 } > "$RUN/agent.toml"
-./target/release/linewatch-agent check --config "$RUN/agent.toml"
-./target/release/linewatch-agent run --config "$RUN/agent.toml" > "$RUN/agent.log" 2>&1 & agent=$!; pids+=($agent)
+"$BIN"/linewatch-agent check --config "$RUN/agent.toml"
+"$BIN"/linewatch-agent run --config "$RUN/agent.toml" > "$RUN/agent.log" 2>&1 & agent=$!; pids+=($agent)
 sleep "$SECS"   # a fixed measuring window (this is a benchmark, not a test)
 rss=$(awk '/VmRSS/{print $2}' /proc/$agent/status); hwm=$(awk '/VmHWM/{print $2}' /proc/$agent/status)
 metrics=$(curl -s http://127.0.0.1:$METRICS_PORT/metrics)
