@@ -82,7 +82,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(config: PathBuf, log_json: bool) -> anyhow::Result<()> {
-    tune_allocator();
+    // Before any thread exists (tracing and the runtime start threads).
+    linewatch_agent::memory::tune_allocator();
     let cfg = Config::load(&config).map_err(anyhow::Error::new)?;
     let format = if log_json {
         linewatch_agent::config::LogFormat::Json
@@ -106,28 +107,6 @@ fn run(config: PathBuf, log_json: bool) -> anyhow::Result<()> {
         app::run(cfg, shutdown).await
     })?;
     Ok(())
-}
-
-/// glibc malloc settings for a gateway with little RAM; must run before any
-/// thread starts. By default glibc gives each thread its own arena (up to
-/// 8 × cores) and raises its mmap threshold after the first large free, which
-/// moves sled's 512 KiB IO buffers into those arenas: freed memory then stays
-/// resident as fragmentation. One arena and a fixed threshold keep RSS close to
-/// the live heap. `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` in the
-/// environment win (for measuring alternatives).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            // SAFETY: mallopt only changes allocator parameters; called before
-            // any other thread exists.
-            unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-        }
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-            // SAFETY: as above.
-            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
-        }
-    }
 }
 
 async fn wait_for_stop_signal() {
