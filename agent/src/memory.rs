@@ -59,3 +59,25 @@ pub async fn run_trimmer(interval: Duration, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn trimmer_trims_until_stopped() {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_trimmer(Duration::from_millis(5), stop.clone()));
+        // Let it run a few rounds with garbage to give back.
+        for _ in 0..20 {
+            drop(vec![1u8; 256 * 1024].into_boxed_slice());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!task.is_finished(), "the trimmer runs until told to stop");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the trimmer stops promptly once cancelled")
+            .expect("the trimmer does not panic");
+    }
+}
