@@ -138,15 +138,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
         "agent running"
     );
 
-    let trimmer_stop = CancellationToken::new();
-    let trimmer = tokio::spawn(crate::memory::run_trimmer(
-        crate::memory::TRIM_INTERVAL,
-        trimmer_stop.clone(),
-    ));
-
     shutdown.cancelled().await;
-    trimmer_stop.cancel();
-    let _ = trimmer.await;
     sources_stop.cancel();
     while source_tasks.join_next().await.is_some() {}
     tracing::info!("sources stopped; committing the buffer");
