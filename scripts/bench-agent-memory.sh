@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Resident memory of an agent polling 10,000 tags at 1 Hz (10,000 points/s) into a local Kinesis.
-# Prints VmRSS (now) and VmHWM (peak) of the agent after a warm-up, plus points shipped.
+# Prints VmRSS (now) and VmHWM (peak) of the agent after a warm-up, the anonymous (heap, stacks)
+# and file-backed (the binary's code) parts of RSS, its threads, plus points read and shipped.
+# TAGS=0 runs an agent without sources: the fixed cost (runtime, sled, Kinesis client, HTTP).
 # Usage: scripts/bench-agent-memory.sh [TAGS] [SECONDS]    (release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,14 +14,15 @@ MODBUS_PORT=25020; KINESIS_PORT=24567; METRICS_PORT=29464
 
 bash scripts/install-peers.sh >/dev/null
 cargo build --release -p linewatch-agent -p linewatch-e2e --bins 2>&1 | tail -1
+BIN="${CARGO_TARGET_DIR:-target}/release"
 pids=()
 trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
 wait_for() { local d=$((SECONDS+30)); until grep -q "$2" "$1" 2>/dev/null; do [ $SECONDS -lt $d ] || { tail "$1"; exit 1; }; sleep 0.2; done; }
 
 node tests/peers/kinesalite-local.js --port $KINESIS_PORT --shardLimit 20 > "$RUN/kinesalite.log" 2>&1 & pids+=($!)
 wait_for "$RUN/kinesalite.log" listening
-./target/release/lw-kinesis create-stream --endpoint http://127.0.0.1:$KINESIS_PORT --stream bench --shards 10
-.venv/bin/python tests/sim/modbus_plc.py --port $MODBUS_PORT --holding-registers "$TAGS" > "$RUN/plc.log" 2>&1 & pids+=($!)
+"$BIN"/lw-kinesis create-stream --endpoint http://127.0.0.1:$KINESIS_PORT --stream bench --shards 10
+.venv/bin/python tests/sim/modbus_plc.py --port $MODBUS_PORT --holding-registers "$((TAGS > 300 ? TAGS : 300))" > "$RUN/plc.log" 2>&1 & pids+=($!)
 wait_for "$RUN/plc.log" READY
 
 {
@@ -36,6 +39,10 @@ region = "eu-central-1"
 endpoint_url = "http://127.0.0.1:$KINESIS_PORT"
 access_key_id = "bench"
 secret_access_key = "bench"
+TOML
+# 10 groups of TAGS/10 tags each, 1 s interval, one u16 per register, 10 pieces of equipment.
+per=$((TAGS / 10))
+[ "$per" -gt 0 ] && cat <<TOML
 [[sources]]
 type = "modbus"
 id = "line"
@@ -43,9 +50,8 @@ address = "127.0.0.1:$MODBUS_PORT"
 equipment_id = "eq-0"
 heartbeat_interval = "0s"
 TOML
-# 10 groups of TAGS/10 tags each, 1 s interval, one u16 per register, 10 pieces of equipment.
-per=$((TAGS / 10))
 for g in $(seq 0 9); do
+  [ "$per" -gt 0 ] || break
   printf '[[sources.groups]]\nname = "g%d"\ninterval = "1s"\n' "$g"
   for i in $(seq 0 $((per - 1))); do
     a=$((g * per + i))
@@ -53,12 +59,15 @@ for g in $(seq 0 9); do
   done
 done
 } > "$RUN/agent.toml"
-./target/release/linewatch-agent check --config "$RUN/agent.toml"
-./target/release/linewatch-agent run --config "$RUN/agent.toml" > "$RUN/agent.log" 2>&1 & agent=$!; pids+=($agent)
+"$BIN"/linewatch-agent check --config "$RUN/agent.toml"
+"$BIN"/linewatch-agent run --config "$RUN/agent.toml" > "$RUN/agent.log" 2>&1 & agent=$!; pids+=($agent)
 sleep "$SECS"   # a fixed measuring window (this is a benchmark, not a test)
 rss=$(awk '/VmRSS/{print $2}' /proc/$agent/status); hwm=$(awk '/VmHWM/{print $2}' /proc/$agent/status)
+anon=$(awk '/RssAnon/{print $2}' /proc/$agent/status); file=$(awk '/RssFile/{print $2}' /proc/$agent/status)
+mib() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+threads=$(awk '/Threads/{print $2}' /proc/$agent/status)
 metrics=$(curl -s http://127.0.0.1:$METRICS_PORT/metrics)
 read_=$(echo "$metrics" | awk '/^linewatch_agent_points_read_total/{s+=$2} END{print s+0}')
 shipped=$(echo "$metrics" | awk '/^linewatch_agent_records_shipped_total/{print $2}')
 buffered=$(echo "$metrics" | awk '/^linewatch_agent_buffer_records /{print $2}')
-echo "agent-memory: tags=$TAGS window=${SECS}s rss=$((rss/1024)) MiB peak=$((hwm/1024)) MiB read=$read_ shipped=$shipped buffered=$buffered"
+echo "agent-memory: tags=$TAGS window=${SECS}s rss=$(mib $rss) MiB (anon=$(mib $anon) file=$(mib $file)) peak=$(mib $hwm) MiB threads=$threads read=$read_ shipped=$shipped buffered=$buffered"

@@ -30,7 +30,7 @@ pub enum AppError {
 /// Readings in flight between sources and the writer, in batches (one per poll).
 const READING_CHANNEL_BATCHES: usize = 1024;
 
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let clock: SharedClock = Arc::new(SystemClock);
     let metrics = Metrics::default();
     let mut registry = Registry::default();
@@ -114,11 +114,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     // Sources: each on its own task; a failing PLC never stops the others.
     let sources_stop = CancellationToken::new();
     let mut source_tasks = JoinSet::new();
-    for source in &cfg.sources {
+    // Moved, not cloned: with thousands of tags the configuration is megabytes,
+    // and each source keeps only what it needs of it.
+    let source_cfgs = std::mem::take(&mut cfg.sources);
+    let source_count = source_cfgs.len();
+    for source in source_cfgs {
         match source {
             SourceConfig::Modbus(m) => {
                 source_tasks.spawn(sources::modbus::run(
-                    Arc::new(m.clone()),
+                    Arc::new(m),
                     tx.clone(),
                     metrics.clone(),
                     clock.clone(),
@@ -129,7 +133,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), AppErro
     }
     drop(tx);
     tracing::info!(
-        sources = cfg.sources.len(),
+        sources = source_count,
         stream = %cfg.kinesis.stream,
         "agent running"
     );

@@ -8,6 +8,7 @@ pub mod app;
 pub mod buffer;
 pub mod clock;
 pub mod config;
+pub mod memory;
 pub mod normalize;
 pub mod ship;
 pub mod sources;

@@ -82,6 +82,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(config: PathBuf, log_json: bool) -> anyhow::Result<()> {
+    // Before any thread exists (tracing and the runtime start threads).
+    linewatch_agent::memory::tune_allocator();
     let cfg = Config::load(&config).map_err(anyhow::Error::new)?;
     let format = if log_json {
         linewatch_agent::config::LogFormat::Json

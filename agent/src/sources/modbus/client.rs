@@ -286,7 +286,9 @@ impl Source {
         Source {
             source_id: Arc::from(cfg.id.as_str()),
             heartbeat_equipment: cfg.heartbeat_equipment().map(Arc::from),
-            cfg,
+            // Only the connection settings are needed from here on: the tag
+            // list (≈ 150 B per tag) lives on in `groups`, not twice.
+            cfg: Arc::new(without_groups(&cfg)),
             groups,
             points_read,
             read_errors,
@@ -692,6 +694,24 @@ async fn tick_opt(iv: &mut Option<Interval>) {
             iv.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// The source's settings without its poll groups (cheap: no tag is cloned).
+fn without_groups(cfg: &ModbusSourceConfig) -> ModbusSourceConfig {
+    ModbusSourceConfig {
+        id: cfg.id.clone(),
+        address: cfg.address.clone(),
+        unit_id: cfg.unit_id,
+        equipment_id: cfg.equipment_id.clone(),
+        timeout: cfg.timeout,
+        reconnect_initial: cfg.reconnect_initial,
+        reconnect_max: cfg.reconnect_max,
+        max_gap: cfg.max_gap,
+        byte_order: cfg.byte_order,
+        word_order: cfg.word_order,
+        heartbeat_interval: cfg.heartbeat_interval,
+        groups: Vec::new(),
     }
 }
 
