@@ -201,9 +201,10 @@ pub async fn run(
     lp.set_phase(Phase::SyncingRules);
     let mut shutdown_rx = shutdown.clone();
     let mut present = BTreeSet::new();
+    // `Some(timed_out)` once the retained rules are in; `None` on shutdown.
     let synced = loop {
         tokio::select! {
-            _ = shutdown_rx.wait_for(|s| *s) => break false,
+            _ = shutdown_rx.wait_for(|s| *s) => break None,
             ev = control_rx.recv() => match ev {
                 Some(ControlEvent::InitialSyncDone { rules, timed_out }) => {
                     if timed_out {
@@ -211,7 +212,7 @@ pub async fn run(
                     } else {
                         tracing::info!(rules, "retained rules received");
                     }
-                    break true;
+                    break Some(timed_out);
                 }
                 Some(ev) => {
                     if let ControlEvent::Rule { rule_id, message, .. } = &ev {
@@ -223,8 +224,16 @@ pub async fn run(
             },
         }
     };
-    if synced {
-        for outcome in lp.engine.forget_missing(&present)? {
+    if let Some(timed_out) = synced {
+        // Only a complete view of the retained rules says which ones were deleted
+        // while this instance was down; after a timeout (broker unreachable) the
+        // checkpoint's rules stay, and a deletion takes effect when it arrives.
+        let deleted = if timed_out {
+            Vec::new()
+        } else {
+            lp.engine.forget_missing(&present)?
+        };
+        for outcome in deleted {
             tracing::info!(?outcome, "rule deleted while this instance was down");
             lp.publish(RuleStatus::from_outcome(
                 outcome,
