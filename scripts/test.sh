@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
 bash scripts/install-peers.sh
+# A minimal rustup toolchain may lack the lint components.
+for c in rustfmt clippy; do
+    if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        rustup component add "$c"
+    fi
+done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,12 +7,12 @@
 
 use crate::kinesis::KinesisError;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A piece of equipment and the sender (gateway, source) that reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -271,28 +271,7 @@ pub async fn split_shard(
         .send()
         .await
         .map_err(|e| call_err("SplitShard", endpoint, e))?;
-    let start = Instant::now();
-    loop {
-        let status = client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .map_err(|e| call_err("DescribeStreamSummary", endpoint, e))?
-            .stream_description_summary
-            .map(|s| s.stream_status);
-        if status == Some(StreamStatus::Active) {
-            break;
-        }
-        if start.elapsed() >= timeout {
-            return Err(KinesisError::NotActive {
-                stream: stream.to_owned(),
-                waited: start.elapsed(),
-                status: format!("{status:?}"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::kinesis::wait_active(client, endpoint, stream, timeout).await?;
     let children: Vec<String> = list_shards(client, endpoint, stream)
         .await?
         .into_iter()

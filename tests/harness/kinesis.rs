@@ -92,6 +92,16 @@ pub async fn create_stream(
             return Err(call_err("CreateStream", endpoint, e));
         }
     }
+    wait_active(client, endpoint, stream, timeout).await
+}
+
+/// Polls until `stream` is ACTIVE (after a create or a reshard), up to `timeout`.
+pub async fn wait_active(
+    client: &Client,
+    endpoint: &str,
+    stream: &str,
+    timeout: Duration,
+) -> Result<(), KinesisError> {
     let start = Instant::now();
     loop {
         let status = client
