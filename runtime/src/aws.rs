@@ -93,10 +93,16 @@ impl AwsConnection {
                 "must not be empty (leave it out to use the AWS chain)",
             );
         }
-        for (key, url) in [("endpoint_url", &self.endpoint_url), ("endpoint", &self.endpoint)] {
+        for (key, url) in [
+            ("endpoint_url", &self.endpoint_url),
+            ("endpoint", &self.endpoint),
+        ] {
             if let Some(url) = url {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    p.push(k(key), format!("{url:?} must start with http:// or https://"));
+                    p.push(
+                        k(key),
+                        format!("{url:?} must start with http:// or https://"),
+                    );
                 }
             }
         }
@@ -267,10 +273,13 @@ mod tests {
         let w = s.common.warnings("kinesis");
         assert_eq!(keys(&w), vec!["kinesis.endpoint"]);
         assert!(w.to_string().contains("endpoint_url"), "{w}");
-        let both = parse("stream = \"s\"\nendpoint = \"http://a\"\nendpoint_url = \"http://b\"")
-            .unwrap();
+        let both =
+            parse("stream = \"s\"\nendpoint = \"http://a\"\nendpoint_url = \"http://b\"").unwrap();
         assert_eq!(both.common.endpoint_url(), Some("http://b"));
-        assert_eq!(keys(&both.common.validate("kinesis")), vec!["kinesis.endpoint"]);
+        assert_eq!(
+            keys(&both.common.validate("kinesis")),
+            vec!["kinesis.endpoint"]
+        );
     }
 
     #[test]
@@ -283,7 +292,11 @@ mod tests {
         };
         assert_eq!(
             keys(&a.validate("kinesis")),
-            vec!["kinesis.region", "kinesis.endpoint_url", "kinesis.secret_access_key"]
+            vec![
+                "kinesis.region",
+                "kinesis.endpoint_url",
+                "kinesis.secret_access_key"
+            ]
         );
         let b = AwsConnection {
             secret_access_key: Some("s".into()),
@@ -292,7 +305,11 @@ mod tests {
         };
         assert_eq!(
             keys(&b.validate("")),
-            vec!["secret_access_key", "secret_access_key_env", "access_key_id"]
+            vec![
+                "secret_access_key",
+                "secret_access_key_env",
+                "access_key_id"
+            ]
         );
         assert!(AwsConnection::default().validate("kinesis").is_empty());
     }
@@ -307,7 +324,10 @@ mod tests {
         };
         assert!(a.validate("kinesis").is_empty());
         let err = a.static_credentials("kinesis").unwrap_err();
-        assert!(err.to_string().contains("kinesis.secret_access_key_env"), "{err}");
+        assert!(
+            err.to_string().contains("kinesis.secret_access_key_env"),
+            "{err}"
+        );
         // A variable every test process has (setting one would race other threads).
         let from_env = AwsConnection {
             secret_access_key_env: Some("PATH".into()),
@@ -316,7 +336,10 @@ mod tests {
         let (id, secret) = from_env.static_credentials("kinesis").unwrap().unwrap();
         assert_eq!(id, "k");
         assert_eq!(secret.expose(), std::env::var("PATH").unwrap());
-        assert_eq!(AwsConnection::default().static_credentials("x").unwrap(), None);
+        assert_eq!(
+            AwsConnection::default().static_credentials("x").unwrap(),
+            None
+        );
     }
 
     #[derive(Clone, Default)]
@@ -356,7 +379,11 @@ mod tests {
         let t = sdk.timeout_config().unwrap();
         assert_eq!(t.operation_timeout(), Some(Duration::from_secs(10)));
         assert_eq!(t.connect_timeout(), Some(Duration::from_secs(3)));
-        assert_eq!(sdk.retry_config().unwrap().max_attempts(), 1, "SDK retries are off");
+        assert_eq!(
+            sdk.retry_config().unwrap().max_attempts(),
+            1,
+            "SDK retries are off"
+        );
         let creds = sdk
             .credentials_provider()
             .unwrap()
@@ -366,7 +393,10 @@ mod tests {
         assert_eq!(creds.access_key_id(), "AKIDEXAMPLE");
         assert_eq!(creds.secret_access_key(), "hunter2");
         let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(log.contains("kinesis.endpoint") && log.contains("deprecated"), "{log}");
+        assert!(
+            log.contains("kinesis.endpoint") && log.contains("deprecated"),
+            "{log}"
+        );
         assert!(!log.contains("hunter2"), "{log}");
         assert!(!format!("{a:?}").contains("hunter2"));
 
@@ -383,7 +413,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, AwsError::Invalid(_)), "{err}");
-        assert!(err.to_string().contains("kinesis.secret_access_key"), "{err}");
+        assert!(
+            err.to_string().contains("kinesis.secret_access_key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -185,7 +185,10 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         let delays: Vec<Duration> = (0..50).map(|_| b.next_delay(&mut rng)).collect();
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
-        assert!(distinct.len() > 40, "full jitter draws from the whole range");
+        assert!(
+            distinct.len() > 40,
+            "full jitter draws from the whole range"
+        );
         assert!(delays.iter().any(|d| *d < MS(5_000)));
         assert!(delays.iter().any(|d| *d > MS(5_000)));
     }
@@ -237,7 +240,11 @@ mod tests {
     // From rules-engine/src/output/retry.rs (stateless; attempt n is `n - 1` failures).
     #[test]
     fn stateless_steps_double_up_to_the_max() {
-        let p = BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(600), Jitter::Full);
+        let p = BackoffPolicy::new(
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+            Jitter::Full,
+        );
         let c: Vec<u64> = (1..=12).map(|a| p.step(a - 1).as_secs()).collect();
         assert_eq!(c, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]);
         assert_eq!(p.step(u32::MAX), p.max);

@@ -144,7 +144,10 @@ mod tests {
             tracing::info!("not shown");
             tracing::warn!("shown");
         });
-        assert!(!quiet.contains("not shown") && quiet.contains("shown"), "{quiet}");
+        assert!(
+            !quiet.contains("not shown") && quiet.contains("shown"),
+            "{quiet}"
+        );
         let fallback = capture(LogFormat::Text, filter(Some("=[bad"), "info"), || {
             tracing::info!("default level applies");
         });
@@ -158,7 +161,10 @@ mod tests {
     #[test]
     fn init_twice_does_not_panic() {
         let first = init(LogFormat::Json, "info");
-        assert!(!init(LogFormat::Text, "info"), "the second call reports it did nothing");
+        assert!(
+            !init(LogFormat::Text, "info"),
+            "the second call reports it did nothing"
+        );
         let _ = first;
     }
 

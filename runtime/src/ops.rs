@@ -128,9 +128,11 @@ mod tests {
     /// One HTTP/1.1 GET; returns (status, content type, body).
     async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).await.unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -157,7 +159,10 @@ mod tests {
         let h = Arc::clone(&healthy);
         let health: Arc<dyn Health> = Arc::new(move || {
             let ok = h.load(Ordering::SeqCst);
-            (ok, serde_json::json!({ "phase": if ok { "running" } else { "starting" } }))
+            (
+                ok,
+                serde_json::json!({ "phase": if ok { "running" } else { "starting" } }),
+            )
         });
         let routes = Router::new().route("/rules", get(|| async { "[]" }));
         let shutdown = CancellationToken::new();

@@ -219,7 +219,10 @@ mod tests {
     fn an_unknown_key_is_rejected_with_its_name() {
         let e = parse("[source]\nid = \"a\"\nhost = \"h\"\nprot = 1").unwrap_err();
         assert!(e.contains("unknown field `prot`"), "{e}");
-        assert!(e.contains("`port`") && e.contains("`id`"), "lists what is known: {e}");
+        assert!(
+            e.contains("`port`") && e.contains("`id`"),
+            "lists what is known: {e}"
+        );
     }
 
     #[test]
