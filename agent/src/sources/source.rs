@@ -87,6 +87,16 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// A good value without a device timestamp.
+    pub fn ok(value: Value) -> Sample {
+        Sample {
+            value,
+            quality: Quality::Ok,
+            raw_quality: None,
+            source_timestamp: None,
+        }
+    }
+
     pub fn bad(why: impl Into<String>) -> Sample {
         Sample {
             value: Value::Null,

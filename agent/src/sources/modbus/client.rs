@@ -3,7 +3,7 @@
 //! are the shared driver's (`sources::driver`); this file connects and reads.
 
 use super::config::{Area, ModbusSourceConfig};
-use super::decode::{Codec, Decoded};
+use super::decode::Codec;
 use super::plan::{plan, ReadRequest, TagExtent};
 use crate::sources::config::CommonSourceConfig;
 use crate::sources::{Cycle, Sample, Source, SourceIdentity, SourceTag};
@@ -158,82 +158,6 @@ impl ModbusSource {
         }
     }
 
-    /// Read every request of group `gi` in turn into `out`.
-    async fn poll_group(
-        &mut self,
-        ctx: &mut Context,
-        gi: usize,
-        out: &mut Cycle<'_>,
-    ) -> Result<(), LinkError> {
-        let timeout = self.timeout;
-        let source = Arc::clone(&self.identity.id);
-        let unit = self.unit_id;
-        let mut i = 0;
-        while i < self.groups[gi].plan.len() {
-            if out.stopping() {
-                return Ok(());
-            }
-            let req = &self.groups[gi].plan[i];
-            let (area, address, count) = (req.area, req.address, req.count);
-            let call = ctx.call(request(area, address, count));
-            let answer = match tokio::time::timeout(timeout, call).await {
-                Err(_elapsed) => {
-                    return Err(LinkError::RequestTimeout {
-                        timeout,
-                        area,
-                        address,
-                        count,
-                    })
-                }
-                Ok(Err(tokio_modbus::Error::Transport(e))) => return Err(LinkError::Transport(e)),
-                Ok(Err(tokio_modbus::Error::Protocol(e))) => return Err(LinkError::Protocol(e)),
-                Ok(Ok(answer)) => answer,
-            };
-            let key = (area, address, count);
-            match answer.map(|resp| response_data(area, count, resp)) {
-                Ok(Ok(data)) => {
-                    if self.failing.remove(&key) {
-                        info!(%source, unit, %area, address, count, "modbus read recovered");
-                    }
-                    let group = &self.groups[gi];
-                    for slot in &group.plan[i].slots {
-                        let Some(tag) = group.tags.get(slot.tag) else {
-                            continue;
-                        };
-                        let decoded =
-                            data.decode(tag, usize::from(slot.offset), usize::from(slot.len));
-                        out.push(tag.index, sample(decoded));
-                    }
-                }
-                Ok(Err(malformed)) => {
-                    // A device bug, not a lost link: the tags are Bad, the connection stays.
-                    out.count_error();
-                    warn!(%source, unit, %area, address, count, error = %malformed, "malformed modbus response");
-                    self.bad_request(gi, i, &malformed, out);
-                }
-                Err(code) => {
-                    out.count_error();
-                    let text = exception_text(code);
-                    let group = &mut self.groups[gi];
-                    if group.plan[i].slots.len() > 1 && exception_splits(code) {
-                        let parts = group.plan[i].split();
-                        warn!(%source, unit, group = %group.name, %area, address, count, exception = %text, requests = parts.len(), "modbus exception on a merged read: reading its tags one by one from now on");
-                        group.plan.splice(i..=i, parts);
-                        continue;
-                    }
-                    if self.failing.insert(key) {
-                        warn!(%source, unit, %area, address, count, exception = %text, "modbus exception");
-                    } else {
-                        debug!(%source, unit, %area, address, count, exception = %text, "modbus exception (again)");
-                    }
-                    self.bad_request(gi, i, &text, out);
-                }
-            }
-            i += 1;
-        }
-        Ok(())
-    }
-
     /// Bad samples for every tag of request `i` of group `gi`.
     fn bad_request(&self, gi: usize, i: usize, why: &str, out: &mut Cycle<'_>) {
         let group = &self.groups[gi];
@@ -278,27 +202,85 @@ impl Source for ModbusSource {
         next_tick(&mut link.intervals, &mut link.next).await
     }
 
+    /// Read every request of poll group `gi` in turn.
     async fn read(
         &mut self,
         link: &mut ModbusLink,
-        group: usize,
+        gi: usize,
         out: &mut Cycle<'_>,
     ) -> Result<(), LinkError> {
-        self.poll_group(&mut link.ctx, group, out).await
+        let ctx = &mut link.ctx;
+        let timeout = self.timeout;
+        let source = Arc::clone(&self.identity.id);
+        let unit = self.unit_id;
+        let mut i = 0;
+        while i < self.groups[gi].plan.len() {
+            if out.stopping() {
+                return Ok(());
+            }
+            let req = &self.groups[gi].plan[i];
+            let (area, address, count) = (req.area, req.address, req.count);
+            let call = ctx.call(request(area, address, count));
+            let answer = match tokio::time::timeout(timeout, call).await {
+                Err(_elapsed) => {
+                    return Err(LinkError::RequestTimeout {
+                        timeout,
+                        area,
+                        address,
+                        count,
+                    })
+                }
+                Ok(Err(tokio_modbus::Error::Transport(e))) => return Err(LinkError::Transport(e)),
+                Ok(Err(tokio_modbus::Error::Protocol(e))) => return Err(LinkError::Protocol(e)),
+                Ok(Ok(answer)) => answer,
+            };
+            let key = (area, address, count);
+            match answer.map(|resp| response_data(area, count, resp)) {
+                Ok(Ok(data)) => {
+                    if self.failing.remove(&key) {
+                        info!(%source, unit, %area, address, count, "modbus read recovered");
+                    }
+                    let group = &self.groups[gi];
+                    for slot in &group.plan[i].slots {
+                        let Some(tag) = group.tags.get(slot.tag) else {
+                            continue;
+                        };
+                        let decoded =
+                            data.decode(tag, usize::from(slot.offset), usize::from(slot.len));
+                        out.push(tag.index, decoded);
+                    }
+                }
+                Ok(Err(malformed)) => {
+                    // A device bug, not a lost link: the tags are Bad, the connection stays.
+                    out.count_error();
+                    warn!(%source, unit, %area, address, count, error = %malformed, "malformed modbus response");
+                    self.bad_request(gi, i, &malformed, out);
+                }
+                Err(code) => {
+                    out.count_error();
+                    let text = exception_text(code);
+                    let group = &mut self.groups[gi];
+                    if group.plan[i].slots.len() > 1 && exception_splits(code) {
+                        let parts = group.plan[i].split();
+                        warn!(%source, unit, group = %group.name, %area, address, count, exception = %text, requests = parts.len(), "modbus exception on a merged read: reading its tags one by one from now on");
+                        group.plan.splice(i..=i, parts);
+                        continue;
+                    }
+                    if self.failing.insert(key) {
+                        warn!(%source, unit, %area, address, count, exception = %text, "modbus exception");
+                    } else {
+                        debug!(%source, unit, %area, address, count, exception = %text, "modbus exception (again)");
+                    }
+                    self.bad_request(gi, i, &text, out);
+                }
+            }
+            i += 1;
+        }
+        Ok(())
     }
 
     async fn close(&mut self, mut link: ModbusLink) {
         let _closed = link.ctx.disconnect().await;
-    }
-}
-
-/// Modbus carries no timestamps: the normaliser stamps the agent's clock (`Ats`).
-fn sample(d: Decoded) -> Sample {
-    Sample {
-        value: d.value,
-        quality: d.quality,
-        raw_quality: d.raw_quality,
-        source_timestamp: None,
     }
 }
 
@@ -340,15 +322,15 @@ enum Data {
 }
 
 impl Data {
-    fn decode(&self, tag: &TagInfo, offset: usize, len: usize) -> Decoded {
+    fn decode(&self, tag: &TagInfo, offset: usize, len: usize) -> Sample {
         match self {
             Data::Words(w) => match w.get(offset..offset + len) {
                 Some(words) => tag.codec.decode_registers(words),
-                None => Decoded::bad("response too short"),
+                None => Sample::bad("response too short"),
             },
             Data::Bits(b) => match b.get(offset) {
                 Some(bit) if tag.area.is_bits() => tag.codec.decode_bit(*bit),
-                _ => Decoded::bad("response too short"),
+                _ => Sample::bad("response too short"),
             },
         }
     }
