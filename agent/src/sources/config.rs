@@ -309,4 +309,42 @@ mod tests {
             ]
         );
     }
+
+    #[derive(Debug, Deserialize)]
+    struct Sources {
+        sources: Vec<SourceConfig>,
+    }
+
+    const MODBUS: &str = "[[sources]]\ntype = \"modbus\"\nid = \"plc\"\naddress = \"127.0.0.1:502\"\ntimeout = \"0s\"\n[[sources.groups]]\nname = \"g\"\ninterval = \"1s\"\ntags = [{ name = \"t\", area = \"coil\", address = 0, type = \"bool\" }]";
+
+    #[test]
+    fn type_picks_the_protocol_and_validation_names_full_paths() {
+        let s: Sources = toml::from_str(MODBUS).expect("parses");
+        let src = &s.sources[0];
+        assert_eq!((src.kind, src.id(), src.tag_count()), ("modbus", "plc", 1));
+        let mut p = Problems::default();
+        src.clone().validate("sources[0]", &mut p);
+        let keys: Vec<&str> = p.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sources[0].timeout",
+                "sources[0].groups[0].tags[0].equipment_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unknown_type_is_refused() {
+        let e = toml::from_str::<Sources>(&MODBUS.replace("type = \"modbus\"\n", ""))
+            .expect_err("no type");
+        assert!(e.to_string().contains("missing field `type`"), "{e}");
+        let e = toml::from_str::<Sources>(&MODBUS.replace("\"modbus\"", "\"opcua\""))
+            .expect_err("unknown type");
+        assert!(
+            e.to_string()
+                .contains("unknown source type `opcua`, expected `modbus`"),
+            "{e}"
+        );
+    }
 }
