@@ -951,16 +951,11 @@ mod tests {
     #[test]
     fn a_multi_id_entry_is_accepted_or_retried_as_a_whole() {
         let mut q = queue();
-        push_all(
-            &mut q,
-            &[
-                (1, "a", 1),
-                (2, "b", 1),
-                (3, "a", 1),
-                (4, "b", 1),
-                (5, "a", 1),
-            ],
-        );
+        // Odd ids are key "a", even ids key "b".
+        for id in 1..=5 {
+            q.push(rec(id, ["b", "a"][(id % 2) as usize], 1), 0)
+                .unwrap();
+        }
         let limits = BatchLimits::new(10, 1000, 1000);
         let mut enc = Grouping::new(2);
         let b = q.next_batch(&limits, &mut enc);
