@@ -3,9 +3,9 @@
 //! `cargo bench -p linewatch-agent --bench ship_encode`
 //!
 //! Measured per point: decode the stored value (as read from sled), queue it, pick it
-//! into a batch and its entries (one point each), build the SDK `PutRecordsRequestEntry`/`PutRecordsInput`, write the
-//! JSON request body (base64 data, as the SDK's awsJson1.1 protocol sends it) and apply
-//! an all-accepted outcome. Not measured: the network, request signing, sled itself.
+//! into a batch and its entries (one point each), build the SDK
+//! `PutRecordsRequestEntry`/`PutRecordsInput`, write the JSON request body (base64
+//! data, as the SDK's awsJson1.1 protocol sends it) and apply an all-accepted outcome. Not measured: the network, request signing, sled itself.
 
 use base64::Engine as _;
 use linewatch_agent::buffer::StoredRecord;
