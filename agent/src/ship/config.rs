@@ -118,3 +118,53 @@ impl KinesisConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn the_example_configurations_still_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-config/examples");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!cfg.kinesis.stream.is_empty());
+                loaded += 1;
+            }
+        }
+        assert!(loaded > 0, "no examples in {}", dir.display());
+    }
+
+    #[test]
+    fn kinesis_problems_name_their_keys() {
+        let cfg: super::KinesisConfig = toml::from_str(
+            r#"stream = ""
+               max_batch_records = 501
+               max_batch_bytes = 10
+               access_key_id = "AKID"
+               endpoint_url = "127.0.0.1:4567"
+               backoff_initial = "1m"
+               backoff_max = "1s""#,
+        )
+        .unwrap();
+        let mut p = crate::config::Problems::default();
+        cfg.validate("kinesis", &mut p);
+        let keys: Vec<&str> = p.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "kinesis.stream",
+                "kinesis.max_batch_records",
+                "kinesis.max_batch_bytes",
+                "kinesis.access_key_id",
+                "kinesis.endpoint_url",
+                "kinesis.backoff_initial"
+            ]
+        );
+        assert!(toml::from_str::<super::KinesisConfig>("stream = \"s\"\nstrem = \"t\"").is_err());
+    }
+}
