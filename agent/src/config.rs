@@ -4,7 +4,7 @@
 //! silently ignored), then [`Config::validate`] checks what types cannot, naming
 //! the key path of every problem.
 
-use crate::sources::modbus::config::ModbusSourceConfig;
+pub use crate::sources::config::SourceConfig;
 // The `[kinesis]` table lives next to the shipper that uses it.
 pub use crate::ship::config::{
     KinesisConfig, PartitionKey, KINESIS_MAX_CALL_BYTES, KINESIS_MAX_RECORDS,
@@ -142,26 +142,6 @@ pub enum OverflowPolicy {
     RejectNew,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceConfig {
-    Modbus(ModbusSourceConfig),
-}
-
-impl SourceConfig {
-    pub fn id(&self) -> &str {
-        match self {
-            SourceConfig::Modbus(m) => &m.id,
-        }
-    }
-
-    pub fn tag_count(&self) -> usize {
-        match self {
-            SourceConfig::Modbus(m) => m.groups.iter().map(|g| g.tags.len()).sum(),
-        }
-    }
-}
-
 fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
@@ -251,9 +231,7 @@ impl Config {
                     format!("duplicate source id {:?}", s.id()),
                 );
             }
-            match s {
-                SourceConfig::Modbus(m) => m.validate(&key, &mut p),
-            }
+            s.validate(&key, &mut p);
         }
         p
     }
