@@ -6,18 +6,18 @@
 //! test is skipped with a message, unless `CI` is set, where it fails.
 
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
-use linewatch_agent::buffer::{BufferError, StoredRecord};
+use linewatch_agent::buffer::StoredRecord;
 use linewatch_agent::clock::SystemClock;
 use linewatch_agent::config::KinesisConfig;
-use linewatch_agent::ship::{run_shipper, DeadLetter, KinesisClient, RecordStore};
+use linewatch_agent::ship::testing::FakeStore;
+use linewatch_agent::ship::{run_shipper, DeadLetter, KinesisClient, ShipperOptions};
 use linewatch_agent::telemetry::metrics::Metrics;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 fn kinesalite_modules() -> Option<PathBuf> {
@@ -83,50 +83,6 @@ fn start_kinesalite() -> Option<Kinesalite> {
     Some(Kinesalite { child, port })
 }
 
-#[derive(Default)]
-struct MemStore {
-    records: Mutex<BTreeMap<u64, StoredRecord>>,
-    notify: Arc<Notify>,
-}
-
-impl MemStore {
-    fn len(&self) -> usize {
-        self.records.lock().unwrap().len()
-    }
-}
-
-impl RecordStore for MemStore {
-    fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<StoredRecord>, BufferError> {
-        let start = after.map_or(0, |a| a + 1);
-        Ok(self
-            .records
-            .lock()
-            .unwrap()
-            .range(start..)
-            .take(max)
-            .map(|(_, r)| r.clone())
-            .collect())
-    }
-    fn remove(&self, ids: &[u64]) -> Result<(), BufferError> {
-        let mut recs = self.records.lock().unwrap();
-        for id in ids {
-            recs.remove(id);
-        }
-        Ok(())
-    }
-    fn oldest_created_at(&self) -> Option<u64> {
-        self.records
-            .lock()
-            .unwrap()
-            .values()
-            .map(|r| r.created_at)
-            .min()
-    }
-    fn committed(&self) -> Arc<Notify> {
-        Arc::clone(&self.notify)
-    }
-}
-
 async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -158,42 +114,40 @@ async fn ships_to_kinesalite_in_order_per_key_with_dead_letters() {
 
     // 3 equipments × 700 points, plus one record over the 1 MiB limit.
     let keys = ["eq-a", "eq-b", "eq-c"];
-    let store = Arc::new(MemStore::default());
+    let store = FakeStore::new();
     let mut oversize_id = 0;
-    {
-        let mut recs = store.records.lock().unwrap();
-        for id in 1..=2101u64 {
-            let key = keys[(id % 3) as usize];
-            let data = if id == 1000 {
-                oversize_id = id;
-                vec![b'x'; 1024 * 1024]
-            } else {
-                format!("{{\"id\":{id},\"equipmentId\":\"{key}\"}}").into_bytes()
-            };
-            recs.insert(
-                id,
-                StoredRecord {
-                    id,
-                    created_at: 1,
-                    partition_key: key.into(),
-                    data,
-                },
-            );
+    store.insert((1..=2101u64).map(|id| {
+        let key = keys[(id % 3) as usize];
+        let data = if id == 1000 {
+            oversize_id = id;
+            vec![b'x'; 1024 * 1024]
+        } else {
+            format!("{{\"id\":{id},\"equipmentId\":\"{key}\"}}").into_bytes()
+        };
+        StoredRecord {
+            id,
+            created_at: 1,
+            partition_key: key.into(),
+            data,
         }
-    }
+    }));
 
     let dir = tempfile::tempdir().unwrap();
     let dead_path = dir.path().join("dead-letter.ndjson");
     let metrics = Metrics::default();
     let shutdown = CancellationToken::new();
     // The stream does not exist yet: calls fail as a whole (ResourceNotFound), nothing is removed.
+    let opts = ShipperOptions {
+        cfg: cfg.clone(),
+        dead_letter: DeadLetter::new(dead_path.clone(), metrics.clone()),
+        clock: Arc::new(SystemClock),
+        metrics: metrics.clone(),
+        rng: fastrand::Rng::with_seed(1),
+    };
     let task = tokio::spawn(run_shipper(
         Arc::clone(&store),
         client.clone(),
-        cfg.clone(),
-        DeadLetter::new(dead_path.clone(), metrics.clone()),
-        Arc::new(SystemClock),
-        metrics.clone(),
+        opts,
         shutdown.clone(),
     ));
     wait_for("a failed call", Duration::from_secs(20), || {
@@ -228,7 +182,7 @@ async fn ships_to_kinesalite_in_order_per_key_with_dead_letters() {
     }
 
     wait_for("the buffer to drain", Duration::from_secs(60), || {
-        store.len() == 0
+        store.is_empty()
     })
     .await;
     shutdown.cancel();

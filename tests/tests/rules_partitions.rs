@@ -8,7 +8,7 @@ use linewatch_e2e::feed::Feed;
 use linewatch_e2e::receiver::Receiver;
 use linewatch_e2e::rules::{RulesConfig, RulesService};
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
-use linewatch_rules::eval::owner_of;
+use linewatch_rules_core::eval::owner_of;
 use rules_common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use linewatch_e2e::mqtt::{self, Broker};
 use linewatch_e2e::receiver::{Receiver, Request};
 use linewatch_e2e::rules::{self, RulesConfig};
 use linewatch_e2e::Scratch;
-use linewatch_rules::Transition;
+use linewatch_rules_core::Transition;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
