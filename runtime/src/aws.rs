@@ -225,8 +225,8 @@ impl AwsConnection {
 mod tests {
     use super::*;
     use crate::config::Split;
+    use crate::logging::tests::Buf;
     use aws_credential_types::provider::ProvideCredentials;
-    use std::sync::{Arc, Mutex};
 
     /// A section with AWS keys next to its own, as the programs read `[kinesis]`.
     #[derive(Debug, Deserialize)]
@@ -342,24 +342,11 @@ mod tests {
         );
     }
 
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn a_static_config_loads_without_the_environment_and_logs_no_secret() {
         let buf = Buf::default();
-        let w = buf.clone();
         let sub = tracing_subscriber::fmt()
-            .with_writer(move || w.clone())
+            .with_writer(buf.clone())
             .with_ansi(false)
             .finish();
         let _guard = tracing::subscriber::set_default(sub);
@@ -392,7 +379,7 @@ mod tests {
             .unwrap();
         assert_eq!(creds.access_key_id(), "AKIDEXAMPLE");
         assert_eq!(creds.secret_access_key(), "hunter2");
-        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let log = buf.text();
         assert!(
             log.contains("kinesis.endpoint") && log.contains("deprecated"),
             "{log}"

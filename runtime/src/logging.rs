@@ -82,12 +82,19 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Captured log output, for this crate's tests.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Buf {
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -110,8 +117,7 @@ mod tests {
         let buf = Buf::default();
         let sub = subscriber(format, filter, buf.clone(), false);
         tracing::subscriber::with_default(sub, f);
-        let out = buf.0.lock().unwrap().clone();
-        String::from_utf8(out).unwrap()
+        buf.text()
     }
 
     #[test]
