@@ -6,11 +6,12 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{ModbusSim, SimOptions};
-use linewatch_e2e::points;
-use linewatch_e2e::proxy::FaultProxy;
-use linewatch_e2e::{wait, Scratch};
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{ModbusSim, SimOptions};
+use linewatch_testkit::points;
+use linewatch_testkit::proxy::FaultProxy;
+use linewatch_testkit::{wait, Scratch};
 use std::time::Duration;
 
 const SOURCE: &str = "filling_machine";

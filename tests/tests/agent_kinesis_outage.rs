@@ -5,10 +5,11 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{reg, ModbusSim, SimOptions};
-use linewatch_e2e::points;
-use linewatch_e2e::Scratch;
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{reg, ModbusSim, SimOptions};
+use linewatch_testkit::points;
+use linewatch_testkit::Scratch;
 use std::time::Duration;
 
 const SOURCE: &str = "filling_machine";

@@ -5,11 +5,12 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{coil, reg, Area, ModbusSim, SimOptions, SimWrite};
-use linewatch_e2e::points::{self, Shipped};
-use linewatch_e2e::Scratch;
 use linewatch_schemas::{Flag, Quality, Value};
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{coil, reg, Area, ModbusSim, SimOptions, SimWrite};
+use linewatch_testkit::points::{self, Shipped};
+use linewatch_testkit::Scratch;
 use serde_json::{json, Value as Json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -5,11 +5,12 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, tag, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{reg, Area, ModbusSim, SimOptions};
-use linewatch_e2e::points::{self, Shipped};
-use linewatch_e2e::Scratch;
 use linewatch_schemas::Quality;
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{reg, Area, ModbusSim, SimOptions};
+use linewatch_testkit::points::{self, Shipped};
+use linewatch_testkit::Scratch;
 use std::time::Duration;
 
 fn bad_with(p: &[Shipped], tag: &str, code: &str) -> Result<(), String> {

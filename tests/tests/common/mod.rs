@@ -5,9 +5,10 @@
 pub mod overflow;
 
 use linewatch_e2e::agent::{tag, Tag};
-use linewatch_e2e::kinesis::Kinesalite;
-use linewatch_e2e::points::{self, Shipped};
-use linewatch_e2e::wait;
+pub use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::Kinesalite;
+use linewatch_testkit::points::{self, Shipped};
+use linewatch_testkit::wait;
 use std::time::Duration;
 
 pub const STREAM: &str = "linewatch";
@@ -66,6 +67,11 @@ pub fn seqs_of(pts: &[Shipped], source: &str) -> std::collections::BTreeSet<u64>
 }
 
 /// Sum of a counter over every label set whose `label` equals `value`.
-pub fn counter(s: &linewatch_e2e::metrics::Scrape, name: &str, label: &str, value: &str) -> f64 {
+pub fn counter(
+    s: &linewatch_testkit::metrics::Scrape,
+    name: &str,
+    label: &str,
+    value: &str,
+) -> f64 {
     s.sum(name, &[(label, value)])
 }
