@@ -2,8 +2,7 @@
 
 use crate::programs;
 use linewatch_testkit::kinesis;
-use linewatch_testkit::metrics::Scrape;
-use linewatch_testkit::process::{self, ManagedProcess, ProcessSpec, Ready};
+use linewatch_testkit::process::{ManagedProcess, ProcessSpec, Ready};
 use linewatch_testkit::{http, ports};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -189,19 +188,12 @@ impl AgentConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        match toml::to_string(self) {
-            Ok(s) => s,
-            // Only non-serialisable values (NaN scale...) get here: a bug in the test itself.
-            Err(e) => panic!("agent config does not serialise to TOML: {e}\n{self:#?}"),
-        }
+        crate::to_toml("agent config", self)
     }
 
     #[track_caller]
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.telemetry
-            .listen
-            .parse()
-            .unwrap_or_else(|e| panic!("telemetry.listen {:?}: {e}", self.telemetry.listen))
+        crate::listen_addr("telemetry.listen", &self.telemetry.listen)
     }
 }
 
@@ -249,38 +241,9 @@ impl Agent {
         &self.config_path
     }
 
-    /// One scrape of `/metrics`.
-    pub fn try_scrape(&self) -> Result<Scrape, String> {
-        process::scrape(self.config.metrics_addr())
-    }
-
-    /// One scrape of `/metrics`; panics with the agent log if it fails.
-    #[track_caller]
-    pub fn scrape(&mut self) -> Scrape {
-        self.assert_running();
-        match self.try_scrape() {
-            Ok(s) => s,
-            Err(e) => panic!("scraping the agent: {e}\nagent log:\n{}", self.log_tail(40)),
-        }
-    }
-
     /// `/healthz`: status code and body.
     pub fn health(&self) -> Result<(u16, String), String> {
         http::get(self.config.metrics_addr(), "/healthz")
-    }
-
-    /// Polls `/metrics` until `check` returns `Ok`; panics after `timeout` with the
-    /// last `Err` description, the agent's metrics and its log tail.
-    #[track_caller]
-    pub fn wait_metrics<'a, T: 'a>(
-        &'a mut self,
-        what: &str,
-        timeout: Duration,
-        check: impl FnMut(&Scrape) -> Result<T, String> + 'a,
-    ) -> impl std::future::Future<Output = T> + 'a {
-        let addr = self.config.metrics_addr();
-        self.process
-            .wait_metrics(addr, "linewatch_agent_", what, timeout, check)
     }
 }
 

@@ -11,3 +11,18 @@ pub mod agent;
 pub mod programs;
 pub mod rules;
 pub mod scenario;
+
+/// `value` as TOML; only a non-serialisable value (a NaN...) fails: a bug in the test.
+#[track_caller]
+pub(crate) fn to_toml<T: serde::Serialize + std::fmt::Debug>(what: &str, value: &T) -> String {
+    toml::to_string(value)
+        .unwrap_or_else(|e| panic!("{what} does not serialise to TOML: {e}\n{value:#?}"))
+}
+
+/// A `listen` key of a config as a socket address.
+#[track_caller]
+pub(crate) fn listen_addr(key: &str, value: &str) -> std::net::SocketAddr {
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} {value:?}: {e}"))
+}

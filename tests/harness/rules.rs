@@ -3,8 +3,7 @@
 //! `dead-letters`) and the `replay` command used as the oracle of expected transitions.
 
 use crate::programs;
-use linewatch_testkit::metrics::Scrape;
-use linewatch_testkit::process::{self, ManagedProcess, ProcessSpec, Ready};
+use linewatch_testkit::process::{ManagedProcess, ProcessSpec, Ready};
 use linewatch_testkit::{http, ports, wait};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -142,18 +141,12 @@ impl RulesConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        match toml::to_string(self) {
-            Ok(s) => s,
-            Err(e) => panic!("rules config does not serialise to TOML: {e}\n{self:#?}"),
-        }
+        crate::to_toml("rules config", self)
     }
 
     #[track_caller]
     pub fn http_addr(&self) -> SocketAddr {
-        self.http
-            .listen
-            .parse()
-            .unwrap_or_else(|e| panic!("http.listen {:?}: {e}", self.http.listen))
+        crate::listen_addr("http.listen", &self.http.listen)
     }
 
     /// The retained status topic of a rule.
@@ -326,7 +319,8 @@ impl RulesService {
                     path: "/healthz".into(),
                 },
                 Duration::from_secs(30),
-            );
+            )
+            .metrics(config.http_addr(), "linewatch_rules_");
         if let Some(p) = partition {
             spec = spec.arg("--partition").arg(p);
         }
@@ -363,34 +357,6 @@ impl RulesService {
             }
             (code, body) => Err(format!("{path} answered {code}: {body}")),
         }
-    }
-
-    pub fn try_scrape(&self) -> Result<Scrape, String> {
-        process::scrape(self.config.http_addr())
-    }
-
-    /// One scrape of `/metrics`; panics with the log if it fails.
-    #[track_caller]
-    pub fn scrape(&mut self) -> Scrape {
-        self.assert_running();
-        match self.try_scrape() {
-            Ok(s) => s,
-            Err(e) => panic!("scraping {}: {e}\nlog:\n{}", self.name(), self.log_tail(40)),
-        }
-    }
-
-    /// Polls `/metrics` until `check` returns `Ok`; panics after `timeout` with the last
-    /// `Err`, the engine's metrics and its log tail (or at once if the process exited).
-    #[track_caller]
-    pub fn wait_metrics<'a, T: 'a>(
-        &'a mut self,
-        what: &str,
-        timeout: Duration,
-        check: impl FnMut(&Scrape) -> Result<T, String> + 'a,
-    ) -> impl std::future::Future<Output = T> + 'a {
-        let addr = self.config.http_addr();
-        self.process
-            .wait_metrics(addr, "linewatch_rules_", what, timeout, check)
     }
 
     fn config_args(&self) -> [String; 2] {

@@ -13,8 +13,6 @@ use linewatch_testkit::points;
 use linewatch_testkit::Scratch;
 use std::time::Duration;
 
-const SOURCE: &str = "filling_machine";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_shipping_and_restart_leaves_no_gap() {
     let scratch = Scratch::new("sigkill");

@@ -13,6 +13,28 @@ use std::time::Duration;
 use tokio_modbus::client::Reader;
 use tokio_modbus::{ExceptionCode, Slave};
 
+/// One PutRecords of `n` records `r0..` with partition keys `key-(i % keys)`.
+async fn put_numbered(
+    k: &impl KinesisPeer,
+    stream: &str,
+    n: usize,
+    keys: usize,
+) -> aws_sdk_kinesis::operation::put_records::PutRecordsOutput {
+    let mut req = k.client().put_records().stream_name(stream);
+    for i in 0..n {
+        req = req.records(
+            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key(format!("key-{}", i % keys))
+                .data(aws_sdk_kinesis::primitives::Blob::new(format!("r{i}")))
+                .build()
+                .expect("entry has key and data"),
+        );
+    }
+    req.send()
+        .await
+        .unwrap_or_else(|e| panic!("PutRecords: {e}\n{}", k.log_tail(20)))
+}
+
 #[tokio::test]
 async fn kinesalite_serves_all_shards_and_survives_a_restart() {
     let scratch = Scratch::new("peers-kinesis");
@@ -23,18 +45,7 @@ async fn kinesalite_serves_all_shards_and_survives_a_restart() {
         scratch.path(),
     );
     k.create_stream("s", 2).await;
-    let client = k.client();
-    let mut req = client.put_records().stream_name("s");
-    for i in 0..40 {
-        req = req.records(
-            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                .partition_key(format!("key-{}", i % 7))
-                .data(aws_sdk_kinesis::primitives::Blob::new(format!("r{i}")))
-                .build()
-                .expect("entry has key and data"),
-        );
-    }
-    let out = req.send().await.expect("PutRecords to kinesalite");
+    let out = put_numbered(&k, "s", 40, 7).await;
     assert_eq!(out.failed_record_count, Some(0));
 
     let before = k.read_all("s").await;
@@ -89,17 +100,7 @@ async fn kinesis_local_binds_loopback_and_takes_put_records() {
         );
     }
     k.create_stream("s", 2).await;
-    let mut req = k.client().put_records().stream_name("s");
-    for i in 0..10 {
-        req = req.records(
-            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                .partition_key(format!("key-{}", i % 3))
-                .data(aws_sdk_kinesis::primitives::Blob::new(format!("r{i}")))
-                .build()
-                .expect("entry has key and data"),
-        );
-    }
-    let out = req.send().await.expect("PutRecords to kinesis-local");
+    let out = put_numbered(&k, "s", 10, 3).await;
     assert_eq!(out.failed_record_count, Some(0));
     assert_eq!(out.records.len(), 10);
     let back = k.read_all("s").await;

@@ -57,6 +57,7 @@ pub struct ProcessSpec {
     log: PathBuf,
     ready: Ready,
     ready_timeout: Duration,
+    metrics: Option<(SocketAddr, String)>,
 }
 
 impl ProcessSpec {
@@ -71,6 +72,7 @@ impl ProcessSpec {
             log: log.to_owned(),
             ready: Ready::Spawned,
             ready_timeout: Duration::from_secs(30),
+            metrics: None,
         }
     }
 
@@ -100,6 +102,14 @@ impl ProcessSpec {
     pub fn ready(mut self, ready: Ready, timeout: Duration) -> Self {
         self.ready = ready;
         self.ready_timeout = timeout;
+        self
+    }
+
+    /// Its Prometheus endpoint (`GET /metrics` on `addr`), for [`ManagedProcess::scrape`]
+    /// and [`ManagedProcess::wait_metrics`]; failure messages list the samples whose
+    /// names start with `prefix`.
+    pub fn metrics(mut self, addr: SocketAddr, prefix: &str) -> Self {
+        self.metrics = Some((addr, prefix.to_owned()));
         self
     }
 
@@ -337,20 +347,50 @@ impl ManagedProcess {
         }
     }
 
-    /// Polls the Prometheus endpoint `GET /metrics` on `addr` until `check` accepts a
-    /// scrape; the failure message lists the samples whose names start with `prefix`.
+    #[track_caller]
+    fn metrics_endpoint(&self) -> (SocketAddr, String) {
+        match &self.spec.metrics {
+            Some(m) => m.clone(),
+            None => panic!(
+                "{} has no metrics endpoint (ProcessSpec::metrics)",
+                self.spec.name
+            ),
+        }
+    }
+
+    /// One scrape of its `/metrics`.
+    #[track_caller]
+    pub fn try_scrape(&self) -> Result<Scrape, String> {
+        scrape(self.metrics_endpoint().0)
+    }
+
+    /// One scrape of its `/metrics`; panics with the log if it is not running or fails.
+    #[track_caller]
+    pub fn scrape(&mut self) -> Scrape {
+        self.assert_running();
+        match self.try_scrape() {
+            Ok(s) => s,
+            Err(e) => panic!(
+                "scraping {}: {e}\nlog:\n{}",
+                self.spec.name,
+                self.log_tail(40)
+            ),
+        }
+    }
+
+    /// Polls its `/metrics` until `check` accepts a scrape; panics after `timeout` with the
+    /// last `Err`, the process's metrics and its log tail (at once if it exits).
     #[track_caller]
     pub fn wait_metrics<'a, T: 'a>(
         &'a mut self,
-        addr: SocketAddr,
-        prefix: &'a str,
         what: &str,
         timeout: Duration,
         mut check: impl FnMut(&Scrape) -> Result<T, String> + 'a,
     ) -> impl std::future::Future<Output = T> + 'a {
+        let (addr, prefix) = self.metrics_endpoint();
         self.wait_until(what, timeout, move |_| {
             let s = scrape(addr)?;
-            check(&s).map_err(|e| format!("{e}\n  metrics: {}", s.describe(prefix)))
+            check(&s).map_err(|e| format!("{e}\n  metrics: {}", s.describe(&prefix)))
         })
     }
 }

@@ -17,7 +17,6 @@ use linewatch_testkit::Scratch;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-pub const SOURCE: &str = "filling_machine";
 pub const MAX_BYTES: u64 = 1024 * 1024;
 pub const MARKER: u64 = 4242;
 const AFTER: u64 = 5151;
