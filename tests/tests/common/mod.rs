@@ -6,9 +6,11 @@ pub mod overflow;
 
 use linewatch_e2e::agent::{modbus_source, tag, Agent, AgentConfig, Tag};
 pub use linewatch_testkit::kinesis::KinesisPeer;
-use linewatch_testkit::peers::kinesalite::Kinesalite;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{ModbusSim, SimOptions};
 use linewatch_testkit::points::{self, Shipped};
 use linewatch_testkit::wait;
+use linewatch_testkit::Scratch;
 use std::time::Duration;
 
 pub const STREAM: &str = "linewatch";
@@ -42,6 +44,16 @@ pub fn many_u16_tags(n: u16) -> Vec<Tag> {
     (0..n)
         .map(|i| tag(&format!("r{i:03}"), "holding_register", i, "u16"))
         .collect()
+}
+
+/// The peers of most agent tests: a scratch dir, kinesalite with [`STREAM`] of `shards`
+/// shards, and the filling-machine PLC.
+pub async fn kinesalite_and_plc(test: &str, shards: i32) -> (Scratch, Kinesalite, ModbusSim) {
+    let scratch = Scratch::new(test);
+    let k = Kinesalite::start(KinesaliteOptions::default(), scratch.path());
+    k.create_stream(STREAM, shards).await;
+    let sim = ModbusSim::start(SimOptions::default(), scratch.path());
+    (scratch, k, sim)
 }
 
 /// An agent shipping to `endpoint` that polls the filling machine at `sim_address`
