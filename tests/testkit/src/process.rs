@@ -177,6 +177,9 @@ impl ManagedProcess {
             .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
         self.child = Some(child);
         let ready = self.spec.ready.clone();
+        if matches!(ready, Ready::Spawned) {
+            return; // a command may well have exited already
+        }
         let what = format!("{name} {}", ready.describe());
         let timeout = self.spec.ready_timeout;
         wait::until_blocking(&what, timeout, || {
