@@ -4,10 +4,10 @@
 
 use crate::buffer::{Buffer, BufferError};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 use crate::normalize::Normalizer;
 use crate::ship::{self, RecordStore};
-use crate::sources::{self, ReadingBatch};
+use crate::sources::{self, LinkPhase, ReadingBatch, SourceContext, SourceStatus};
 use crate::telemetry::http::{self, Health};
 use crate::telemetry::metrics::Metrics;
 use prometheus_client::registry::Registry;
@@ -47,9 +47,14 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
     );
 
     let alive = Arc::new(Liveness::default());
+    // One status per source: its driver writes it, `/healthz` reads it.
+    let statuses: Vec<(String, SourceStatus)> = cfg
+        .sources
+        .iter()
+        .map(|s| (s.id().to_owned(), SourceStatus::default()))
+        .collect();
     let health = Arc::new(AgentHealth {
-        metrics: metrics.clone(),
-        sources: cfg.sources.iter().map(|s| s.id().to_owned()).collect(),
+        sources: statuses.clone(),
         store: buffer.clone(),
         clock: clock.clone(),
         alive: alive.clone(),
@@ -118,18 +123,16 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
     // and each source keeps only what it needs of it.
     let source_cfgs = std::mem::take(&mut cfg.sources);
     let source_count = source_cfgs.len();
-    for source in source_cfgs {
-        match source {
-            SourceConfig::Modbus(m) => {
-                source_tasks.spawn(sources::modbus::run(
-                    Arc::new(m),
-                    tx.clone(),
-                    metrics.clone(),
-                    clock.clone(),
-                    sources_stop.clone(),
-                ));
-            }
-        }
+    for (source, (_, status)) in source_cfgs.into_iter().zip(statuses) {
+        let ctx = SourceContext {
+            readings: tx.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            shutdown: sources_stop.clone(),
+            status,
+            rng: fastrand::Rng::new(),
+        };
+        source_tasks.spawn(sources::start(source, ctx));
     }
     drop(tx);
     tracing::info!(
@@ -171,8 +174,7 @@ impl Default for Liveness {
 }
 
 struct AgentHealth {
-    metrics: Metrics,
-    sources: Vec<String>,
+    sources: Vec<(String, SourceStatus)>,
     store: Arc<Buffer>,
     clock: SharedClock,
     alive: Arc<Liveness>,
@@ -188,14 +190,18 @@ impl Health for AgentHealth {
         let sources: serde_json::Map<String, serde_json::Value> = self
             .sources
             .iter()
-            .map(|s| {
-                let connected = self
-                    .metrics
-                    .source_connected
-                    .get_or_create(&self.metrics.source(s))
-                    .get()
-                    == 1;
-                (s.clone(), serde_json::json!({ "connected": connected }))
+            .map(|(id, status)| {
+                let s = status.snapshot();
+                let connected = s.state == LinkPhase::Connected;
+                (
+                    id.clone(),
+                    serde_json::json!({
+                        "connected": connected,
+                        "state": s.state,
+                        "lastError": s.last_error,
+                        "lastGoodReadMs": s.last_good_read_ms,
+                    }),
+                )
             })
             .collect();
         let stats = self.store.stats();

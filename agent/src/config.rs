@@ -4,7 +4,7 @@
 //! silently ignored), then [`Config::validate`] checks what types cannot, naming
 //! the key path of every problem.
 
-use crate::sources::modbus::config::ModbusSourceConfig;
+pub use crate::sources::config::SourceConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,26 +183,6 @@ pub enum PartitionKey {
     Random,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceConfig {
-    Modbus(ModbusSourceConfig),
-}
-
-impl SourceConfig {
-    pub fn id(&self) -> &str {
-        match self {
-            SourceConfig::Modbus(m) => &m.id,
-        }
-    }
-
-    pub fn tag_count(&self) -> usize {
-        match self {
-            SourceConfig::Modbus(m) => m.groups.iter().map(|g| g.tags.len()).sum(),
-        }
-    }
-}
-
 pub const KINESIS_MAX_RECORDS: usize = 500;
 pub const KINESIS_MAX_CALL_BYTES: usize = 5 * 1024 * 1024;
 pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -350,9 +330,7 @@ impl Config {
                     format!("duplicate source id {:?}", s.id()),
                 );
             }
-            match s {
-                SourceConfig::Modbus(m) => m.validate(&key, &mut p),
-            }
+            s.validate(&key, &mut p);
         }
         p
     }

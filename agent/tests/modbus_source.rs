@@ -3,9 +3,11 @@
 //! Every wait is on a condition with a deadline; nothing sleeps and hopes.
 
 use linewatch_agent::clock::{SharedClock, SystemClock};
-use linewatch_agent::sources::modbus::config::{ByteOrder, ModbusSourceConfig, WordOrder};
+use linewatch_agent::sources::modbus::config::{ByteOrder, WordOrder};
 use linewatch_agent::sources::modbus::decode::{encode, Raw};
-use linewatch_agent::sources::{Reading, ReadingBatch};
+use linewatch_agent::sources::{
+    LinkPhase, Reading, ReadingBatch, SourceConfig, SourceContext, SourceStatus,
+};
 use linewatch_agent::telemetry::metrics::Metrics;
 use linewatch_schemas::{Flag, Quality, Value, HEARTBEAT_TAG};
 use std::collections::{HashMap, HashSet};
@@ -131,6 +133,7 @@ impl Server {
 struct Running {
     rx: mpsc::Receiver<ReadingBatch>,
     metrics: Metrics,
+    status: SourceStatus,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -184,9 +187,11 @@ fn connected(m: &Metrics) -> u64 {
     m.source_connected.get_or_create(&m.source("plc")).get() as u64
 }
 
-fn config(addr: SocketAddr, tags: &str, extra: &str) -> ModbusSourceConfig {
+/// A `[[sources]]` table as a user writes it, through the same parser the agent uses.
+fn config(addr: SocketAddr, tags: &str, extra: &str) -> SourceConfig {
     let text = format!(
         r#"
+type = "modbus"
 id = "plc"
 address = "{addr}"
 equipment_id = "filler-1"
@@ -201,7 +206,7 @@ interval = "50ms"
 {tags}
 "#
     );
-    let cfg: ModbusSourceConfig = toml::from_str(&text).expect("test config parses");
+    let cfg: SourceConfig = toml::from_str(&text).expect("test config parses");
     let mut problems = linewatch_agent::config::Problems::default();
     cfg.validate("sources[0]", &mut problems);
     assert!(
@@ -212,21 +217,25 @@ interval = "50ms"
     cfg
 }
 
-fn spawn(cfg: ModbusSourceConfig) -> Running {
+fn spawn(cfg: SourceConfig) -> Running {
     let (tx, rx) = mpsc::channel(64);
     let metrics = Metrics::default();
     let shutdown = CancellationToken::new();
     let clock: SharedClock = Arc::new(SystemClock);
-    let task = tokio::spawn(linewatch_agent::sources::modbus::run(
-        Arc::new(cfg),
-        tx,
-        metrics.clone(),
+    let status = SourceStatus::default();
+    let ctx = SourceContext {
+        readings: tx,
+        metrics: metrics.clone(),
         clock,
-        shutdown.clone(),
-    ));
+        shutdown: shutdown.clone(),
+        status: status.clone(),
+        rng: fastrand::Rng::with_seed(7),
+    };
+    let task = tokio::spawn(linewatch_agent::sources::start(cfg, ctx));
     Running {
         rx,
         metrics,
+        status,
         shutdown,
         task,
     }
@@ -480,6 +489,9 @@ tags = [
             connected(&src.metrics) == 0
         })
         .await;
+        let down = src.status.snapshot();
+        assert_eq!(down.state, LinkPhase::Down);
+        assert!(down.last_error.is_some(), "{down:?}");
 
         // Several reconnect attempts fail while the server is down...
         let errors = src.counter(read_errors);
@@ -591,7 +603,7 @@ async fn a_silent_server_times_out_and_reconnects() {
 }
 
 #[tokio::test]
-async fn shutdown_while_connected_returns_and_clears_connected() {
+async fn shutdown_while_connected_ends_with_lst_and_clears_connected() {
     with_deadline(async {
         let plc = SharedPlc::default();
         let server = start_server("127.0.0.1:0".parse().expect("addr"), Arc::clone(&plc)).await;
@@ -601,9 +613,28 @@ async fn shutdown_while_connected_returns_and_clears_connected() {
         let deadline = Instant::now() + DEADLINE;
         src.next(deadline).await;
         assert_eq!(src.counter(connected), 1);
-        let metrics = src.metrics.clone();
-        src.stop().await;
+        assert_eq!(src.status.snapshot().state, LinkPhase::Connected);
+        assert!(src.status.snapshot().last_good_read_ms.is_some());
+        let (metrics, status) = (src.metrics.clone(), src.status.clone());
+        src.shutdown.cancel();
+        // Everything until the channel closes: the last record is the Lst heartbeat.
+        let mut last = None;
+        while let Some(b) = tokio::time::timeout_at(deadline, src.rx.recv())
+            .await
+            .expect("the source did not stop on shutdown")
+        {
+            last = b.last().cloned();
+        }
+        let last = last.expect("a record after shutdown");
+        assert_eq!(&*last.tag, HEARTBEAT_TAG, "{last:?}");
+        assert!(
+            last.flags.contains(Flag::Lst) && last.flags.contains(Flag::Wmk),
+            "{last:?}"
+        );
+        assert_eq!((&last.value, last.quality), (&Value::Null, Quality::Ok));
+        src.task.await.expect("source task");
         assert_eq!(connected(&metrics), 0);
+        assert_eq!(status.snapshot().state, LinkPhase::Stopped);
         server.stop().await;
     })
     .await;

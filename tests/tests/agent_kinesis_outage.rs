@@ -17,6 +17,7 @@ async fn kinesis_outage_buffers_then_drains_without_gaps() {
     let mut k = Kinesalite::start(
         KinesaliteOptions {
             data_dir: Some(scratch.path().join("kinesalite-db")),
+            ..Default::default()
         },
         scratch.path(),
     );

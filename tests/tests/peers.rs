@@ -41,6 +41,7 @@ async fn kinesalite_serves_all_shards_and_survives_a_restart() {
     let mut k = Kinesalite::start(
         KinesaliteOptions {
             data_dir: Some(scratch.path().join("kinesalite-db")),
+            ..Default::default()
         },
         scratch.path(),
     );

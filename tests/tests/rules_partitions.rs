@@ -6,7 +6,7 @@ mod rules_common;
 
 use linewatch_e2e::rules::{RulesConfig, RulesService};
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
-use linewatch_rules::eval::owner_of;
+use linewatch_rules_core::eval::owner_of;
 use linewatch_testkit::feed::Feed;
 use linewatch_testkit::peers::webhook_receiver::Receiver;
 use rules_common::*;

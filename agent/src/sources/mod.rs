@@ -1,7 +1,24 @@
 //! PLC sources. Each source runs as its own task, reconnects on its own, and hands
 //! batches of [`Reading`]s to the normaliser; one failing source never stops another.
+//!
+//! A protocol implements [`Source`] (connect, wait for and read one cycle, close)
+//! and [`config::ProtocolConfig`] (its own keys); [`driver::run`] does the rest
+//! for every protocol: backoff, `Fst`/`Syn`/`Wmk`/`Lst`, metrics, [`SourceStatus`].
+//! [`factory::PROTOCOLS`] is the one list of protocols, by `type`.
+//! `docs/sources.md` says how to add one.
 
+pub mod config;
+pub mod driver;
+pub mod factory;
+pub mod link;
 pub mod modbus;
+pub mod source;
+pub mod status;
+
+pub use config::{CommonSourceConfig, SourceConfig};
+pub use factory::{start, SourceTask};
+pub use source::{Cycle, Sample, Source, SourceContext, SourceIdentity, SourceTag};
+pub use status::{LinkPhase, SourceStatus, StatusSnapshot};
 
 use linewatch_schemas::{Flags, Quality, Value};
 use std::sync::Arc;
@@ -22,6 +39,6 @@ pub struct Reading {
     pub raw_quality: Option<String>,
 }
 
-/// What sources send to the normaliser: one poll's readings at a time, so the
+/// What sources send to the normaliser: one cycle's readings at a time, so the
 /// channel carries few, larger messages.
 pub type ReadingBatch = Vec<Reading>;

@@ -41,6 +41,7 @@ pub async fn run(policy: &str) -> Outcome {
     let mut k = Kinesalite::start(
         KinesaliteOptions {
             data_dir: Some(scratch.path().join("kinesalite-db")),
+            ..Default::default()
         },
         scratch.path(),
     );

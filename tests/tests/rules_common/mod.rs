@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use linewatch_e2e::rules::{self, RulesConfig};
-use linewatch_rules::Transition;
+use linewatch_rules_core::Transition;
 use linewatch_testkit::feed::Feed;
 pub use linewatch_testkit::kinesis::KinesisPeer;
 use linewatch_testkit::peers::kinesalite::Kinesalite;

@@ -1,28 +1,20 @@
 //! Configuration of a Modbus TCP source.
 
 use crate::config::{check_id, Problems};
+use crate::sources::config::CommonSourceConfig;
 use serde::Deserialize;
 use std::time::Duration;
 
+/// The Modbus keys of a `[[sources]]` table with `type = "modbus"`; the shared
+/// keys (id, equipment, timeout, reconnect, heartbeat) are in
+/// [`CommonSourceConfig`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusSourceConfig {
-    /// Source id: `meta.sourceId` of every point, and the key of its sequence numbers.
-    pub id: String,
     /// `host:port` of the Modbus TCP server.
     pub address: String,
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
-    /// Default equipment for tags that do not name their own.
-    #[serde(default)]
-    pub equipment_id: Option<String>,
-    /// Timeout of one request (and of connecting).
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    #[serde(default = "default_reconnect_initial", with = "humantime_serde")]
-    pub reconnect_initial: Duration,
-    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
-    pub reconnect_max: Duration,
     /// Registers that may be read in between two tags to merge their requests (0 = only adjacent).
     #[serde(default)]
     pub max_gap: u16,
@@ -31,9 +23,6 @@ pub struct ModbusSourceConfig {
     pub byte_order: ByteOrder,
     #[serde(default)]
     pub word_order: WordOrder,
-    /// Heartbeat (`$heartbeat`, flag `Wmk`) period while connected; 0s turns it off.
-    #[serde(default = "default_heartbeat", with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
     pub groups: Vec<PollGroup>,
 }
 
@@ -151,23 +140,11 @@ pub enum WordOrder {
 fn default_unit_id() -> u8 {
     1
 }
-fn default_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_reconnect_initial() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_reconnect_max() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_heartbeat() -> Duration {
-    Duration::from_secs(5)
-}
 
 impl ModbusSourceConfig {
-    /// Semantic checks; `key` is this source's path, e.g. `sources[0]`.
-    pub fn validate(&self, key: &str, p: &mut Problems) {
-        check_id(p, &format!("{key}.id"), &self.id);
+    /// Semantic checks of the Modbus keys; `key` is this source's path, e.g.
+    /// `sources[0]` (the shared keys are checked by [`CommonSourceConfig::validate`]).
+    pub fn validate(&self, common: &CommonSourceConfig, key: &str, p: &mut Problems) {
         if !is_host_port(&self.address) {
             p.push(
                 format!("{key}.address"),
@@ -175,15 +152,6 @@ impl ModbusSourceConfig {
                     "{:?} must be host:port (e.g. 192.168.0.10:502)",
                     self.address
                 ),
-            );
-        }
-        if self.timeout.is_zero() {
-            p.push(format!("{key}.timeout"), "must be greater than zero");
-        }
-        if self.reconnect_initial.is_zero() || self.reconnect_initial > self.reconnect_max {
-            p.push(
-                format!("{key}.reconnect_initial"),
-                "must be greater than zero and at most reconnect_max",
             );
         }
         if self.groups.is_empty() {
@@ -218,15 +186,15 @@ impl ModbusSourceConfig {
                         "tag names starting with '$' are reserved for the agent",
                     );
                 }
-                match t.equipment_id.as_ref().or(self.equipment_id.as_ref()) {
+                let eq = t.equipment(common.equipment_id.as_deref());
+                match eq {
                     Some(e) => check_id(p, &format!("{tk}.equipment_id"), e),
                     None => p.push(
                         format!("{tk}.equipment_id"),
                         format!("missing (and {key}.equipment_id gives no default)"),
                     ),
                 }
-                let eq = t.equipment_id.as_ref().or(self.equipment_id.as_ref());
-                if !names.insert((eq.cloned(), t.name.clone())) {
+                if !names.insert((eq, t.name.as_str())) {
                     p.push(
                         format!("{tk}.name"),
                         format!("duplicate tag {:?} for this equipment", t.name),
@@ -259,20 +227,16 @@ impl ModbusSourceConfig {
     }
 }
 
-impl ModbusSourceConfig {
-    /// The equipment a tag's points belong to: its own, else the source's default.
-    pub fn tag_equipment<'a>(&'a self, tag: &'a ModbusTag) -> Option<&'a str> {
-        tag.equipment_id.as_deref().or(self.equipment_id.as_deref())
+impl ModbusTag {
+    /// The equipment its points belong to: its own, else the source's `default`.
+    pub fn equipment<'a>(&'a self, default: Option<&'a str>) -> Option<&'a str> {
+        self.equipment_id.as_deref().or(default)
     }
+}
 
-    /// Equipment of the `$heartbeat` points: the source's, else the first tag's.
-    pub fn heartbeat_equipment(&self) -> Option<&str> {
-        self.equipment_id.as_deref().or_else(|| {
-            self.groups
-                .iter()
-                .flat_map(|g| g.tags.iter())
-                .find_map(|t| t.equipment_id.as_deref())
-        })
+impl ModbusSourceConfig {
+    pub fn tag_count(&self) -> usize {
+        self.groups.iter().map(|g| g.tags.len()).sum()
     }
 }
 
@@ -295,16 +259,20 @@ fn is_host_port(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::config::split;
 
-    fn source(extra: &str, tags: &str) -> Result<ModbusSourceConfig, toml::de::Error> {
-        toml::from_str(&format!(
+    type Source = (CommonSourceConfig, ModbusSourceConfig);
+
+    fn source(extra: &str, tags: &str) -> Result<Source, toml::de::Error> {
+        split(toml::from_str(&format!(
             "id = \"plc1\"\naddress = \"127.0.0.1:502\"\n{extra}\n[[groups]]\nname = \"fast\"\ninterval = \"1s\"\n{tags}"
-        ))
+        ))?)
     }
 
-    fn problems(cfg: &ModbusSourceConfig) -> Vec<String> {
+    fn problems((common, cfg): &Source) -> Vec<String> {
         let mut p = Problems::default();
-        cfg.validate("sources[0]", &mut p);
+        common.validate("sources[0]", &mut p);
+        cfg.validate(common, "sources[0]", &mut p);
         p.0.into_iter().map(|p| p.to_string()).collect()
     }
 
@@ -315,7 +283,11 @@ mod tests {
             "[[groups.tags]]\nname = \"t\"\narea = \"holding_register\"\naddress = 0\ntype = \"f32\"\nscale = 0.1",
         )?;
         assert_eq!(problems(&cfg), Vec::<String>::new());
-        assert_eq!(cfg.heartbeat_equipment(), Some("filler"));
+        assert_eq!(cfg.0.equipment_id.as_deref(), Some("filler"));
+        assert_eq!(
+            cfg.1.groups[0].tags[0].equipment(Some("filler")),
+            Some("filler")
+        );
         Ok(())
     }
 
@@ -357,7 +329,7 @@ mod tests {
     #[test]
     fn empty_and_duplicate_groups_are_reported() -> Result<(), toml::de::Error> {
         let mut cfg = source("equipment_id = \"e\"", "tags = []")?;
-        cfg.groups.push(cfg.groups[0].clone());
+        cfg.1.groups.push(cfg.1.groups[0].clone());
         let p = problems(&cfg);
         assert!(
             p.iter()
@@ -373,13 +345,34 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_equipment_falls_back_to_the_first_tag() -> Result<(), toml::de::Error> {
-        let cfg = source(
+    fn a_tag_equipment_overrides_the_default() -> Result<(), toml::de::Error> {
+        let (_, cfg) = source(
             "",
             "[[groups.tags]]\nname = \"t\"\nequipment_id = \"labeller\"\narea = \"coil\"\naddress = 3\ntype = \"bool\"",
         )?;
-        assert_eq!(cfg.heartbeat_equipment(), Some("labeller"));
-        assert_eq!(cfg.tag_equipment(&cfg.groups[0].tags[0]), Some("labeller"));
+        let tag = &cfg.groups[0].tags[0];
+        assert_eq!(tag.equipment(None), Some("labeller"));
+        assert_eq!(tag.equipment(Some("filler")), Some("labeller"));
         Ok(())
+    }
+
+    #[test]
+    fn shared_keys_keep_their_toml_names_and_typos_are_refused() {
+        let (common, cfg) = source(
+            "equipment_id = \"e\"\nunit_id = 7\ntimeout = \"300ms\"\nreconnect_initial = \"20ms\"\nreconnect_max = \"100ms\"\nheartbeat_interval = \"0s\"\nmax_gap = 3",
+            "tags = []",
+        )
+        .expect("every documented key parses");
+        assert_eq!(common.timeout, std::time::Duration::from_millis(300));
+        assert_eq!(
+            common.reconnect_initial,
+            std::time::Duration::from_millis(20)
+        );
+        assert!(common.heartbeat_interval.is_zero());
+        assert_eq!((cfg.unit_id, cfg.max_gap), (7, 3));
+        let e = source("unit = 7", "tags = []").expect_err("a typo is an error");
+        assert!(e.to_string().contains("unknown field `unit`"), "{e}");
+        let e = source("", "tags = []\ncolour = 1").expect_err("nested typo");
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
     }
 }

@@ -8,7 +8,8 @@
 //! little/big = BADC, little/little = DCBA.
 
 use super::config::{ByteOrder, DataType, ModbusSourceConfig, ModbusTag, WordOrder};
-use linewatch_schemas::{Quality, Value};
+use crate::sources::Sample;
+use linewatch_schemas::Value;
 
 /// How to turn one tag's words into a value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,32 +19,6 @@ pub struct Codec {
     pub word_order: WordOrder,
     pub scale: Option<f64>,
     pub offset: Option<f64>,
-}
-
-/// A decoded value with its quality; `raw_quality` says why when it is not `Ok`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decoded {
-    pub value: Value,
-    pub quality: Quality,
-    pub raw_quality: Option<String>,
-}
-
-impl Decoded {
-    fn ok(value: Value) -> Decoded {
-        Decoded {
-            value,
-            quality: Quality::Ok,
-            raw_quality: None,
-        }
-    }
-
-    pub fn bad(why: impl Into<String>) -> Decoded {
-        Decoded {
-            value: Value::Null,
-            quality: Quality::Bad,
-            raw_quality: Some(why.into()),
-        }
-    }
 }
 
 /// A value as the PLC holds it, before scaling.
@@ -104,10 +79,10 @@ impl Codec {
     }
 
     /// Decode a value from exactly `data_type.registers()` words (a bool: any non-zero word is true).
-    pub fn decode_registers(&self, words: &[u16]) -> Decoded {
+    pub fn decode_registers(&self, words: &[u16]) -> Sample {
         match raw_from_registers(self.data_type, self.byte_order, self.word_order, words) {
             Some(raw) => self.value_of(raw),
-            None => Decoded::bad(format!(
+            None => Sample::bad(format!(
                 "{:?} needs {} register(s), got {}",
                 self.data_type,
                 self.data_type.registers(),
@@ -117,24 +92,24 @@ impl Codec {
     }
 
     /// Decode a coil or discrete input.
-    pub fn decode_bit(&self, bit: bool) -> Decoded {
-        Decoded::ok(Value::Bool(bit))
+    pub fn decode_bit(&self, bit: bool) -> Sample {
+        Sample::ok(Value::Bool(bit))
     }
 
     /// Apply scale and offset. Without them (or with scale 1, offset 0) integers stay
     /// integers; with them the value is `raw * scale + offset` as a float.
-    pub fn value_of(&self, raw: Raw) -> Decoded {
+    pub fn value_of(&self, raw: Raw) -> Sample {
         let scale = self.scale.unwrap_or(1.0);
         let offset = self.offset.unwrap_or(0.0);
         let transformed = scale != 1.0 || offset != 0.0;
         let as_float = match raw {
-            Raw::Bool(b) => return Decoded::ok(Value::Bool(b)),
-            Raw::U16(v) if !transformed => return Decoded::ok(Value::Int(i64::from(v))),
-            Raw::I16(v) if !transformed => return Decoded::ok(Value::Int(i64::from(v))),
-            Raw::U32(v) if !transformed => return Decoded::ok(Value::Int(i64::from(v))),
-            Raw::I32(v) if !transformed => return Decoded::ok(Value::Int(i64::from(v))),
-            Raw::U64(v) if !transformed => return Decoded::ok(Value::from(v)),
-            Raw::I64(v) if !transformed => return Decoded::ok(Value::Int(v)),
+            Raw::Bool(b) => return Sample::ok(Value::Bool(b)),
+            Raw::U16(v) if !transformed => return Sample::ok(Value::Int(i64::from(v))),
+            Raw::I16(v) if !transformed => return Sample::ok(Value::Int(i64::from(v))),
+            Raw::U32(v) if !transformed => return Sample::ok(Value::Int(i64::from(v))),
+            Raw::I32(v) if !transformed => return Sample::ok(Value::Int(i64::from(v))),
+            Raw::U64(v) if !transformed => return Sample::ok(Value::from(v)),
+            Raw::I64(v) if !transformed => return Sample::ok(Value::Int(v)),
             Raw::U16(v) => f64::from(v),
             Raw::I16(v) => f64::from(v),
             Raw::U32(v) => f64::from(v),
@@ -145,19 +120,19 @@ impl Codec {
             Raw::F64(v) => v,
         };
         if !as_float.is_finite() {
-            return Decoded::bad(format!("non-finite float ({})", describe(as_float)));
+            return Sample::bad(format!("non-finite float ({})", describe(as_float)));
         }
         if !transformed {
-            return Decoded::ok(Value::Float(as_float));
+            return Sample::ok(Value::Float(as_float));
         }
         let scaled = as_float * scale + offset;
         if !scaled.is_finite() {
-            return Decoded::bad(format!(
+            return Sample::bad(format!(
                 "non-finite after scale and offset ({})",
                 describe(scaled)
             ));
         }
-        Decoded::ok(Value::Float(tidy(scaled)))
+        Sample::ok(Value::Float(tidy(scaled)))
     }
 }
 
@@ -251,6 +226,7 @@ fn describe(v: f64) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linewatch_schemas::Quality;
     use proptest::prelude::*;
 
     fn codec(data_type: DataType, byte_order: ByteOrder, word_order: WordOrder) -> Codec {
@@ -281,7 +257,7 @@ mod tests {
         ];
         for ((bo, wo, name), words) in ORDERS.iter().zip(patterns) {
             let d = codec(DataType::F32, *bo, *wo).decode_registers(&words);
-            assert_eq!(d, Decoded::ok(Value::Float(123.456)), "{name}");
+            assert_eq!(d, Sample::ok(Value::Float(123.456)), "{name}");
             assert_eq!(
                 encode(Raw::F32(123.456), *bo, *wo),
                 words.to_vec(),
@@ -313,7 +289,7 @@ mod tests {
         ];
         for (dt, words, want) in cases {
             let d = codec(dt, big.0, big.1).decode_registers(words);
-            assert_eq!(d, Decoded::ok(want), "{dt:?} {words:x?}");
+            assert_eq!(d, Sample::ok(want), "{dt:?} {words:x?}");
         }
     }
 

@@ -14,6 +14,8 @@ pub struct KinesaliteOptions {
     /// LevelDB directory: streams and records survive [`Kinesalite::stop`] /
     /// [`Kinesalite::start_again`]. `None` keeps everything in memory.
     pub data_dir: Option<PathBuf>,
+    /// Open plus closed shards allowed (kinesalite's default is 10; reshard tests need more).
+    pub shard_limit: Option<u32>,
 }
 
 /// A kinesalite server on 127.0.0.1 (killed when dropped).
@@ -35,6 +37,9 @@ impl Kinesalite {
             .ready(Ready::Listening(port), Duration::from_secs(20));
         if let Some(dir) = &opts.data_dir {
             spec = spec.arg("--path").arg(dir);
+        }
+        if let Some(n) = opts.shard_limit {
+            spec = spec.args(["--shardLimit", &n.to_string()]);
         }
         Kinesalite {
             port,

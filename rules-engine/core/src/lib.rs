@@ -1,0 +1,33 @@
+//! linewatch's rule engine core: Rhai rules with weighted condition groups and holds,
+//! evaluated in event-time order under a global, idle-aware watermark.
+//!
+//! Everything here is pure and clock-injected; I/O lives in the binary and (later) in
+//! the service around it. Layout by concern:
+//! * [`rule`]: a rule's definition, compilation and sandbox;
+//! * [`eval`]: groups, holds, ranking, transitions, lifecycle — one worker's share;
+//! * [`watermark`], [`reorder`], [`sequencer`]: arrival order → event-time order
+//!   ([`reading`]: what is kept of a data point meanwhile);
+//! * [`workers`]: N evaluators keyed by rule id, rule changes broadcast;
+//! * [`replay`]: NDJSON in, transitions out.
+
+pub mod engine;
+pub mod eval;
+pub mod lifecycle;
+mod pairmap;
+pub mod reading;
+pub mod reorder;
+pub mod replay;
+pub mod rule;
+pub mod sequencer;
+pub mod transition;
+pub mod watermark;
+pub mod workers;
+
+pub use eval::{Diagnostic, DiagnosticKind, EvalStats, Evaluator, Output};
+pub use lifecycle::{ChangeOutcome, RuleChange};
+pub use reading::Reading;
+pub use rule::{Limits, Rule, RuleError, RuleErrorKind, Sandbox};
+pub use sequencer::{Admission, LatePolicy, Sequencer, SequencerConfig};
+pub use transition::{Event, EventSource, GroupExplanation, Transition};
+pub use watermark::{Clock, ManualClock, SystemClock, WatermarkConfig, WatermarkTracker};
+pub use workers::WorkerPool;

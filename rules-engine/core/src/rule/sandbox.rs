@@ -1,0 +1,384 @@
+//! The Rhai engine every rule runs in: resource limits, no `eval`, no modules,
+//! no clock, and a wall-clock deadline per evaluation.
+
+use super::Shape;
+use rhai::{Dynamic, Engine, EvalAltResult, Position};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Resource limits of one evaluation (a rule's top level or one group call).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Limits {
+    /// Rhai operations per evaluation (a typical group needs a few dozen).
+    pub max_operations: u64,
+    /// Nesting of function calls.
+    pub max_call_levels: usize,
+    /// Expression nesting at the top level and inside functions.
+    pub max_expr_depth: usize,
+    pub max_fn_expr_depth: usize,
+    /// Bytes of one string, elements of one array (nested arrays count), entries of one map.
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// Variables alive at once and functions a script may define.
+    pub max_variables: usize,
+    pub max_functions: usize,
+    /// Size of a rule's source text.
+    pub max_script_bytes: usize,
+    /// Wall-clock budget of one evaluation; catches what the operation count cannot
+    /// (e.g. slow native calls).
+    #[serde(with = "humantime_ms")]
+    pub eval_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_operations: 100_000,
+            max_call_levels: 16,
+            max_expr_depth: 64,
+            max_fn_expr_depth: 32,
+            max_string_size: 64 * 1024,
+            max_array_size: 10_000,
+            max_map_size: 1_000,
+            max_variables: 256,
+            max_functions: 64,
+            max_script_bytes: 64 * 1024,
+            eval_deadline: Duration::from_millis(50),
+        }
+    }
+}
+
+mod humantime_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The deadline of the evaluation in progress, read by the engine's progress hook.
+///
+/// Reading the clock costs about as much as a short group evaluation, so the clock
+/// is not read when an evaluation starts: the hook reads it at its first check
+/// (after [`CLOCK_CHECK_EVERY`] operations, which most evaluations never reach) and
+/// the budget runs from there.
+#[derive(Debug)]
+struct Deadline {
+    base: Instant,
+    budget_ns: u64,
+    /// Nanoseconds after `base`; [`ARMED`] when an evaluation started and the hook
+    /// has not looked at the clock yet.
+    at_ns: AtomicU64,
+}
+
+const ARMED: u64 = 0;
+
+impl Deadline {
+    /// Called by the hook every few hundred operations.
+    fn expired(&self) -> bool {
+        let now = self.base.elapsed().as_nanos() as u64;
+        match self.at_ns.load(Ordering::Relaxed) {
+            ARMED => {
+                self.at_ns
+                    .store(now.saturating_add(self.budget_ns).max(1), Ordering::Relaxed);
+                false
+            }
+            at => now > at,
+        }
+    }
+}
+
+/// Marker payload the progress hook terminates with, so a deadline is told apart from
+/// a script's own `throw`.
+const DEADLINE_MARK: &str = "linewatch: evaluation deadline exceeded";
+
+/// How often (in operations) the progress hook looks at the clock: reading it on every
+/// operation would cost more than the operation.
+const CLOCK_CHECK_EVERY: u64 = 512;
+
+/// A configured Rhai engine. Compile and evaluate rules only through one of these.
+pub struct Sandbox {
+    engine: Engine,
+    deadline: Arc<Deadline>,
+    limits: Limits,
+    shapes: Mutex<Shapes>,
+}
+
+/// Rule shapes (code) shared between rules whose code is identical (rules made from
+/// one template differ only in ids and constants). One copy in memory instead of
+/// thousands, and hot in the cache when any of them runs.
+#[derive(Default)]
+struct Shapes {
+    /// Hash of the shape's identity text → (that text, the shape).
+    by_hash: HashMap<u64, Vec<(String, Weak<Shape>)>>,
+    /// Entries, and how many were alive at the last sweep: sweep when the table has
+    /// doubled since, so dead shapes cost amortised O(1) and never pile up.
+    entries: usize,
+    live_at_sweep: usize,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    pub fn new(limits: Limits) -> Self {
+        use rhai::packages::{
+            BasicArrayPackage, BasicMapPackage, BasicMathPackage, BasicStringPackage,
+            BitFieldPackage, CorePackage, LogicPackage, MoreStringPackage, Package,
+        };
+        // A raw engine plus the packages a condition needs; deliberately without the
+        // time package (`timestamp()` would make rules depend on the wall clock).
+        let mut engine = Engine::new_raw();
+        for module in [
+            CorePackage::new().as_shared_module(),
+            LogicPackage::new().as_shared_module(),
+            BasicMathPackage::new().as_shared_module(),
+            BasicStringPackage::new().as_shared_module(),
+            MoreStringPackage::new().as_shared_module(),
+            BasicArrayPackage::new().as_shared_module(),
+            BasicMapPackage::new().as_shared_module(),
+            BitFieldPackage::new().as_shared_module(),
+        ] {
+            engine.register_global_module(module);
+        }
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(limits.max_call_levels)
+            .set_max_expr_depths(limits.max_expr_depth, limits.max_fn_expr_depth)
+            .set_max_string_size(limits.max_string_size)
+            .set_max_array_size(limits.max_array_size)
+            .set_max_map_size(limits.max_map_size)
+            .set_max_variables(limits.max_variables)
+            .set_max_functions(limits.max_functions)
+            .set_max_modules(0)
+            // A typo in a tag name (`v.presure`) is an error, not a silent `()`.
+            .set_fail_on_invalid_map_property(true)
+            .set_optimization_level(rhai::OptimizationLevel::Simple);
+        engine.disable_symbol("eval");
+        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        // Scripts have no console; keep their prints out of our output streams.
+        engine.on_print(|s| tracing::debug!(target: "linewatch_rules_core::script", "{s}"));
+        engine.on_debug(|s, _, pos| {
+            tracing::debug!(target: "linewatch_rules_core::script", line = pos.line(), "{s}")
+        });
+
+        let deadline = Arc::new(Deadline {
+            base: Instant::now(),
+            budget_ns: limits.eval_deadline.as_nanos() as u64,
+            at_ns: AtomicU64::new(ARMED),
+        });
+        let hook = Arc::clone(&deadline);
+        engine.on_progress(move |ops| {
+            if ops.is_multiple_of(CLOCK_CHECK_EVERY) && hook.expired() {
+                Some(Dynamic::from(DEADLINE_MARK))
+            } else {
+                None
+            }
+        });
+        Sandbox {
+            engine,
+            deadline,
+            limits,
+            shapes: Mutex::new(Shapes::default()),
+        }
+    }
+
+    /// The shared copy of a rule's code: the same `Arc` for every rule whose shape is
+    /// identical, source positions included (so error lines stay exact).
+    pub(crate) fn share_shape(&self, shape: Shape) -> Arc<Shape> {
+        let text = shape.identity();
+        let mut h = std::hash::DefaultHasher::new();
+        text.hash(&mut h);
+        let key = h.finish();
+        // A poisoned lock only means another compile panicked; the map is still valid.
+        let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = shapes.by_hash.entry(key).or_default();
+        if let Some(shared) = bucket
+            .iter()
+            .filter(|(t, _)| *t == text)
+            .find_map(|(_, w)| w.upgrade())
+        {
+            return shared;
+        }
+        let before = bucket.len();
+        bucket.retain(|(_, w)| w.strong_count() > 0);
+        let removed = before - bucket.len();
+        let shared = Arc::new(shape);
+        bucket.push((text, Arc::downgrade(&shared)));
+        shapes.entries = shapes.entries + 1 - removed;
+        if shapes.entries > 2 * shapes.live_at_sweep + 64 {
+            // Forget shapes no rule uses any more.
+            shapes.by_hash.retain(|_, b| {
+                b.retain(|(_, w)| w.strong_count() > 0);
+                !b.is_empty()
+            });
+            shapes.by_hash.shrink_to_fit();
+            shapes.entries = shapes.by_hash.values().map(Vec::len).sum();
+            shapes.live_at_sweep = shapes.entries;
+        }
+        shared
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Run `f` under the per-evaluation deadline.
+    pub(crate) fn with_deadline<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        self.deadline.at_ns.store(ARMED, Ordering::Relaxed);
+        f(&self.engine)
+    }
+}
+
+/// What went wrong in a script, reduced to what an operator needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScriptFailure {
+    pub kind: FailureKind,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// A resource limit: operations, deadline, sizes, depth. The script cannot be
+    /// trusted to behave on the next call either.
+    Limit,
+    /// Anything else the script did wrong (type mismatch, unknown property, `throw`).
+    Runtime,
+}
+
+/// Dig through "error in function call" wrappers to the error the script made, and
+/// its line.
+pub(crate) fn explain(err: &EvalAltResult) -> ScriptFailure {
+    let mut e = err;
+    let mut line = position_line(e.position());
+    while let EvalAltResult::ErrorInFunctionCall(_, _, inner, pos) = e {
+        line = position_line(inner.position())
+            .or(position_line(*pos))
+            .or(line);
+        e = inner;
+    }
+    let (kind, message) = match e {
+        EvalAltResult::ErrorTerminated(v, _)
+            if v.clone().into_string().ok().as_deref() == Some(DEADLINE_MARK) =>
+        {
+            (
+                FailureKind::Limit,
+                "evaluation deadline exceeded (the script ran too long)".to_owned(),
+            )
+        }
+        EvalAltResult::ErrorTooManyOperations(_) => (
+            FailureKind::Limit,
+            "too many operations (an endless loop?)".to_owned(),
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, _) => (
+            FailureKind::Limit,
+            format!("{what} exceeds the sandbox's size limit"),
+        ),
+        EvalAltResult::ErrorStackOverflow(_) => (
+            FailureKind::Limit,
+            "call stack too deep (runaway recursion?)".to_owned(),
+        ),
+        EvalAltResult::ErrorTooManyVariables(_) | EvalAltResult::ErrorTooManyModules(_) => {
+            (FailureKind::Limit, strip_position(&e.to_string()))
+        }
+        _ => (FailureKind::Runtime, strip_position(&e.to_string())),
+    };
+    ScriptFailure {
+        kind,
+        line,
+        message,
+    }
+}
+
+pub(crate) fn position_line(p: Position) -> Option<usize> {
+    p.line()
+}
+
+/// Rhai appends " (line L, position C)"; we report the line in its own field.
+pub(crate) fn strip_position(msg: &str) -> String {
+    match msg.rfind(" (line ") {
+        Some(i) if msg.ends_with(')') => msg[..i].to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(sandbox: &Sandbox, script: &str) -> Result<Dynamic, ScriptFailure> {
+        sandbox.with_deadline(|e| e.eval::<Dynamic>(script).map_err(|err| explain(&err)))
+    }
+
+    #[test]
+    fn endless_loop_hits_the_operation_limit() {
+        let s = Sandbox::new(Limits::default());
+        let e = eval(&s, "let x = 0;\nloop { x += 1; }").unwrap_err();
+        assert_eq!(e.kind, FailureKind::Limit, "{e:?}");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn deadline_stops_a_script_within_its_operation_budget() {
+        let s = Sandbox::new(Limits {
+            max_operations: 0, // unlimited: only the clock can stop it
+            eval_deadline: Duration::from_millis(20),
+            ..Limits::default()
+        });
+        let started = Instant::now();
+        let e = eval(&s, "loop { }").unwrap_err();
+        assert_eq!(e.kind, FailureKind::Limit);
+        assert!(e.message.contains("deadline"), "{}", e.message);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn memory_bombs_hit_size_limits() {
+        let s = Sandbox::new(Limits::default());
+        for bomb in [
+            r#"let s = "xxxxxxxx"; loop { s += s; }"#,
+            "let a = []; loop { a.push(1); }",
+            "let a = [[1,2,3]]; loop { a += a; }",
+            "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+        ] {
+            let e = eval(&s, bomb).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Limit, "{bomb}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn eval_import_and_clock_are_unavailable() {
+        let s = Sandbox::new(Limits::default());
+        assert!(eval(&s, r#"eval("1 + 1")"#).is_err());
+        assert!(eval(&s, r#"import "x" as x; 1"#).is_err());
+        assert!(eval(&s, "timestamp()").is_err());
+    }
+
+    #[test]
+    fn runaway_recursion_is_a_limit() {
+        let s = Sandbox::new(Limits::default());
+        let e = eval(&s, "fn f(x) { f(x + 1) }\nf(0)").unwrap_err();
+        assert_eq!(e.kind, FailureKind::Limit, "{e:?}");
+    }
+}

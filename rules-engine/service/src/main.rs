@@ -1,0 +1,405 @@
+//! `linewatch-rules`: run the rule engine service; publish and delete rules; check rule
+//! scripts; replay recorded data points; list and replay undeliverable events.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use linewatch_rules::cli::{
+    self,
+    control::{DeleteArgs, PublishArgs},
+    dead_letters::{DeadLettersArgs, DeadLettersCommand},
+};
+use linewatch_rules::service::config::{parse_partition, ServiceConfig};
+use linewatch_rules::service::run::{run, RunOptions};
+use linewatch_rules_core::eval::Partition;
+use linewatch_rules_core::replay::{load_rule_files, replay, ReplayEvent, ReplayOptions};
+use linewatch_rules_core::{EventSource, LatePolicy, Limits, Sandbox, WatermarkConfig};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// A replay allocates a few strings per data point and frees them after the reorder
+/// buffer; mimalloc handles that pattern markedly better than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Lines of one kind reported individually before only counting them.
+const REPORT_LIMIT: u64 = 100;
+
+#[derive(Parser)]
+#[command(name = "linewatch-rules", version, about = "linewatch's rule engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the rule engine: read the Kinesis stream, take rules from the MQTT control
+    /// topic, deliver transitions to the webhooks. Stops cleanly on SIGTERM / Ctrl-C.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Own only the rules whose id hashes to I of N (`I/N`); run N instances, each
+        /// reading the whole stream and control topic, to split the rules between them.
+        #[arg(long, value_parser = parse_partition)]
+        partition: Option<Partition>,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Publish a rule script on the control topic and print the engine's answer.
+    Publish(PublishArgs),
+    /// Delete a rule from the control topic and print the engine's answer.
+    Delete(DeleteArgs),
+    /// Events a webhook target refused or that ran out of retries.
+    DeadLetters(DeadLettersArgs),
+    /// Compile and validate rule scripts; exit non-zero with the errors if any is bad.
+    Check {
+        /// Rule files (.rhai) or directories of them.
+        #[arg(required = true)]
+        rules: Vec<PathBuf>,
+    },
+    /// Run rules over recorded data points (NDJSON, one per line) and print the
+    /// transitions as NDJSON on stdout. Deterministic: idleness is judged on the replay
+    /// clock (the highest event time read so far), and at the end of input the
+    /// watermark moves to the highest event time seen so that due holds fire.
+    Replay {
+        /// Rule files (.rhai) or directories of them.
+        #[arg(long, required = true, num_args = 1..)]
+        rules: Vec<PathBuf>,
+        /// NDJSON data points; `-` for stdin.
+        #[arg(long)]
+        input: String,
+        /// How far behind its sender's newest point a point may arrive and still count.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        max_out_of_orderness: Duration,
+        /// A sender silent for this long (replay clock) stops holding the watermark back.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
+        /// Evaluation workers (rules are split by a hash of their id).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// What to do with points at or below the watermark.
+        #[arg(long, value_enum, default_value_t = Late::DeadLetter)]
+        late: Late,
+        /// Write late points (the raw lines) here under `--late dead-letter`.
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        /// Print EventBridge envelopes instead of bare transitions.
+        #[arg(long)]
+        events: bool,
+        /// `account` of the envelopes.
+        #[arg(long, default_value = "000000000000")]
+        account: String,
+        /// `region` of the envelopes.
+        #[arg(long, default_value = "local")]
+        region: String,
+        /// A progress line on stderr every this many input lines (0: none).
+        #[arg(long, default_value_t = 1_000_000)]
+        progress_every: u64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Late {
+    DeadLetter,
+    Apply,
+}
+
+fn init_logging(default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Run { log_format, .. } => init_logging("info", *log_format),
+        _ => init_logging("warn", LogFormat::Text),
+    }
+    let result = match cli.command {
+        Command::Run {
+            config, partition, ..
+        } => run_service(&config, partition),
+        Command::Publish(args) => runtime().and_then(|rt| rt.block_on(cli::control::publish(args))),
+        Command::Delete(args) => runtime().and_then(|rt| rt.block_on(cli::control::delete(args))),
+        Command::DeadLetters(cmd) => dead_letters(cmd),
+        Command::Check { rules } => check(&rules),
+        Command::Replay {
+            rules,
+            input,
+            max_out_of_orderness,
+            idle_timeout,
+            workers,
+            late,
+            dead_letter,
+            events,
+            account,
+            region,
+            progress_every,
+        } => run_replay(ReplayArgs {
+            rules,
+            input,
+            opts: ReplayOptions {
+                watermark: WatermarkConfig {
+                    max_out_of_orderness,
+                    idle_timeout,
+                },
+                late_policy: match late {
+                    Late::DeadLetter => LatePolicy::DeadLetter,
+                    Late::Apply => LatePolicy::Apply,
+                },
+                workers,
+                progress_every,
+                events: events.then_some(EventSource { account, region }),
+                ..ReplayOptions::default()
+            },
+            dead_letter,
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_service(config: &Path, partition: Option<Partition>) -> anyhow::Result<ExitCode> {
+    let cfg = ServiceConfig::load(config)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: checkpointing and finishing deliveries in flight");
+            let _ = stop.send(true);
+        });
+        run(cfg, RunOptions { partition }, stopped).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the engine");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DeadLettersCommand::List { config, target } => {
+            let cfg = ServiceConfig::load(&config)?;
+            let mut out = std::io::stdout().lock();
+            cli::dead_letters::list(&cfg.webhook_dead_letter_dir(), target.as_deref(), &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLettersCommand::Replay {
+            config,
+            target,
+            ids,
+        } => {
+            let cfg = ServiceConfig::load(&config)?;
+            let report = runtime()?.block_on(cli::dead_letters::replay(
+                &cfg.webhook_dead_letter_dir(),
+                &cfg.webhooks,
+                target.as_deref(),
+                &ids,
+            ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let sandbox = Sandbox::new(Limits::default());
+    let (rules, errors) = load_rule_files(&sandbox, paths);
+    for r in &rules {
+        let groups: Vec<String> = r
+            .groups()
+            .iter()
+            .map(|g| match g.hold_ms() {
+                0 => format!("{} (weight {})", g.name(), g.weight()),
+                h => format!(
+                    "{} (weight {}, hold {})",
+                    g.name(),
+                    g.weight(),
+                    humantime::format_duration(Duration::from_millis(h))
+                ),
+            })
+            .collect();
+        println!(
+            "ok: {}: rule \"{}\" v{}, {} equipment, groups: {}",
+            r.origin(),
+            r.id(),
+            r.version(),
+            r.equipment().len(),
+            groups.join(", ")
+        );
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+struct ReplayArgs {
+    rules: Vec<PathBuf>,
+    input: String,
+    opts: ReplayOptions,
+    dead_letter: Option<PathBuf>,
+}
+
+fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let sandbox = Sandbox::new(args.opts.limits.clone());
+    let (rules, errors) = load_rule_files(&sandbox, &args.rules);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let input: Box<dyn BufRead> = if args.input == "-" {
+        Box::new(BufReader::with_capacity(1 << 16, std::io::stdin().lock()))
+    } else {
+        let f = std::fs::File::open(&args.input)
+            .with_context(|| format!("cannot open {}", args.input))?;
+        Box::new(BufReader::with_capacity(1 << 16, f))
+    };
+    let mut dead_letter = match &args.dead_letter {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut stdout = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let started = Instant::now();
+    let (mut malformed, mut late) = (0u64, 0u64);
+    let mut dl_error: Option<std::io::Error> = None;
+    let mut on_event = |ev: ReplayEvent<'_>| match ev {
+        ReplayEvent::Malformed { line, error } => {
+            malformed += 1;
+            if malformed <= REPORT_LIMIT {
+                eprintln!("line {line}: skipped: {error}");
+            }
+            if malformed == REPORT_LIMIT {
+                eprintln!("(further malformed lines are only counted)");
+            }
+        }
+        ReplayEvent::Late {
+            line,
+            point,
+            watermark,
+            dead_letter: raw,
+        } => {
+            late += 1;
+            if late <= REPORT_LIMIT {
+                eprintln!(
+                    "line {line}: late: {} {} at {} <= watermark {watermark}",
+                    point.equipment_id, point.tag, point.timestamp
+                );
+            }
+            if late == REPORT_LIMIT {
+                eprintln!("(further late points are only counted)");
+            }
+            if let (Some(w), Some(raw)) = (dead_letter.as_mut(), raw) {
+                if let Err(e) = w.write_all(raw).and_then(|_| w.write_all(b"\n")) {
+                    dl_error.get_or_insert(e);
+                }
+            }
+        }
+        ReplayEvent::RuleChanged { line, outcome } => {
+            let json = serde_json::to_string(outcome).unwrap_or_default();
+            match line {
+                0 => tracing::info!("rule: {json}"),
+                _ => eprintln!("line {line}: rule change: {json}"),
+            }
+        }
+        ReplayEvent::RuleRejected { line, error } => {
+            eprintln!("line {line}: rule rejected: {error}")
+        }
+        ReplayEvent::Diagnostic(d) => {
+            let line = d.line.map(|l| format!(" line {l}")).unwrap_or_default();
+            eprintln!(
+                "rule \"{}\" group \"{}\" (equipment {}){line}: {:?}: {}",
+                d.rule_id, d.group, d.equipment_id, d.kind, d.message
+            );
+        }
+        ReplayEvent::Progress(s) => {
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "progress: {} lines, {:.0} lines/s, watermark {:?}, {} transitions, {} late, {} malformed",
+                s.lines,
+                s.lines as f64 / secs,
+                s.watermark,
+                s.transitions,
+                s.late,
+                s.malformed
+            );
+        }
+    };
+    let summary = replay(rules, input, &mut stdout, args.opts, &mut on_event)?;
+    if let Some(mut w) = dead_letter {
+        w.flush().context("writing the dead-letter file")?;
+    }
+    if let Some(e) = dl_error {
+        return Err(e).context("writing the dead-letter file");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "done: {} lines ({} points, {} heartbeats, {} malformed, {} late) in {secs:.2} s; {} transitions; watermark {:?}",
+        summary.lines,
+        summary.points,
+        summary.heartbeats,
+        summary.malformed,
+        summary.late,
+        summary.transitions,
+        summary.watermark
+    );
+    for (sender, n) in &summary.late_by_sender {
+        eprintln!("late from {sender}: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,671 @@
+//! The run loop: wires the Kinesis source, the control topic, the engine, the
+//! checkpoint store, the webhook targets and the operations endpoints.
+//!
+//! One task owns the engine. It waits for the retained rules first, then takes, in
+//! this priority: shutdown, the advance tick (watermark, holds, output), the
+//! checkpoint tick, control messages, and record batches. A checkpoint is taken
+//! between batches, after a tick, so it is a consistent cut: the engine's state,
+//! the positions of every record it has seen, and every transition it produced
+//! that a target has not acknowledged yet.
+
+use super::checkpoint::{CheckpointError, CheckpointStore};
+use super::config::{parse_partition, ServiceConfig};
+use super::http::{self, OpsView, Phase, RuleView, SharedView};
+use super::metrics::{
+    EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabel, StateLabel, StatusLabel,
+};
+use crate::control::{self, ControlEvent, ControlHandle, ControlMetrics, RuleStatus, StatusKind};
+use crate::output::{self, DeadLetterStore, Outbox, OutboxSnapshot, OutputMetrics, PendingEvent};
+use crate::source::{KinesisSource, ShardPositions, SourceBatch, SourceMetrics, SourceRecord};
+use linewatch_rules_core::engine::{
+    Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate,
+};
+use linewatch_rules_core::eval::{EvalStats, Partition};
+use linewatch_rules_core::rule::Limits;
+use linewatch_rules_core::transition::EventSource;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+
+type Cp = super::checkpoint::Checkpoint<EngineSnapshot, ShardPositions, OutboxSnapshot>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Http(#[from] http::BindError),
+    #[error("{0}")]
+    Start(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--partition I/N`; wins over the config file's `partition`.
+    pub partition: Option<Partition>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn partition_text(p: Partition) -> String {
+    format!("{}/{}", p.index, p.count)
+}
+
+/// Run until `shutdown` turns true; then tick, checkpoint and stop the tasks.
+pub async fn run(
+    cfg: ServiceConfig,
+    opts: RunOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServiceError> {
+    let partition = match (opts.partition, cfg.partition.as_deref()) {
+        (Some(p), _) => p,
+        (None, Some(text)) => parse_partition(text).map_err(ServiceError::Start)?,
+        (None, None) => Partition::ALL,
+    };
+    let instance = cfg.instance_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rules".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let mk_dir = |path: &Path| {
+        std::fs::create_dir_all(path).map_err(|source| ServiceError::Io {
+            what: "cannot create",
+            path: path.to_owned(),
+            source,
+        })
+    };
+    mk_dir(&cfg.state_dir)?;
+    mk_dir(&cfg.webhook_dead_letter_dir())?;
+
+    // Metrics of every part, one registry.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = EngineMetrics::default();
+    metrics.register(&mut registry);
+    let source_metrics = SourceMetrics::default();
+    source_metrics.register(&mut registry);
+    let control_metrics = ControlMetrics::default();
+    control_metrics.register(&mut registry);
+    let output_metrics = OutputMetrics::default();
+    output_metrics.register(&mut registry);
+
+    // State: the last checkpoint, or a fresh start.
+    let mut store = CheckpointStore::open(&cfg.checkpoint_dir(), Duration::from_secs(10))?;
+    let loaded: Option<Cp> = match store.load() {
+        Ok(cp) => cp,
+        Err(e @ CheckpointError::Corrupt { .. }) => {
+            drop(store);
+            let aside = cfg
+                .state_dir
+                .join(format!("checkpoint.corrupt-{}", now_ms()));
+            std::fs::rename(cfg.checkpoint_dir(), &aside).map_err(|source| ServiceError::Io {
+                what: "cannot move aside the unreadable checkpoint",
+                path: cfg.checkpoint_dir(),
+                source,
+            })?;
+            tracing::error!(error = %e, moved_to = %aside.display(),
+                "checkpoint unreadable: moved it aside, starting from the configured start position");
+            metrics.checkpoint_failures.inc();
+            store = CheckpointStore::open(&cfg.checkpoint_dir(), Duration::from_secs(10))?;
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let engine_cfg = EngineConfig {
+        sequencer: cfg.sequencer(),
+        workers: cfg.workers,
+        limits: Limits::default(),
+        partition,
+    };
+    let outbox = Outbox::from_webhooks(&cfg.webhooks);
+    let (engine, positions, outbox) = match loaded {
+        Some(cp) => {
+            let (engine, problems) = Engine::restore(engine_cfg, cp.engine)?;
+            for (rule, why) in problems {
+                tracing::warn!(rule, why, "rule from the checkpoint not restored");
+            }
+            tracing::info!(
+                checkpoint = cp.sequence,
+                written_at = cp.written_at,
+                rules = engine.rules().len(),
+                "resuming from the checkpoint"
+            );
+            let report = outbox.restore(cp.outbox);
+            tracing::info!(?report, "undelivered events restored");
+            (engine, cp.positions, outbox)
+        }
+        None => (Engine::new(engine_cfg)?, ShardPositions::default(), outbox),
+    };
+    let outbox = Arc::new(outbox);
+
+    let view: SharedView = Arc::new(RwLock::new(OpsView::new(
+        instance.clone(),
+        partition_text(partition),
+    )));
+    let http_task = http::serve(cfg.http.listen, registry, view.clone(), shutdown.clone()).await?;
+
+    // Webhook targets, each its own task.
+    let dead = DeadLetterStore::open(cfg.webhook_dead_letter_dir())
+        .map_err(|e| ServiceError::Start(format!("webhook dead-letter store: {e}")))?;
+    let mut tasks = Vec::new();
+    for hook in &cfg.webhooks {
+        let hook = hook
+            .resolve()
+            .map_err(|e| ServiceError::Start(format!("webhooks `{}`: {e}", hook.name)))?;
+        tasks.push(tokio::spawn(output::run_target(
+            hook,
+            outbox.clone(),
+            dead.clone(),
+            output_metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
+
+    // The control topic: rules first, then data.
+    let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(|| {
+        format!(
+            "linewatch-rules-{instance}-p{}of{}",
+            partition.index, partition.count
+        )
+    });
+    let (control, mut control_rx) = control::start(&cfg.mqtt, client_id, control_metrics)
+        .await
+        .map_err(|e| ServiceError::Start(format!("control topic: {e}")))?;
+
+    let mut lp = Loop {
+        engine,
+        metrics,
+        view,
+        control,
+        outbox,
+        events: cfg.event_source(),
+        instance,
+        dead_points: PointDeadLetters::new(cfg.points_dead_letter_file()),
+        last_stats: EvalStats::default(),
+        idle_timeout: cfg.watermark.idle_timeout.as_millis() as u64,
+        last_checkpoint: None,
+    };
+    lp.set_phase(Phase::SyncingRules);
+    let mut shutdown_rx = shutdown.clone();
+    let mut present = BTreeSet::new();
+    // `Some(timed_out)` once the retained rules are in; `None` on shutdown.
+    let synced = loop {
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|s| *s) => break None,
+            ev = control_rx.recv() => match ev {
+                Some(ControlEvent::InitialSyncDone { rules, timed_out }) => {
+                    if timed_out {
+                        tracing::warn!(rules, "stopped waiting for retained rules (retained_wait); going on with what arrived");
+                    } else {
+                        tracing::info!(rules, "retained rules received");
+                    }
+                    break Some(timed_out);
+                }
+                Some(ev) => {
+                    if let ControlEvent::Rule { rule_id, message, .. } = &ev {
+                        if message.is_some() { present.insert(rule_id.clone()); } else { present.remove(rule_id); }
+                    }
+                    lp.on_control(ev).await?;
+                }
+                None => return Err(ServiceError::Start("the control topic task stopped".into())),
+            },
+        }
+    };
+    if let Some(timed_out) = synced {
+        // Only a complete view of the retained rules says which ones were deleted
+        // while this instance was down; after a timeout (broker unreachable) the
+        // checkpoint's rules stay, and a deletion takes effect when it arrives.
+        let deleted = if timed_out {
+            Vec::new()
+        } else {
+            lp.engine.forget_missing(&present)?
+        };
+        for outcome in deleted {
+            tracing::info!(?outcome, "rule deleted while this instance was down");
+            lp.publish(RuleStatus::from_outcome(
+                outcome,
+                lp.instance.clone(),
+                now_ms(),
+            ))
+            .await;
+        }
+        lp.refresh_view();
+        lp.set_phase(Phase::Running);
+
+        let (tx, mut batches) = mpsc::channel::<SourceBatch>(16);
+        let source = KinesisSource::new(&cfg.kinesis, source_metrics)
+            .await
+            .map_err(|e| ServiceError::Start(format!("kinesis source: {e}")))?;
+        let mut positions = positions;
+        // Shards trimmed from the stream are dropped from the positions at checkpoints.
+        let listed = source.listed_shards();
+        let source_task = tokio::spawn(source.run(positions.clone(), tx, shutdown.clone()));
+
+        let mut advance = tokio::time::interval(cfg.watermark.advance_interval);
+        advance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checkpoint = tokio::time::interval(cfg.checkpoint_interval);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        checkpoint.tick().await;
+        let (mut control_open, mut source_open) = (true, true);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown_rx.wait_for(|s| *s) => break,
+                _ = advance.tick() => lp.tick()?,
+                _ = checkpoint.tick() => {
+                    let current = listed.borrow().clone();
+                    if !current.is_empty() {
+                        positions.forget_unlisted(&current);
+                    }
+                    lp.checkpoint(&mut store, &positions)?;
+                }
+                ev = control_rx.recv(), if control_open => match ev {
+                    Some(ev) => lp.on_control(ev).await?,
+                    None => {
+                        // Keep processing data with the rules loaded.
+                        tracing::error!("the control topic task stopped; rule changes are not received any more");
+                        lp.view_problem("control topic task stopped");
+                        control_open = false;
+                    }
+                },
+                batch = batches.recv(), if source_open => match batch {
+                    Some(batch) => {
+                        lp.on_batch(&batch)?;
+                        positions.apply(&batch);
+                    }
+                    None => {
+                        tracing::error!("the Kinesis source stopped");
+                        lp.view_problem("kinesis source stopped");
+                        source_open = false;
+                    }
+                },
+            }
+        }
+        lp.set_phase(Phase::Stopping);
+        lp.tick()?;
+        lp.checkpoint(&mut store, &positions)?;
+        match tokio::time::timeout(Duration::from_secs(10), source_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the Kinesis source ended with an error"),
+            Err(_) => tracing::warn!("the Kinesis source did not stop within 10 s"),
+            _ => {}
+        }
+    }
+    lp.control.shutdown().await;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Loop {
+    engine: Engine,
+    metrics: EngineMetrics,
+    view: SharedView,
+    control: ControlHandle,
+    outbox: Arc<Outbox>,
+    events: EventSource,
+    instance: String,
+    dead_points: PointDeadLetters,
+    last_stats: EvalStats,
+    idle_timeout: u64,
+    last_checkpoint: Option<u64>,
+}
+
+impl Loop {
+    fn set_phase(&self, phase: Phase) {
+        self.view.write().unwrap_or_else(|p| p.into_inner()).phase = phase;
+    }
+
+    fn view_problem(&self, problem: &str) {
+        let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
+        if !v.problems.iter().any(|p| p == problem) {
+            v.problems.push(problem.to_owned());
+        }
+    }
+
+    async fn on_control(&mut self, ev: ControlEvent) -> Result<(), ServiceError> {
+        match ev {
+            ControlEvent::Rule {
+                rule_id, message, ..
+            } => {
+                let message = message.as_ref().map(|m| (m.version, m.script.as_str()));
+                self.on_rule(&rule_id, message).await?;
+            }
+            ControlEvent::Connected => {
+                self.view
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .mqtt_connected = true;
+            }
+            ControlEvent::Disconnected { error } => {
+                tracing::warn!(%error, "control topic disconnected; rules loaded stay in force");
+                self.view
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .mqtt_connected = false;
+            }
+            ControlEvent::Malformed { topic, error } => {
+                // The control task logged and counted it; the author learns on the
+                // status topic, if the topic names a rule this instance owns.
+                let rule_id = self
+                    .control
+                    .topics()
+                    .rule_id_of(&topic)
+                    .ok()
+                    .map(str::to_owned);
+                if let Some(rule_id) = rule_id.filter(|id| self.engine.partition().owns(id)) {
+                    let status = RuleStatus::rejected(
+                        &rule_id,
+                        None,
+                        error,
+                        self.instance.clone(),
+                        now_ms(),
+                    );
+                    self.metrics
+                        .rule_changes
+                        .get_or_create(&StatusLabel { status: "rejected" })
+                        .inc();
+                    self.publish(status).await;
+                }
+            }
+            ControlEvent::InitialSyncDone { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn on_rule(
+        &mut self,
+        rule_id: &str,
+        message: Option<(u64, &str)>,
+    ) -> Result<(), ServiceError> {
+        let update = self.engine.on_rule(rule_id, message)?;
+        let at = now_ms();
+        let status = match update {
+            RuleUpdate::NotOwned | RuleUpdate::Unchanged { .. } => None,
+            RuleUpdate::Applied(o) | RuleUpdate::Stale(o) | RuleUpdate::NotFound(o) => {
+                Some(RuleStatus::from_outcome(o, self.instance.clone(), at))
+            }
+            RuleUpdate::Rejected { version, error } => {
+                tracing::warn!(rule = rule_id, ?version, %error, "rule rejected");
+                Some(RuleStatus::rejected(
+                    rule_id,
+                    version,
+                    error,
+                    self.instance.clone(),
+                    at,
+                ))
+            }
+        };
+        if let Some(status) = status {
+            let label = match status.status {
+                StatusKind::Accepted => "accepted",
+                StatusKind::Rejected => "rejected",
+                StatusKind::Deleted => "deleted",
+                StatusKind::Ignored => "ignored",
+                StatusKind::NotFound => "not_found",
+            };
+            tracing::info!(rule = rule_id, version = ?status.version, status = label, "rule change");
+            self.metrics
+                .rule_changes
+                .get_or_create(&StatusLabel { status: label })
+                .inc();
+            self.publish(status).await;
+        }
+        self.refresh_view();
+        Ok(())
+    }
+
+    async fn publish(&self, status: RuleStatus) {
+        self.control.publish_status(&status).await;
+    }
+
+    fn on_batch(&mut self, batch: &SourceBatch) -> Result<(), ServiceError> {
+        let now = now_ms();
+        for rec in &batch.records {
+            let outcome = self.engine.on_record(&rec.data, now)?;
+            let label = match &outcome {
+                RecordOutcome::Buffered => "point",
+                RecordOutcome::Heartbeat => "heartbeat",
+                RecordOutcome::Invalid(_) => "invalid",
+                RecordOutcome::Late { applied: true, .. } => "late_applied",
+                RecordOutcome::Late { applied: false, .. } => "late_dropped",
+            };
+            self.metrics
+                .records
+                .get_or_create(&OutcomeLabel { outcome: label })
+                .inc();
+            match outcome {
+                RecordOutcome::Invalid(e) => {
+                    self.dead_points
+                        .put(&batch.shard_id, rec, "invalid", &e.to_string());
+                    self.metrics
+                        .dead_letters
+                        .get_or_create(&ReasonLabel { reason: "invalid" })
+                        .inc();
+                }
+                RecordOutcome::Late {
+                    sender,
+                    timestamp,
+                    watermark,
+                    applied,
+                } => {
+                    self.metrics
+                        .late
+                        .get_or_create(&SenderLabel {
+                            sender: sender.clone(),
+                        })
+                        .inc();
+                    if !applied {
+                        let why = format!(
+                            "late: timestamp {timestamp} at or below the watermark {watermark} (sender {sender})"
+                        );
+                        self.dead_points.put(&batch.shard_id, rec, "late", &why);
+                        self.metrics
+                            .dead_letters
+                            .get_or_create(&ReasonLabel { reason: "late" })
+                            .inc();
+                    }
+                }
+                RecordOutcome::Buffered | RecordOutcome::Heartbeat => {}
+            }
+        }
+        self.dead_points.flush();
+        Ok(())
+    }
+
+    /// Advance the watermark, hand transitions to the outbox, refresh metrics.
+    fn tick(&mut self) -> Result<(), ServiceError> {
+        let now = now_ms();
+        let out = self.engine.tick(now)?;
+        for t in &out.transitions {
+            tracing::debug!(transition = %t.transition_id, state = %t.state, "transition");
+            self.outbox
+                .push(PendingEvent::from_transition(t, &self.events, now));
+        }
+        self.metrics
+            .transitions
+            .inc_by(out.transitions.len() as u64);
+        for d in &out.diagnostics {
+            tracing::warn!(rule = %d.rule_id, group = %d.group, equipment = %d.equipment_id,
+                line = ?d.line, kind = ?d.kind, message = %d.message, "rule diagnostic");
+        }
+        self.metrics
+            .diagnostics
+            .inc_by(out.diagnostics.len() as u64);
+        self.update_metrics(now, out.watermark);
+        if !out.transitions.is_empty() {
+            self.refresh_view();
+        }
+        self.view
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .watermark = out.watermark;
+        Ok(())
+    }
+
+    fn update_metrics(&mut self, now: u64, watermark: Option<u64>) {
+        let m = &self.metrics;
+        let seq = self.engine.sequencer();
+        if let Some(w) = watermark {
+            m.watermark_ms.set(w as i64);
+            m.watermark_lag_seconds
+                .set(now.saturating_sub(w) as f64 / 1000.0);
+        }
+        m.reorder_buffered.set(seq.buffered() as i64);
+        let senders = seq.tracker().senders();
+        let idle = senders
+            .iter()
+            .filter(|s| now.saturating_sub(s.last_seen) > self.idle_timeout)
+            .count();
+        m.senders
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(idle as i64);
+        m.senders
+            .get_or_create(&StateLabel { state: "active" })
+            .set((senders.len() - idle) as i64);
+        m.rules_loaded.set(self.engine.rules().len() as i64);
+        let s = self.engine.stats();
+        let l = self.last_stats;
+        m.group_evaluations
+            .inc_by(s.group_evaluations.saturating_sub(l.group_evaluations));
+        m.evaluation_errors
+            .inc_by(s.group_errors.saturating_sub(l.group_errors));
+        m.timers_fired
+            .inc_by(s.timers_fired.saturating_sub(l.timers_fired));
+        self.last_stats = s;
+        if let Some(at) = self.last_checkpoint {
+            m.checkpoint_age_seconds
+                .set(now.saturating_sub(at) as f64 / 1000.0);
+        }
+    }
+
+    fn refresh_view(&self) {
+        let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
+        v.rules = self
+            .engine
+            .rules()
+            .iter()
+            .map(|(id, r)| RuleView {
+                rule_id: id.clone(),
+                version: r.version,
+            })
+            .collect();
+        v.set_states(self.engine.states());
+    }
+
+    /// Tick (so no output is pending), then write engine state, positions and the
+    /// outbox in one atomic checkpoint. A failure is logged and retried next time:
+    /// nothing is lost, the restart point just stays older.
+    fn checkpoint(
+        &mut self,
+        store: &mut CheckpointStore,
+        positions: &ShardPositions,
+    ) -> Result<(), ServiceError> {
+        self.tick()?;
+        let started = Instant::now();
+        let snapshot = self.engine.snapshot()?;
+        let outbox = self.outbox.snapshot();
+        let now = now_ms();
+        match store.save(&snapshot, positions, &outbox, now) {
+            Ok(bytes) => {
+                self.metrics
+                    .checkpoint_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.checkpoint_bytes.set(bytes as i64);
+                self.metrics.checkpoint_age_seconds.set(0.0);
+                self.last_checkpoint = Some(now);
+                self.view
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_checkpoint = Some(now);
+            }
+            Err(e) => {
+                self.metrics.checkpoint_failures.inc();
+                tracing::error!(error = %e, "checkpoint failed; will retry at the next interval");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Invalid and late records, appended as NDJSON with the reason and where they
+/// came from. A failure to write is logged (rate-limited by the caller's flush).
+struct PointDeadLetters {
+    path: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    failed: bool,
+}
+
+impl PointDeadLetters {
+    fn new(path: PathBuf) -> PointDeadLetters {
+        PointDeadLetters {
+            path,
+            out: None,
+            failed: false,
+        }
+    }
+
+    fn put(&mut self, shard: &str, rec: &SourceRecord, reason: &str, error: &str) {
+        let data = match std::str::from_utf8(&rec.data) {
+            Ok(text) => serde_json::json!({ "data": text }),
+            Err(_) => serde_json::json!({ "dataHex": hex::encode(&rec.data) }),
+        };
+        let mut line = serde_json::json!({
+            "at": now_ms(), "reason": reason, "error": error, "shardId": shard,
+            "sequenceNumber": rec.sequence_number, "subSequence": rec.sub_sequence,
+            "partitionKey": rec.partition_key,
+        });
+        if let (Some(l), Some(d)) = (line.as_object_mut(), data.as_object()) {
+            l.extend(d.clone());
+        }
+        tracing::warn!(reason, error, shard, sequence = %rec.sequence_number, "record dead-lettered");
+        if self.out.is_none() {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
+                Ok(f) => self.out = Some(std::io::BufWriter::new(f)),
+                Err(e) => {
+                    if !self.failed {
+                        tracing::error!(path = %self.path.display(), error = %e, "cannot open the points dead-letter file");
+                        self.failed = true;
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(out) = &mut self.out {
+            if let Err(e) = writeln!(out, "{line}") {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot write the points dead-letter file");
+                self.out = None;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(out) = &mut self.out {
+            if let Err(e) = out.flush() {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot write the points dead-letter file");
+                self.out = None;
+            }
+        }
+    }
+}
