@@ -2,9 +2,7 @@
 //!
 //! Needs `tests/peers/node_modules` (`bash scripts/install-peers.sh`).
 
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::StreamStatus;
 use aws_sdk_kinesis::Client;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -20,9 +18,6 @@ use linewatch_testkit::kinesis::{self, KinesisPeer};
 use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
 use linewatch_testkit::Scratch;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
