@@ -110,6 +110,54 @@ impl Broker {
         }
     }
 
+    /// The port of a broker shared by the whole test process: 127.0.0.1:1883 when it
+    /// answers, else one private [`Mosquitto`] started on first use. It is started from
+    /// a thread that lives as long as the process (the kernel kills a child when the
+    /// thread that spawned it exits, and each test runs on a thread of its own).
+    #[track_caller]
+    pub fn shared_port() -> u16 {
+        static PORT: std::sync::OnceLock<Result<u16, String>> = std::sync::OnceLock::new();
+        if ports::is_listening(DEFAULT_PORT) {
+            return DEFAULT_PORT;
+        }
+        let port = PORT.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("testkit-mosquitto".into())
+                .spawn(move || {
+                    let started = std::panic::catch_unwind(|| {
+                        let dir = tempfile::Builder::new()
+                            .prefix("linewatch-testkit-mosquitto-")
+                            .tempdir()
+                            .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
+                        let m = Mosquitto::start(MosquittoOptions::default(), dir.path());
+                        (dir, m)
+                    });
+                    match started {
+                        Ok((_dir, m)) => {
+                            let _ = tx.send(Ok(m.port()));
+                            loop {
+                                std::thread::park();
+                            }
+                        }
+                        Err(_) => {
+                            let _ = tx.send(Err("starting the shared mosquitto failed".into()));
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => rx
+                    .recv()
+                    .unwrap_or_else(|_| Err("the shared mosquitto thread ended".into())),
+                Err(e) => Err(format!("cannot spawn the shared mosquitto thread: {e}")),
+            }
+        });
+        match port {
+            Ok(p) => *p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     pub fn host(&self) -> &'static str {
         "127.0.0.1"
     }
