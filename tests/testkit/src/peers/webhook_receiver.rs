@@ -137,9 +137,16 @@ impl Receiver {
     /// Starts on a free port of 127.0.0.1, answering 200 to everything.
     #[track_caller]
     pub fn start() -> Receiver {
+        Receiver::start_on(0)
+    }
+
+    /// Starts on 127.0.0.1:`port` (0: a free one), answering 200 to everything; e.g. a
+    /// receiver that appears where connections were refused so far.
+    #[track_caller]
+    pub fn start_on(port: u16) -> Receiver {
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap_or_else(|e| panic!("receiver: cannot bind 127.0.0.1:0: {e}"));
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("receiver: cannot bind 127.0.0.1:{port}: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("receiver: no local address: {e}"));
