@@ -225,6 +225,7 @@ impl Agent {
                     },
                     Duration::from_secs(30),
                 )
+                .metrics(config.metrics_addr(), "linewatch_agent_")
                 .start();
         Agent {
             config,
@@ -247,18 +248,7 @@ impl Agent {
     }
 }
 
-impl std::ops::Deref for Agent {
-    type Target = ManagedProcess;
-    fn deref(&self) -> &ManagedProcess {
-        &self.process
-    }
-}
-
-impl std::ops::DerefMut for Agent {
-    fn deref_mut(&mut self) -> &mut ManagedProcess {
-        &mut self.process
-    }
-}
+crate::deref_to_process!(Agent);
 
 /// What a short-lived agent command printed and how it ended.
 #[derive(Debug)]

@@ -7,6 +7,26 @@
 //! - [`programs`]: where their binaries are; [`scenario`]: machines and rules for the
 //!   rule engine tests.
 
+/// A program wrapper is its `process: ManagedProcess` plus a config: `kill`, `terminate`,
+/// `start_again`, `scrape`, `wait_metrics`, `log_tail`... are the process's own.
+macro_rules! deref_to_process {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = linewatch_testkit::process::ManagedProcess;
+            fn deref(&self) -> &Self::Target {
+                &self.process
+            }
+        }
+
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.process
+            }
+        }
+    };
+}
+pub(crate) use deref_to_process;
+
 pub mod agent;
 pub mod programs;
 pub mod rules;

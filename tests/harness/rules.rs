@@ -439,18 +439,7 @@ impl RulesService {
     }
 }
 
-impl std::ops::Deref for RulesService {
-    type Target = ManagedProcess;
-    fn deref(&self) -> &ManagedProcess {
-        &self.process
-    }
-}
-
-impl std::ops::DerefMut for RulesService {
-    fn deref_mut(&mut self) -> &mut ManagedProcess {
-        &mut self.process
-    }
-}
+crate::deref_to_process!(RulesService);
 
 /// A file name no other call in this process returned (for scripts written by tests).
 pub fn unique_file(stem: &str, ext: &str) -> String {
