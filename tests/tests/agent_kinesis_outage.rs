@@ -15,10 +15,7 @@ use std::time::Duration;
 async fn kinesis_outage_buffers_then_drains_without_gaps() {
     let scratch = Scratch::new("outage");
     let mut k = Kinesalite::start(
-        KinesaliteOptions {
-            data_dir: Some(scratch.path().join("kinesalite-db")),
-            ..Default::default()
-        },
+        KinesaliteOptions::on_disk(scratch.path().join("kinesalite-db")),
         scratch.path(),
     );
     k.create_stream(STREAM, 1).await;

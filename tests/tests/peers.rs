@@ -39,10 +39,7 @@ async fn put_numbered(
 async fn kinesalite_serves_all_shards_and_survives_a_restart() {
     let scratch = Scratch::new("peers-kinesis");
     let mut k = Kinesalite::start(
-        KinesaliteOptions {
-            data_dir: Some(scratch.path().join("kinesalite-db")),
-            ..Default::default()
-        },
+        KinesaliteOptions::on_disk(scratch.path().join("kinesalite-db")),
         scratch.path(),
     );
     k.create_stream("s", 2).await;

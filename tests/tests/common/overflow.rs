@@ -39,10 +39,7 @@ pub struct Outcome {
 pub async fn run(policy: &str) -> Outcome {
     let scratch = Scratch::new(&format!("overflow-{policy}"));
     let mut k = Kinesalite::start(
-        KinesaliteOptions {
-            data_dir: Some(scratch.path().join("kinesalite-db")),
-            ..Default::default()
-        },
+        KinesaliteOptions::on_disk(scratch.path().join("kinesalite-db")),
         scratch.path(),
     );
     k.create_stream(STREAM, 1).await;

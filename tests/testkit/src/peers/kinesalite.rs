@@ -18,6 +18,16 @@ pub struct KinesaliteOptions {
     pub shard_limit: Option<u32>,
 }
 
+impl KinesaliteOptions {
+    /// Streams kept in `dir` (LevelDB), so they survive a stop and start.
+    pub fn on_disk(dir: PathBuf) -> KinesaliteOptions {
+        KinesaliteOptions {
+            data_dir: Some(dir),
+            ..KinesaliteOptions::default()
+        }
+    }
+}
+
 /// A kinesalite server on 127.0.0.1 (killed when dropped).
 pub struct Kinesalite {
     port: u16,
