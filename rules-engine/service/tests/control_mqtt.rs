@@ -321,7 +321,7 @@ async fn retained_rules_arrive_before_initial_sync_done() {
     let started = Instant::now();
     let cfg = config(port, &prefix);
     let id = client_id("sync");
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let mut seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -356,7 +356,7 @@ async fn without_retained_rules_initial_sync_done_comes_after_the_quiet_period()
     let cfg = config(port, &prefix());
     let started = Instant::now();
     let id = client_id("empty");
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -390,7 +390,7 @@ async fn an_unreachable_broker_times_out_the_start_up_wait_and_keeps_retrying() 
     cfg.retained_wait = Duration::from_millis(800);
     let metrics = ControlMetrics::default();
     let started = Instant::now();
-    let (handle, mut rx) = control::start(&cfg, "lwtest-down".into(), metrics.clone())
+    let (handle, mut rx) = control::start(&cfg, "lwtest-down".into(), metrics.clone(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(10), is_sync_done).await;
@@ -424,7 +424,7 @@ async fn live_rules_and_deletes_and_malformed_messages() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("live");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone())
+    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
         .await
         .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -502,7 +502,7 @@ async fn statuses_are_published_retained_on_the_status_topic() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("status");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone())
+    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
         .await
         .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -546,7 +546,7 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("restart");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone())
+    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
         .await
         .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -600,7 +600,7 @@ async fn fake_engine(
 ) -> (ControlHandle, String, tokio::task::JoinHandle<()>) {
     let id = client_id("engine");
     let (handle, mut rx) =
-        control::start(&config(port, prefix), id.clone(), ControlMetrics::default())
+        control::start(&config(port, prefix), id.clone(), ControlMetrics::default(), rng())
             .await
             .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -812,7 +812,7 @@ async fn a_delete_published_while_away_is_delivered_on_return() {
     peer.publish(&topics.rule("gone"), true, rule_json(1, &script("gone")))
         .await;
     let cfg = config(port, &prefix);
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -824,7 +824,7 @@ async fn a_delete_published_while_away_is_delivered_on_return() {
 
     peer.publish(&topics.rule("gone"), true, Vec::new()).await;
 
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -951,7 +951,7 @@ async fn mutual_tls_with_a_private_ca() {
         client_cert: Some(client_cert),
         client_key: Some(client_key),
     });
-    let (handle, mut rx) = control::start(&cfg, client_id("tls"), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, client_id("tls"), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -973,7 +973,7 @@ async fn mutual_tls_with_a_private_ca() {
         ..Default::default()
     });
     cfg.retained_wait = Duration::from_millis(500);
-    let (handle, mut rx) = control::start(&cfg, client_id("tls-nocert"), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, client_id("tls-nocert"), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -989,4 +989,9 @@ async fn mutual_tls_with_a_private_ca() {
         })
     );
     handle.shutdown().await;
+}
+
+/// The reconnect jitter of a test connection: a fixed seed, so a run can be repeated.
+fn rng() -> fastrand::Rng {
+    fastrand::Rng::with_seed(0x6c77)
 }

@@ -428,3 +428,281 @@ impl<T: Target> Task<T> {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::target::{QueueSpec, Verdict};
+    use linewatch_rules_core::watermark::{ManualClock, SystemClock};
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// How the fake target answers an attempt.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Answer {
+        Ok,
+        Transient,
+        Permanent,
+    }
+
+    impl std::fmt::Display for Answer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    /// One attempt as the fake saw it: the batch's event numbers and when (tokio time).
+    type Call = (Vec<u128>, tokio::time::Instant);
+
+    /// An in-memory target: answers from a script (then `Ok`), records every batch.
+    struct Fake {
+        max_batch: usize,
+        policy: RetryPolicy,
+        script: Mutex<VecDeque<Answer>>,
+        calls: Arc<Mutex<Vec<Call>>>,
+    }
+
+    impl Target for Fake {
+        type Outcome = Answer;
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn destination(&self) -> String {
+            "memory".into()
+        }
+        fn max_batch(&self) -> usize {
+            self.max_batch
+        }
+        fn max_pending(&self) -> usize {
+            1_000
+        }
+        fn policy(&self) -> RetryPolicy {
+            self.policy
+        }
+        async fn deliver(&self, batch: &[Arc<PendingEvent>], _now_ms: u64) -> Answer {
+            let ids = batch.iter().map(|e| e.id.as_u128()).collect();
+            self.calls
+                .lock()
+                .unwrap()
+                .push((ids, tokio::time::Instant::now()));
+            self.script.lock().unwrap().pop_front().unwrap_or(Answer::Ok)
+        }
+        fn classify(&self, a: &Answer) -> Verdict {
+            match a {
+                Answer::Ok => Verdict::Done,
+                Answer::Transient => Verdict::Retry { after: None },
+                Answer::Permanent => Verdict::DeadLetter,
+            }
+        }
+    }
+
+    fn event(n: u128, created_at_ms: u64) -> PendingEvent {
+        PendingEvent {
+            id: Uuid::from_u128(n),
+            transition_id: format!("r/e/{n}/1"),
+            body: format!("{{\"n\":{n}}}").into(),
+            created_at_ms,
+        }
+    }
+
+    fn policy(initial_ms: u64, max_ms: u64, max_attempts: u32, max_age_s: u64) -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(initial_ms),
+            max: Duration::from_millis(max_ms),
+            max_attempts,
+            max_age: Duration::from_secs(max_age_s),
+        }
+    }
+
+    struct Run {
+        outbox: Arc<Outbox>,
+        store: DeadLetterStore,
+        calls: Arc<Mutex<Vec<Call>>>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Run {
+        /// Starts the task on a fake target with `events` already queued.
+        fn start(
+            max_batch: usize,
+            policy: RetryPolicy,
+            script: &[Answer],
+            events: Vec<PendingEvent>,
+            clock: Arc<dyn Clock>,
+            seed: u64,
+        ) -> Run {
+            let dir = tempfile::tempdir().unwrap();
+            let store = DeadLetterStore::open(dir.path()).unwrap();
+            let outbox = Arc::new(Outbox::new([QueueSpec::new("fake", 1_000)]));
+            outbox.push_all(events);
+            let calls = Arc::new(Mutex::new(Vec::new()));
+            let fake = Fake {
+                max_batch,
+                policy,
+                script: Mutex::new(script.iter().copied().collect()),
+                calls: calls.clone(),
+            };
+            let (stop, shutdown) = watch::channel(false);
+            let cx = DeliveryContext {
+                outbox: outbox.clone(),
+                dead: store.clone(),
+                metrics: OutputMetrics::default(),
+                clock,
+                rng: fastrand::Rng::with_seed(seed),
+                shutdown,
+            };
+            let task = tokio::spawn(run_target(fake, cx));
+            Run {
+                outbox,
+                store,
+                calls,
+                stop,
+                task,
+                _dir: dir,
+            }
+        }
+
+        async fn until(&self, what: &str, cond: impl Fn(&Run) -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cond(self) {
+                assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        fn batches(&self) -> Vec<Vec<u128>> {
+            self.calls.lock().unwrap().iter().map(|(b, _)| b.clone()).collect()
+        }
+
+        /// `(event number, reason, attempts)` of every dead letter, by event number.
+        fn dead(&self) -> Vec<(u128, String, u32)> {
+            let mut d: Vec<_> = self
+                .store
+                .list(Some("fake"))
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.id.as_u128(), d.reason, d.attempts))
+                .collect();
+            d.sort();
+            d
+        }
+
+        async fn stop(self) {
+            self.stop.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(10), self.task)
+                .await
+                .expect("the task stops")
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_are_retried_whole_and_dead_lettered_by_the_targets_verdict() {
+        use Answer::*;
+        let events = (1..=7).map(|n| event(n, SystemClock.now_ms())).collect();
+        let run = Run::start(
+            3,
+            policy(1, 2, 10, 3600),
+            &[Transient, Ok, Permanent],
+            events,
+            Arc::new(SystemClock),
+            1,
+        );
+        run.until("every event delivered or dead-lettered", |r| {
+            r.outbox.pending("fake") == 0 && r.batches().len() == 4 && r.dead().len() == 3
+        })
+        .await;
+        assert_eq!(
+            run.batches(),
+            vec![vec![1, 2, 3], vec![1, 2, 3], vec![4, 5, 6], vec![7]],
+            "the failed batch is retried as is, then the next events follow"
+        );
+        assert_eq!(
+            run.dead(),
+            vec![
+                (4, "rejected".into(), 1),
+                (5, "rejected".into(), 1),
+                (6, "rejected".into(), 1)
+            ]
+        );
+        run.stop().await;
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_max_attempts_and_the_batch_is_dead_lettered() {
+        let events = vec![event(1, SystemClock.now_ms()), event(2, SystemClock.now_ms())];
+        let run = Run::start(
+            2,
+            policy(1, 2, 3, 3600),
+            &[Answer::Transient; 10],
+            events,
+            Arc::new(SystemClock),
+            1,
+        );
+        run.until("dead-lettered", |r| r.dead().len() == 2).await;
+        assert_eq!(run.batches(), vec![vec![1, 2]; 3]);
+        assert_eq!(
+            run.dead(),
+            vec![(1, "max attempts".into(), 3), (2, "max attempts".into(), 3)]
+        );
+        assert_eq!(run.outbox.pending("fake"), 0);
+        run.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_manual_clock_past_the_age_limit_dead_letters_after_one_attempt() {
+        // Created at 0; the clock says a day later: the first transient failure is final.
+        // The backoff is an hour, so a retry decision would show as a stuck test.
+        let clock = Arc::new(ManualClock::new(86_400_000));
+        let run = Run::start(
+            1,
+            policy(3_600_000, 3_600_000, 185, 86_400),
+            &[Answer::Transient],
+            vec![event(1, 0)],
+            clock,
+            1,
+        );
+        run.until("dead-lettered for age", |r| r.dead().len() == 1)
+            .await;
+        assert_eq!(run.dead(), vec![(1, "max age".into(), 1)]);
+        assert_eq!(run.batches().len(), 1);
+        run.stop().await;
+    }
+
+    /// The delays between the attempts of one event that always fails transiently.
+    async fn retry_delays(seed: u64) -> Vec<Duration> {
+        let run = Run::start(
+            1,
+            policy(1_000, 60_000, 8, 86_400),
+            &[Answer::Transient; 8],
+            vec![event(1, 0)],
+            Arc::new(ManualClock::new(0)),
+            seed,
+        );
+        // Paused time: the runtime skips ahead through every backoff.
+        while run.dead().is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let at: Vec<_> = run.calls.lock().unwrap().iter().map(|(_, t)| *t).collect();
+        run.stop().await;
+        at.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_seed_gives_the_same_retry_delays() {
+        let a = retry_delays(42).await;
+        assert_eq!(a.len(), 7, "8 attempts, 7 waits: {a:?}");
+        assert_eq!(a, retry_delays(42).await);
+        assert_ne!(a, retry_delays(43).await);
+        // Full jitter below the doubling ceiling: 1 s, 2 s, 4 s, ….
+        let p = policy(1_000, 60_000, 8, 86_400);
+        for (i, d) in a.iter().enumerate() {
+            assert!(*d <= p.ceiling(i as u32 + 1) + Duration::from_millis(1), "{i}: {d:?}");
+        }
+    }
+}
