@@ -432,7 +432,10 @@ async fn a_kpl_record_of_zero_user_records_is_dead_lettered_and_the_shard_reads_
     let (_, poisoned_seq) = put(&client, "poison", "bad", &kpl::frame(&[])).await;
     let (_, good_seq) = put(&client, "poison", "k0", b"k0:1").await;
 
-    let mut src = run_source(k.config("poison"), ShardPositions::new()).await;
+    let mut cfg = k.config("poison");
+    // A page of the poisoned record alone: the case that stopped the shard.
+    cfg.max_records = 1;
+    let mut src = run_source(cfg, ShardPositions::new()).await;
     let mut batches = Vec::new();
     src.until(&mut batches, "the good point after the poisoned one", |b| {
         records(b).count() >= 1
