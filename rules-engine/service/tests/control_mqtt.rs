@@ -424,9 +424,10 @@ async fn live_rules_and_deletes_and_malformed_messages() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("live");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
-        .await
-        .unwrap();
+    let (handle, mut rx) =
+        control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
+            .await
+            .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
 
     let mut peer = Peer::connect(port, &[]).await;
@@ -502,9 +503,10 @@ async fn statuses_are_published_retained_on_the_status_topic() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("status");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
-        .await
-        .unwrap();
+    let (handle, mut rx) =
+        control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
+            .await
+            .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
     let status = RuleStatus::from_outcome(
         ChangeOutcome::Updated {
@@ -546,9 +548,10 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("restart");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
-        .await
-        .unwrap();
+    let (handle, mut rx) =
+        control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
+            .await
+            .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
 
     broker.kill();
@@ -599,10 +602,14 @@ async fn fake_engine(
     prefix: &str,
 ) -> (ControlHandle, String, tokio::task::JoinHandle<()>) {
     let id = client_id("engine");
-    let (handle, mut rx) =
-        control::start(&config(port, prefix), id.clone(), ControlMetrics::default(), rng())
-            .await
-            .unwrap();
+    let (handle, mut rx) = control::start(
+        &config(port, prefix),
+        id.clone(),
+        ControlMetrics::default(),
+        rng(),
+    )
+    .await
+    .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
     let h = handle.clone();
     let task = tokio::spawn(async move {
@@ -973,9 +980,14 @@ async fn mutual_tls_with_a_private_ca() {
         ..Default::default()
     });
     cfg.retained_wait = Duration::from_millis(500);
-    let (handle, mut rx) = control::start(&cfg, client_id("tls-nocert"), ControlMetrics::default(), rng())
-        .await
-        .unwrap();
+    let (handle, mut rx) = control::start(
+        &cfg,
+        client_id("tls-nocert"),
+        ControlMetrics::default(),
+        rng(),
+    )
+    .await
+    .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
     assert!(
         matches!(seen.first(), Some(ControlEvent::Disconnected { .. })),

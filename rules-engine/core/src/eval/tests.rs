@@ -425,7 +425,9 @@ fn slow_above_100() -> Arc<Rule> {
 }
 
 fn disabled(e: &Evaluator) -> Option<String> {
-    e.snapshot().rules[0].equipment[0].groups[0].disabled.clone()
+    e.snapshot().rules[0].equipment[0].groups[0]
+        .disabled
+        .clone()
 }
 
 #[test]
@@ -451,7 +453,10 @@ fn a_deadline_hit_is_a_one_off_error_and_the_group_votes_again() {
     h.p("e", "x", 30, 7i64);
     assert_eq!(
         h.states(),
-        vec![(10, None, "OK".to_owned()), (30, s("OK"), "ERROR".to_owned())]
+        vec![
+            (10, None, "OK".to_owned()),
+            (30, s("OK"), "ERROR".to_owned())
+        ]
     );
 }
 

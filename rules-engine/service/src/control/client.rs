@@ -400,7 +400,10 @@ mod tests {
         assert_ne!(delays(7, 12), delays(8, 12));
         let mut ceiling = BACKOFF_MIN;
         for d in delays(7, 12) {
-            assert!(d >= ceiling.mul_f64(0.75) && d <= ceiling.mul_f64(1.25), "{d:?} vs {ceiling:?}");
+            assert!(
+                d >= ceiling.mul_f64(0.75) && d <= ceiling.mul_f64(1.25),
+                "{d:?} vs {ceiling:?}"
+            );
             ceiling = (ceiling * 2).min(BACKOFF_MAX);
         }
         let mut r = Reconnect::new(fastrand::Rng::with_seed(1));

@@ -188,7 +188,8 @@ impl<T: Target> Task<T> {
             }
         }
         let batch = outbox.batch(&self.name, self.target.max_batch().max(1));
-        self.current = (!batch.is_empty()).then(|| Current::new(batch.iter().map(|e| e.id).collect()));
+        self.current =
+            (!batch.is_empty()).then(|| Current::new(batch.iter().map(|e| e.id).collect()));
         batch
     }
 
@@ -488,7 +489,11 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((ids, tokio::time::Instant::now()));
-            self.script.lock().unwrap().pop_front().unwrap_or(Answer::Ok)
+            self.script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Answer::Ok)
         }
         fn classify(&self, a: &Answer) -> Verdict {
             match a {
@@ -576,7 +581,12 @@ mod tests {
         }
 
         fn batches(&self) -> Vec<Vec<u128>> {
-            self.calls.lock().unwrap().iter().map(|(b, _)| b.clone()).collect()
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(b, _)| b.clone())
+                .collect()
         }
 
         /// `(event number, reason, attempts)` of every dead letter, by event number.
@@ -635,7 +645,10 @@ mod tests {
 
     #[tokio::test]
     async fn retries_stop_at_max_attempts_and_the_batch_is_dead_lettered() {
-        let events = vec![event(1, SystemClock.now_ms()), event(2, SystemClock.now_ms())];
+        let events = vec![
+            event(1, SystemClock.now_ms()),
+            event(2, SystemClock.now_ms()),
+        ];
         let run = Run::start(
             2,
             policy(1, 2, 3, 3600),
@@ -702,7 +715,10 @@ mod tests {
         // Full jitter below the doubling ceiling: 1 s, 2 s, 4 s, ….
         let p = policy(1_000, 60_000, 8, 86_400);
         for (i, d) in a.iter().enumerate() {
-            assert!(*d <= p.ceiling(i as u32 + 1) + Duration::from_millis(1), "{i}: {d:?}");
+            assert!(
+                *d <= p.ceiling(i as u32 + 1) + Duration::from_millis(1),
+                "{i}: {d:?}"
+            );
         }
     }
 }

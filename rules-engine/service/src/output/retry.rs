@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn the_verdict_decides_and_the_limits_apply_to_retries_only() {
         let p = policy();
-        assert_eq!(decide(&p, Verdict::Done, 99, 0, 999_999, 0.5), Decision::Delivered);
+        assert_eq!(
+            decide(&p, Verdict::Done, 99, 0, 999_999, 0.5),
+            Decision::Delivered
+        );
         assert_eq!(
             decide(&p, Verdict::DeadLetter, 1, 0, 0, 0.5),
             Decision::DeadLetter(DeadReason::Rejected)

@@ -213,9 +213,10 @@ pub async fn run(
             partition.index, partition.count
         )
     });
-    let (control, mut control_rx) = control::start(&cfg.mqtt, client_id, control_metrics, rng.fork())
-        .await
-        .map_err(|e| ServiceError::Start(format!("control topic: {e}")))?;
+    let (control, mut control_rx) =
+        control::start(&cfg.mqtt, client_id, control_metrics, rng.fork())
+            .await
+            .map_err(|e| ServiceError::Start(format!("control topic: {e}")))?;
 
     let mut lp = Loop {
         engine,
@@ -285,7 +286,8 @@ pub async fn run(
         let mut positions = positions;
         // Shards trimmed from the stream are dropped from the positions at checkpoints.
         let listed = source.listed_shards();
-        let source_task = tokio::spawn(source.run(positions.clone(), tx, shutdown.clone(), rng.fork()));
+        let source_task =
+            tokio::spawn(source.run(positions.clone(), tx, shutdown.clone(), rng.fork()));
 
         let mut advance = tokio::time::interval(cfg.watermark.advance_interval);
         advance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

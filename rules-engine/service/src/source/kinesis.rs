@@ -789,7 +789,12 @@ mod tests {
         let batch = page_batch(
             "s",
             "shard-0",
-            vec![good(1), record("202", empty), good(3), record("204", kpl::frame(&[]))],
+            vec![
+                good(1),
+                record("202", empty),
+                good(3),
+                record("204", kpl::frame(&[])),
+            ],
             &mut last,
             false,
             None,
@@ -822,7 +827,14 @@ mod tests {
         };
         let mut out = Vec::new();
         let packed = kpl::aggregate(&[("a", None, b"1"), ("b", None, b"2")]);
-        expand("s", "shard", rec(packed), &mut out, &mut Vec::new(), &metrics);
+        expand(
+            "s",
+            "shard",
+            rec(packed),
+            &mut out,
+            &mut Vec::new(),
+            &metrics,
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(
             (out[1].sub_sequence, out[1].partition_key.as_str()),
@@ -834,7 +846,14 @@ mod tests {
         // Magic + good MD5 + a body that does not decode.
         let bad = kpl::frame(&[0x1a, 0x64, 0x08, 0x00]);
         out.clear();
-        expand("s", "shard", rec(bad.clone()), &mut out, &mut Vec::new(), &metrics);
+        expand(
+            "s",
+            "shard",
+            rec(bad.clone()),
+            &mut out,
+            &mut Vec::new(),
+            &metrics,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data, bad);
         assert_eq!(metrics.kpl_errors.get(), 1);

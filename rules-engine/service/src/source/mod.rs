@@ -21,7 +21,6 @@ pub use kinesis::{KinesisSource, SourceError};
 pub use metrics::SourceMetrics;
 pub use shards::{ShardInfo, ShardPosition, ShardPositions};
 
-
 /// Records read from one shard in one GetRecords call, de-aggregated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceBatch {
