@@ -424,6 +424,16 @@ fn slow_above_100() -> Arc<Rule> {
     )
 }
 
+/// Runs `slow_above_100` under `limits` to its slow point; returns the one diagnostic.
+fn hit_a_limit(limits: Limits) -> (Harness, Diagnostic) {
+    let mut h = Harness::with_limits(limits, &[slow_above_100()]);
+    h.p("e", "x", 10, 1i64);
+    h.p("e", "x", 20, 500i64);
+    let mut d = std::mem::take(&mut h.out.diagnostics);
+    assert_eq!(d.len(), 1, "{d:?}");
+    (h, d.remove(0))
+}
+
 fn disabled(e: &Evaluator) -> Option<String> {
     e.snapshot().rules[0].equipment[0].groups[0]
         .disabled
@@ -438,13 +448,9 @@ fn a_deadline_hit_is_a_one_off_error_and_the_group_votes_again() {
         eval_deadline: std::time::Duration::ZERO,
         ..Limits::default()
     };
-    let mut h = Harness::with_limits(limits, &[slow_above_100()]);
-    h.p("e", "x", 10, 1i64);
-    h.p("e", "x", 20, 500i64);
-    let d = std::mem::take(&mut h.out.diagnostics);
-    assert_eq!(d.len(), 1, "{d:?}");
-    assert_eq!(d[0].kind, DiagnosticKind::GroupError, "{d:?}");
-    assert!(d[0].message.contains("deadline"), "{d:?}");
+    let (mut h, d) = hit_a_limit(limits);
+    assert_eq!(d.kind, DiagnosticKind::GroupError, "{d:?}");
+    assert!(d.message.contains("deadline"), "{d:?}");
     assert_eq!(h.e.stats().deadline_hits, 1);
     assert_eq!(h.e.stats().group_errors, 1);
     // Not in the checkpoint: a replay from it behaves as if the stall never happened.
@@ -466,12 +472,8 @@ fn an_operations_limit_hit_still_disables_the_group() {
         max_operations: 1_000,
         ..Limits::default()
     };
-    let mut h = Harness::with_limits(limits, &[slow_above_100()]);
-    h.p("e", "x", 10, 1i64);
-    h.p("e", "x", 20, 500i64);
-    let d = std::mem::take(&mut h.out.diagnostics);
-    assert_eq!(d.len(), 1, "{d:?}");
-    assert_eq!(d[0].kind, DiagnosticKind::GroupDisabled, "{d:?}");
+    let (mut h, d) = hit_a_limit(limits);
+    assert_eq!(d.kind, DiagnosticKind::GroupDisabled, "{d:?}");
     assert_eq!(h.e.stats().deadline_hits, 0);
     assert!(disabled(&h.e).is_some_and(|m| m.contains("operations")));
     h.p("e", "x", 30, 7i64);
