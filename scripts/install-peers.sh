@@ -2,7 +2,8 @@
 # Installs the real peers the end-to-end tests run against:
 #   - a Python venv at <repo>/.venv with the pinned versions of tests/sim/requirements.txt
 #     (pymodbus, python-snap7, asyncua);
-#   - kinesalite and kinesis-local from npm into tests/peers/node_modules (package-lock.json);
+#   - kinesalite and kinesis-local (two independent Kinesis implementations) from npm into
+#     tests/peers/node_modules (package-lock.json);
 #   - mosquitto via apt, only when it is missing.
 # Idempotent: work already done (same pins, same lock file) is skipped, so a second run is fast.
 # Works as root (CI) or as a user; apt is only used when something is missing.
@@ -72,7 +73,8 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 want_js="$(hash_of "$PEERS/package.json" "$PEERS/package-lock.json")"
 stamp_js="$PEERS/node_modules/.linewatch-peers"
-if [ -d "$PEERS/node_modules/kinesalite" ] && [ "$(cat "$stamp_js" 2>/dev/null)" = "$want_js" ]; then
+if [ -d "$PEERS/node_modules/kinesalite" ] && [ -d "$PEERS/node_modules/kinesis-local" ] \
+    && [ "$(cat "$stamp_js" 2>/dev/null)" = "$want_js" ]; then
     log "npm peers up to date ($PEERS/node_modules)"
 else
     log "npm ci in tests/peers"
@@ -80,6 +82,10 @@ else
     # leveldown (kinesalite's --path store) ships prebuilt binaries; check one loads.
     (cd "$PEERS" && node -e 'require("leveldown")') \
         || { log "leveldown does not load; kinesalite --path will not work"; exit 1; }
+    # kinesis-local is one JavaScript file; check it is there (the kit binds it to loopback
+    # through tests/peers/kinesis-local-loopback.js).
+    [ -f "$PEERS/node_modules/kinesis-local/main.js" ] \
+        || { log "kinesis-local is not installed in $PEERS/node_modules"; exit 1; }
     echo "$want_js" >"$stamp_js"
 fi
 

@@ -3,15 +3,17 @@
 //! `cargo bench -p linewatch-agent --bench ship_encode`
 //!
 //! Measured per point: decode the stored value (as read from sled), queue it, pick it
-//! into a batch, build the SDK `PutRecordsRequestEntry`/`PutRecordsInput`, write the
-//! JSON request body (base64 data, as the SDK's awsJson1.1 protocol sends it) and apply
-//! an all-accepted outcome. Not measured: the network, request signing, sled itself.
+//! into a batch and its entries (one point each), build the SDK
+//! `PutRecordsRequestEntry`/`PutRecordsInput`, write the JSON request body (base64
+//! data, as the SDK's awsJson1.1 protocol sends it) and apply an all-accepted outcome. Not measured: the network, request signing, sled itself.
 
 use base64::Engine as _;
 use linewatch_agent::buffer::StoredRecord;
 use linewatch_agent::config::PartitionKey;
 use linewatch_agent::ship::kinesis::{queued_record, request_entries};
-use linewatch_agent::ship::{BatchLimits, CallOutcome, QueueCapacity, RecordResult, ShipQueue};
+use linewatch_agent::ship::{
+    BatchLimits, CallOutcome, OnePerRecord, QueueCapacity, RecordResult, ShipQueue,
+};
 use linewatch_schemas::{DataPoint, Flags, Meta, Quality, Value};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -86,6 +88,7 @@ struct Round {
 fn round(values: &[(u64, Vec<u8>)]) -> Round {
     let limits = BatchLimits::default();
     let mut queue = ShipQueue::new(QueueCapacity::for_limits(&limits));
+    let mut encoder = OnePerRecord::default();
     let mut rng = fastrand::Rng::with_seed(1);
     let mut body = String::with_capacity(2 * 1024 * 1024);
     let (mut next, mut calls, mut body_bytes, mut shipped) = (0usize, 0usize, 0usize, 0usize);
@@ -101,8 +104,8 @@ fn round(values: &[(u64, Vec<u8>)]) -> Round {
                 .expect("ids increase");
             next += 1;
         }
-        let batch = queue.next_batch(&limits);
-        let entries = request_entries(&batch.records).expect("entries build");
+        let batch = queue.next_batch(&limits, &mut encoder);
+        let entries = request_entries(&batch.entries).expect("entries build");
         let input = aws_sdk_kinesis::operation::put_records::PutRecordsInput::builder()
             .stream_name("linewatch")
             .set_records(Some(entries))

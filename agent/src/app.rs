@@ -109,9 +109,16 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
             shipper_stop.clone(),
             alive.clone(),
         );
+        // The shipper's randomness (jitter, random keys) is seeded from the OS here only.
+        let opts = ship::ShipperOptions {
+            cfg: kcfg,
+            dead_letter,
+            clock,
+            metrics,
+            rng: fastrand::Rng::new(),
+        };
         async move {
-            ship::shipper::run_shipper(buffer, client, kcfg, dead_letter, clock, metrics, stop)
-                .await;
+            ship::run_shipper(buffer, client, opts, stop).await;
             alive.shipper.store(false, Ordering::SeqCst);
         }
     });

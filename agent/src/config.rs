@@ -5,6 +5,11 @@
 //! the key path of every problem.
 
 pub use crate::sources::config::SourceConfig;
+// The `[kinesis]` table lives next to the shipper that uses it.
+pub use crate::ship::config::{
+    KinesisConfig, PartitionKey, KINESIS_MAX_CALL_BYTES, KINESIS_MAX_RECORDS,
+    KINESIS_MAX_RECORD_BYTES,
+};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,56 +142,6 @@ pub enum OverflowPolicy {
     RejectNew,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KinesisConfig {
-    pub stream: String,
-    /// AWS region; the standard AWS chain is used when absent.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// e.g. `http://127.0.0.1:4567` for a local endpoint.
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// Static credentials; otherwise the standard AWS chain (env, profile, IMDS...).
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    #[serde(default)]
-    pub partition_key: PartitionKey,
-    /// How long a batch may wait to fill before it is sent.
-    #[serde(default = "default_linger", with = "humantime_serde")]
-    pub linger: Duration,
-    #[serde(default = "default_max_batch_records")]
-    pub max_batch_records: usize,
-    #[serde(default = "default_max_batch_bytes")]
-    pub max_batch_bytes: usize,
-    /// Per-call timeout; an expired call has an unknown outcome and is resent whole.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    pub backoff_initial: Duration,
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// NDJSON file for records Kinesis can never take (e.g. over 1 MiB). Default: `<buffer.path>/dead-letter.ndjson`.
-    #[serde(default)]
-    pub dead_letter_path: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PartitionKey {
-    /// Per-equipment order in the stream.
-    #[default]
-    EquipmentId,
-    /// Spread load over shards; order is left to the consumer's watermark.
-    Random,
-}
-
-pub const KINESIS_MAX_RECORDS: usize = 500;
-pub const KINESIS_MAX_CALL_BYTES: usize = 5 * 1024 * 1024;
-pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
-
 fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
@@ -209,25 +164,6 @@ fn default_lock_wait() -> Duration {
 fn default_cache_bytes() -> u64 {
     4 * 1024 * 1024
 }
-fn default_linger() -> Duration {
-    Duration::from_millis(250)
-}
-fn default_max_batch_records() -> usize {
-    KINESIS_MAX_RECORDS
-}
-fn default_max_batch_bytes() -> usize {
-    KINESIS_MAX_CALL_BYTES
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_backoff_initial() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(30)
-}
-
 impl Config {
     pub fn worker_threads(&self) -> usize {
         self.worker_threads.unwrap_or(2)
@@ -285,42 +221,7 @@ impl Config {
         if b.commit_max_points == 0 {
             p.push("buffer.commit_max_points", "must be at least 1");
         }
-        let k = &self.kinesis;
-        if k.stream.is_empty() || k.stream.len() > 128 {
-            p.push("kinesis.stream", "must be 1 to 128 characters");
-        }
-        if !(1..=KINESIS_MAX_RECORDS).contains(&k.max_batch_records) {
-            p.push(
-                "kinesis.max_batch_records",
-                format!("must be 1 to {KINESIS_MAX_RECORDS} (the PutRecords limit)"),
-            );
-        }
-        if !(KINESIS_MAX_RECORD_BYTES..=KINESIS_MAX_CALL_BYTES).contains(&k.max_batch_bytes) {
-            p.push(
-                "kinesis.max_batch_bytes",
-                format!("must be {KINESIS_MAX_RECORD_BYTES} to {KINESIS_MAX_CALL_BYTES} (the PutRecords limit)"),
-            );
-        }
-        if k.access_key_id.is_some() != k.secret_access_key.is_some() {
-            p.push(
-                "kinesis.access_key_id",
-                "access_key_id and secret_access_key go together",
-            );
-        }
-        if let Some(url) = &k.endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                p.push(
-                    "kinesis.endpoint_url",
-                    "must start with http:// or https://",
-                );
-            }
-        }
-        if k.backoff_initial.is_zero() || k.backoff_initial > k.backoff_max {
-            p.push(
-                "kinesis.backoff_initial",
-                "must be greater than zero and at most kinesis.backoff_max",
-            );
-        }
+        self.kinesis.validate("kinesis", &mut p);
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let key = format!("sources[{i}]");

@@ -15,4 +15,8 @@ pub use value::Value;
 /// The JSON Schema of data point v1, embedded so tools can validate without the repo.
 pub const DATAPOINT_V1_SCHEMA: &str = include_str!("../datapoint.v1.schema.json");
 
+/// The JSON Schema of the state-change event (EventBridge envelope) the rule engine emits;
+/// `linewatch-rules-core`'s tests validate the events it builds against it.
+pub const STATE_CHANGE_EVENT_V1_SCHEMA: &str = include_str!("../state-change-event.v1.schema.json");
+
 pub mod kpl;

@@ -1,16 +1,13 @@
 //! The agent under test: its configuration (written as TOML), the process, its metrics.
 
-use crate::http;
-use crate::kinesis;
-use crate::metrics::Scrape;
-use crate::paths;
-use crate::ports;
-use crate::process::ChildGuard;
-use crate::wait;
+use crate::programs;
+use linewatch_testkit::kinesis;
+use linewatch_testkit::process::{ManagedProcess, ProcessSpec, Ready};
+use linewatch_testkit::{http, ports};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 /// The agent's configuration, as the harness writes it. Optional keys are left out
@@ -191,29 +188,21 @@ impl AgentConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        match toml::to_string(self) {
-            Ok(s) => s,
-            // Only non-serialisable values (NaN scale...) get here: a bug in the test itself.
-            Err(e) => panic!("agent config does not serialise to TOML: {e}\n{self:#?}"),
-        }
+        crate::to_toml("agent config", self)
     }
 
     #[track_caller]
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.telemetry
-            .listen
-            .parse()
-            .unwrap_or_else(|e| panic!("telemetry.listen {:?}: {e}", self.telemetry.listen))
+        crate::listen_addr("telemetry.listen", &self.telemetry.listen)
     }
 }
 
-/// A running `linewatch-agent run` (killed when dropped).
+/// A running `linewatch-agent run` (killed when dropped): a [`ManagedProcess`] (all of
+/// its methods: `kill`, `terminate`, `start_again`, `log_tail`, ...) with the config.
 pub struct Agent {
     config: AgentConfig,
     config_path: PathBuf,
-    log: PathBuf,
-    child: Option<ChildGuard>,
-    runs: u32,
+    process: ManagedProcess,
 }
 
 impl Agent {
@@ -224,45 +213,25 @@ impl Agent {
         if let Err(e) = std::fs::write(&config_path, config.to_toml()) {
             panic!("cannot write {}: {e}", config_path.display());
         }
-        let mut agent = Agent {
+        let process =
+            ProcessSpec::new("linewatch-agent", programs::agent(), &dir.join("agent.log"))
+                .arg("run")
+                .arg("--config")
+                .arg(&config_path)
+                .ready(
+                    Ready::Http {
+                        addr: config.metrics_addr(),
+                        path: "/metrics".into(),
+                    },
+                    Duration::from_secs(30),
+                )
+                .metrics(config.metrics_addr(), "linewatch_agent_")
+                .start();
+        Agent {
             config,
             config_path,
-            log: dir.join("agent.log"),
-            child: None,
-            runs: 0,
-        };
-        agent.start_again();
-        agent
-    }
-
-    /// Starts the agent again with the same config and buffer (after `kill` or `terminate`).
-    #[track_caller]
-    pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the agent is already running");
-        self.runs += 1;
-        let marker = format!("===== linewatch-e2e: agent run {} =====\n", self.runs);
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
-        let mut cmd = Command::new(paths::agent_binary());
-        cmd.arg("run").arg("--config").arg(&self.config_path);
-        let mut child = ChildGuard::spawn("linewatch-agent", cmd, &self.log);
-        let addr = self.config.metrics_addr();
-        wait::until_blocking(
-            &format!("linewatch-agent serving /metrics on {addr}"),
-            Duration::from_secs(30),
-            || {
-                child.assert_running();
-                match http::get(addr, "/metrics") {
-                    Ok((200, _)) => Ok(()),
-                    Ok((code, body)) => Err(format!("HTTP {code}: {body}")),
-                    Err(e) => Err(e),
-                }
-            },
-        );
-        self.child = Some(child);
+            process,
+        }
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -273,123 +242,13 @@ impl Agent {
         &self.config_path
     }
 
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_exit().is_none())
-    }
-
-    /// Panics (with the log) if the agent has exited.
-    #[track_caller]
-    pub fn assert_running(&mut self) {
-        match self.child.as_mut() {
-            Some(c) => c.assert_running(),
-            None => panic!("the agent is not running (stopped by the test)"),
-        }
-    }
-
-    /// One scrape of `/metrics`.
-    pub fn try_scrape(&self) -> Result<Scrape, String> {
-        match http::get(self.config.metrics_addr(), "/metrics")? {
-            (200, body) => Ok(Scrape::parse(&body)),
-            (code, body) => Err(format!("/metrics answered {code}: {body}")),
-        }
-    }
-
-    /// One scrape of `/metrics`; panics with the agent log if it fails.
-    #[track_caller]
-    pub fn scrape(&mut self) -> Scrape {
-        self.assert_running();
-        match self.try_scrape() {
-            Ok(s) => s,
-            Err(e) => panic!("scraping the agent: {e}\nagent log:\n{}", self.log_tail(40)),
-        }
-    }
-
     /// `/healthz`: status code and body.
     pub fn health(&self) -> Result<(u16, String), String> {
         http::get(self.config.metrics_addr(), "/healthz")
     }
-
-    /// Polls `/metrics` until `check` returns `Ok`; panics after `timeout` with the
-    /// last `Err` description, the agent's metrics and its log tail.
-    #[track_caller]
-    pub fn wait_metrics<'a, T, F>(
-        &'a mut self,
-        what: &str,
-        timeout: Duration,
-        mut check: F,
-    ) -> impl std::future::Future<Output = T> + 'a
-    where
-        F: FnMut(&Scrape) -> Result<T, String> + 'a,
-        T: 'a,
-    {
-        let caller = std::panic::Location::caller();
-        let what = what.to_owned();
-        async move {
-            let timeout = wait::scaled(timeout);
-            let start = std::time::Instant::now();
-            loop {
-                if let Some(c) = self.child.as_mut() {
-                    if let Some(status) = c.try_exit() {
-                        panic!(
-                            "waiting for {what} (at {caller}): the agent exited ({status})\nagent log:\n{}",
-                            self.log_tail(60)
-                        );
-                    }
-                }
-                let last = match self.try_scrape() {
-                    Ok(s) => match check(&s) {
-                        Ok(v) => return v,
-                        Err(e) => format!("{e}\n  metrics: {}", s.describe("linewatch_agent_")),
-                    },
-                    Err(e) => e,
-                };
-                if start.elapsed() >= timeout {
-                    panic!(
-                        "timed out after {:.1?} waiting for: {what}\n  (waited at {caller})\n  last seen: {last}\nagent log:\n{}",
-                        start.elapsed(),
-                        self.log_tail(60)
-                    );
-                }
-                tokio::time::sleep(wait::POLL).await;
-            }
-        }
-    }
-
-    /// SIGKILL: no chance to commit or finish a batch.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit; panics if it takes longer than `timeout`.
-    #[track_caller]
-    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let Some(mut c) = self.child.take() else {
-            panic!("terminate: the agent is not running");
-        };
-        match c.stop_with(libc::SIGTERM, wait::scaled(timeout)) {
-            Some(status) => status,
-            None => panic!(
-                "the agent did not exit within {timeout:?} of SIGTERM (killed)\nagent log:\n{}",
-                c.log_tail(60)
-            ),
-        }
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        crate::process::tail(&self.log, lines)
-    }
-
-    /// The whole log so far.
-    pub fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
 }
+
+crate::deref_to_process!(Agent);
 
 /// What a short-lived agent command printed and how it ended.
 #[derive(Debug)]
@@ -418,18 +277,18 @@ pub fn run_agent(args: &[&str], path: &Path, dir: &Path, timeout: Duration) -> C
         args.first().copied().unwrap_or("cmd")
     ));
     let _ = std::fs::remove_file(&log);
-    let mut cmd = Command::new(paths::agent_binary());
-    cmd.args(args).arg(path);
-    let mut child = ChildGuard::spawn("linewatch-agent", cmd, &log);
-    let status = wait::until_blocking(
-        &format!("linewatch-agent {} to exit", args.join(" ")),
-        timeout,
-        || child.try_exit().ok_or_else(|| child.log_tail(10)),
-    );
-    CommandResult {
-        status,
-        output: crate::process::tail(&log, usize::MAX),
-    }
+    let mut child = ProcessSpec::new("linewatch-agent", programs::agent(), &log)
+        .args(args)
+        .arg(path)
+        .start();
+    let status = child.wait_exit(timeout);
+    // The log without the kit's run marker: just what the command printed.
+    let output = child.log();
+    let output = output
+        .split_once('\n')
+        .map_or(output.as_str(), |(_, rest)| rest)
+        .to_owned();
+    CommandResult { status, output }
 }
 
 /// 127.0.0.1:PORT with nothing listening: a PLC that is not there.

@@ -2,19 +2,15 @@
 //! `/healthz`, `/metrics`, `/rules`, `/states`), its control commands (`publish`, `delete`,
 //! `dead-letters`) and the `replay` command used as the oracle of expected transitions.
 
-use crate::http;
-use crate::metrics::Scrape;
-use crate::paths;
-use crate::ports;
-use crate::process::ChildGuard;
-use crate::wait;
+use crate::programs;
+use linewatch_testkit::process::{ManagedProcess, ProcessSpec, Ready};
+use linewatch_testkit::{http, ports, wait};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// `linewatch-rules run`'s configuration, as the harness writes it.
@@ -117,13 +113,13 @@ impl RulesConfig {
             },
             kinesis: Kinesis {
                 stream: stream.to_owned(),
-                region: crate::kinesis::REGION.into(),
+                region: linewatch_testkit::kinesis::REGION.into(),
                 endpoint: kinesis_endpoint.to_owned(),
                 start: "trim_horizon".into(),
                 poll_interval: "200ms".into(),
                 shard_discovery_interval: Some("1s".into()),
-                access_key_id: crate::kinesis::ACCESS_KEY_ID.into(),
-                secret_access_key: crate::kinesis::SECRET_ACCESS_KEY.into(),
+                access_key_id: linewatch_testkit::kinesis::ACCESS_KEY_ID.into(),
+                secret_access_key: linewatch_testkit::kinesis::SECRET_ACCESS_KEY.into(),
             },
             mqtt: Mqtt {
                 host: "127.0.0.1".into(),
@@ -145,18 +141,12 @@ impl RulesConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        match toml::to_string(self) {
-            Ok(s) => s,
-            Err(e) => panic!("rules config does not serialise to TOML: {e}\n{self:#?}"),
-        }
+        crate::to_toml("rules config", self)
     }
 
     #[track_caller]
     pub fn http_addr(&self) -> SocketAddr {
-        self.http
-            .listen
-            .parse()
-            .unwrap_or_else(|e| panic!("http.listen {:?}: {e}", self.http.listen))
+        crate::listen_addr("http.listen", &self.http.listen)
     }
 
     /// The retained status topic of a rule.
@@ -167,18 +157,6 @@ impl RulesConfig {
     /// The retained rule topic of a rule.
     pub fn rule_topic(&self, rule_id: &str) -> String {
         format!("{}/rules/{rule_id}", self.mqtt.topic_prefix)
-    }
-}
-
-/// The `linewatch-rules` binary, built up to date once per test process
-/// (`cargo build -p linewatch-rules` into the test's target directory, like the agent).
-/// `LINEWATCH_RULES_BIN` overrides it.
-#[track_caller]
-pub fn rules_binary() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(|| paths::build_binary("linewatch-rules", "LINEWATCH_RULES_BIN")) {
-        Ok(p) => p.clone(),
-        Err(e) => panic!("{e}"),
     }
 }
 
@@ -247,7 +225,7 @@ pub fn run_cli<'a>(
 ) -> impl std::future::Future<Output = CommandResult> + 'a {
     let caller = std::panic::Location::caller();
     async move {
-        let mut cmd = tokio::process::Command::new(rules_binary());
+        let mut cmd = tokio::process::Command::new(programs::rules());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -302,16 +280,13 @@ pub fn oracle<'a>(
     }
 }
 
-/// A running `linewatch-rules run` (killed when dropped).
+/// A running `linewatch-rules run` (killed when dropped): a [`ManagedProcess`] (all of
+/// its methods: `kill`, `terminate`, `start_again`, `log_tail`, ...) with the config.
 pub struct RulesService {
-    name: String,
     config: RulesConfig,
     config_path: PathBuf,
     dir: PathBuf,
-    log: PathBuf,
-    partition: Option<String>,
-    child: Option<ChildGuard>,
-    runs: u32,
+    process: ManagedProcess,
 }
 
 impl RulesService {
@@ -334,58 +309,31 @@ impl RulesService {
         if let Err(e) = std::fs::write(&config_path, config.to_toml()) {
             panic!("cannot write {}: {e}", config_path.display());
         }
-        let mut s = RulesService {
-            name: name.to_owned(),
-            config,
-            config_path,
-            dir: dir.to_owned(),
-            log: dir.join(format!("{name}.log")),
-            partition: partition.map(str::to_owned),
-            child: None,
-            runs: 0,
-        };
-        s.start_again();
-        s
-    }
-
-    /// Starts the service again on the same config and state_dir (after `kill`/`terminate`).
-    #[track_caller]
-    pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        self.runs += 1;
-        let marker = format!(
-            "===== linewatch-e2e: {} run {} =====\n",
-            self.name, self.runs
-        );
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
-        let mut cmd = std::process::Command::new(rules_binary());
-        cmd.arg("run").arg("--config").arg(&self.config_path);
-        if let Some(p) = &self.partition {
-            cmd.arg("--partition").arg(p);
+        let mut spec = ProcessSpec::new(name, programs::rules(), &dir.join(format!("{name}.log")))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .ready(
+                Ready::Http {
+                    addr: config.http_addr(),
+                    path: "/healthz".into(),
+                },
+                Duration::from_secs(30),
+            )
+            .metrics(config.http_addr(), "linewatch_rules_");
+        if let Some(p) = partition {
+            spec = spec.arg("--partition").arg(p);
         }
         // Debug logs of the engine help when a test fails; the log stays in the scratch dir.
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,linewatch_rules=debug");
+            spec = spec.env("RUST_LOG", "info,linewatch_rules=debug");
         }
-        let mut child = ChildGuard::spawn(&self.name, cmd, &self.log);
-        let addr = self.config.http_addr();
-        wait::until_blocking(
-            &format!("{} answering /healthz 200 on {addr}", self.name),
-            Duration::from_secs(30),
-            || {
-                child.assert_running();
-                match http::get(addr, "/healthz") {
-                    Ok((200, _)) => Ok(()),
-                    Ok((code, body)) => Err(format!("HTTP {code}: {body}")),
-                    Err(e) => Err(e),
-                }
-            },
-        );
-        self.child = Some(child);
+        RulesService {
+            config,
+            config_path,
+            dir: dir.to_owned(),
+            process: spec.start(),
+        }
     }
 
     pub fn config(&self) -> &RulesConfig {
@@ -394,41 +342,6 @@ impl RulesService {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_exit().is_none())
-    }
-
-    #[track_caller]
-    pub fn assert_running(&mut self) {
-        match self.child.as_mut() {
-            Some(c) => c.assert_running(),
-            None => panic!("{} is not running (stopped by the test)", self.name),
-        }
-    }
-
-    /// SIGKILL: no chance to checkpoint or finish a delivery.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill();
-        }
-    }
-
-    /// SIGTERM and wait for the exit; panics if it takes longer than `timeout`.
-    #[track_caller]
-    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let Some(mut c) = self.child.take() else {
-            panic!("terminate: {} is not running", self.name);
-        };
-        match c.stop_with(libc::SIGTERM, wait::scaled(timeout)) {
-            Some(status) => status,
-            None => panic!(
-                "{} did not exit within {timeout:?} of SIGTERM (killed)\nlog:\n{}",
-                self.name,
-                c.log_tail(60)
-            ),
-        }
     }
 
     /// `GET path` on the ops HTTP port: status and body.
@@ -443,67 +356,6 @@ impl RulesService {
                 serde_json::from_str(&body).map_err(|e| format!("{path}: not JSON ({e}): {body}"))
             }
             (code, body) => Err(format!("{path} answered {code}: {body}")),
-        }
-    }
-
-    pub fn try_scrape(&self) -> Result<Scrape, String> {
-        match self.get("/metrics")? {
-            (200, body) => Ok(Scrape::parse(&body)),
-            (code, body) => Err(format!("/metrics answered {code}: {body}")),
-        }
-    }
-
-    /// One scrape of `/metrics`; panics with the log if it fails.
-    #[track_caller]
-    pub fn scrape(&mut self) -> Scrape {
-        self.assert_running();
-        match self.try_scrape() {
-            Ok(s) => s,
-            Err(e) => panic!("scraping {}: {e}\nlog:\n{}", self.name, self.log_tail(40)),
-        }
-    }
-
-    /// Polls `/metrics` until `check` returns `Ok`; panics after `timeout` with the last
-    /// `Err`, the engine's metrics and its log tail (or at once if the process exited).
-    #[track_caller]
-    pub fn wait_metrics<'a, T: 'a>(
-        &'a mut self,
-        what: &str,
-        timeout: Duration,
-        mut check: impl FnMut(&Scrape) -> Result<T, String> + 'a,
-    ) -> impl std::future::Future<Output = T> + 'a {
-        let caller = std::panic::Location::caller();
-        let what = what.to_owned();
-        async move {
-            let timeout = wait::scaled(timeout);
-            let start = std::time::Instant::now();
-            loop {
-                if let Some(c) = self.child.as_mut() {
-                    if let Some(status) = c.try_exit() {
-                        panic!(
-                            "waiting for {what} (at {caller}): {} exited ({status})\nlog:\n{}",
-                            self.name,
-                            self.log_tail(60)
-                        );
-                    }
-                }
-                let last = match self.try_scrape() {
-                    Ok(s) => match check(&s) {
-                        Ok(v) => return v,
-                        Err(e) => format!("{e}\n  metrics: {}", s.describe("linewatch_rules_")),
-                    },
-                    Err(e) => e,
-                };
-                if start.elapsed() >= timeout {
-                    panic!(
-                        "timed out after {:.1?} waiting for: {what}\n  (waited at {caller})\n  last seen: {last}\n{} log:\n{}",
-                        start.elapsed(),
-                        self.name,
-                        self.log_tail(60)
-                    );
-                }
-                tokio::time::sleep(wait::POLL).await;
-            }
         }
     }
 
@@ -554,7 +406,7 @@ impl RulesService {
             if res.code() != Some(0) {
                 panic!(
                     "publishing {file} (at {caller}) was not accepted: {res}\n{} log:\n{}",
-                    self.name,
+                    self.name(),
                     self.log_tail(30)
                 );
             }
@@ -585,15 +437,9 @@ impl RulesService {
         }
         run_cli(&args, Duration::from_secs(60)).await
     }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        crate::process::tail(&self.log, lines)
-    }
 }
+
+crate::deref_to_process!(RulesService);
 
 /// A file name no other call in this process returned (for scripts written by tests).
 pub fn unique_file(stem: &str, ext: &str) -> String {

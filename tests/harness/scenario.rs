@@ -2,7 +2,7 @@
 //! stream of readings that makes the rule change state often (running/idle, and
 //! overheating that lasts longer than the hold).
 
-use crate::feed::{Equipment, Feed};
+use linewatch_testkit::feed::{Equipment, Feed};
 use serde_json::json;
 
 /// Event-time spacing of one step of [`machine_cycle`].

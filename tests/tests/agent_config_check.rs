@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{check_config, modbus_source, run_agent, tag, AgentConfig};
-use linewatch_e2e::Scratch;
+use linewatch_testkit::Scratch;
 use std::time::Duration;
 
 fn good(scratch: &Scratch) -> String {

@@ -5,15 +5,13 @@
 mod common;
 
 use common::*;
-use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{ModbusSim, SimOptions};
-use linewatch_e2e::points;
-use linewatch_e2e::proxy::FaultProxy;
-use linewatch_e2e::{wait, Scratch};
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{ModbusSim, SimOptions};
+use linewatch_testkit::points;
+use linewatch_testkit::proxy::FaultProxy;
+use linewatch_testkit::{wait, Scratch};
 use std::time::Duration;
-
-const SOURCE: &str = "filling_machine";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_responses_give_whole_resent_batches_only() {
@@ -23,29 +21,8 @@ async fn lost_responses_give_whole_resent_batches_only() {
     let proxy = FaultProxy::start(k.port()).await;
     let sim = ModbusSim::start(SimOptions::default(), scratch.path());
 
-    let mut cfg = AgentConfig::new(scratch.path(), &proxy.endpoint(), STREAM);
-    cfg.sources.push(modbus_source(
-        SOURCE,
-        &sim.address(),
-        FILLER,
-        "50ms",
-        filling_machine_tags(),
-    ));
-    let mut agent = Agent::start(cfg, scratch.path());
-
-    wait_stream(
-        &k,
-        "the agent ships through the proxy",
-        Duration::from_secs(30),
-        |p| {
-            if p.len() >= 50 {
-                Ok(())
-            } else {
-                Err("fewer than 50 points".into())
-            }
-        },
-    )
-    .await;
+    let mut agent = start_filling_agent(scratch.path(), &proxy.endpoint(), &sim.address());
+    wait_points(&k, "the agent ships through the proxy", 50).await;
 
     proxy.lose_responses(true);
     wait::until(

@@ -4,52 +4,27 @@
 mod common;
 
 use common::*;
-use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{reg, ModbusSim, SimOptions};
-use linewatch_e2e::points;
-use linewatch_e2e::Scratch;
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{reg, ModbusSim, SimOptions};
+use linewatch_testkit::points;
+use linewatch_testkit::Scratch;
 use std::time::Duration;
-
-const SOURCE: &str = "filling_machine";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinesis_outage_buffers_then_drains_without_gaps() {
     let scratch = Scratch::new("outage");
     let mut k = Kinesalite::start(
-        KinesaliteOptions {
-            data_dir: Some(scratch.path().join("kinesalite-db")),
-        },
+        KinesaliteOptions::on_disk(scratch.path().join("kinesalite-db")),
         scratch.path(),
     );
     k.create_stream(STREAM, 1).await;
     let mut sim = ModbusSim::start(SimOptions::default(), scratch.path());
     sim.set(&[reg(0, "f32", 1.0)]);
 
-    let mut cfg = AgentConfig::new(scratch.path(), &k.endpoint(), STREAM);
     // ~13 tags every 50 ms: about 250 points/s.
-    cfg.sources.push(modbus_source(
-        SOURCE,
-        &sim.address(),
-        FILLER,
-        "50ms",
-        filling_machine_tags(),
-    ));
-    let mut agent = Agent::start(cfg, scratch.path());
-
-    wait_stream(
-        &k,
-        "the agent ships before the outage",
-        Duration::from_secs(30),
-        |p| {
-            if p.len() >= 50 {
-                Ok(())
-            } else {
-                Err("fewer than 50 points".into())
-            }
-        },
-    )
-    .await;
+    let mut agent = start_filling_agent(scratch.path(), &k.endpoint(), &sim.address());
+    wait_points(&k, "the agent ships before the outage", 50).await;
     let at_outage = agent.scrape();
     let before = at_outage.get("linewatch_agent_buffer_records");
     let shipped_before = at_outage.get("linewatch_agent_records_shipped_total");

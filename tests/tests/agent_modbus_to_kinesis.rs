@@ -5,11 +5,10 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{coil, reg, Area, ModbusSim, SimOptions, SimWrite};
-use linewatch_e2e::points::{self, Shipped};
-use linewatch_e2e::Scratch;
 use linewatch_schemas::{Flag, Quality, Value};
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::modbus_plc::{coil, reg, Area, SimWrite};
+use linewatch_testkit::points::{self, Shipped};
 use serde_json::{json, Value as Json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,10 +96,7 @@ fn step_arrived(pts: &[Shipped], step: usize) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_values_arrive_in_kinesis_typed_scaled_and_in_order() {
-    let scratch = Scratch::new("roundtrip");
-    let k = Kinesalite::start(KinesaliteOptions::default(), scratch.path());
-    k.create_stream(STREAM, 2).await;
-    let mut sim = ModbusSim::start(SimOptions::default(), scratch.path());
+    let (scratch, k, mut sim) = kinesalite_and_plc("roundtrip", 2).await;
     // Start from values that differ from both steps.
     sim.set(&[
         reg(20, "f32", 1.0).orders("little", "little"),

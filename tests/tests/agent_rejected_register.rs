@@ -5,11 +5,10 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, tag, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{reg, Area, ModbusSim, SimOptions};
-use linewatch_e2e::points::{self, Shipped};
-use linewatch_e2e::Scratch;
 use linewatch_schemas::Quality;
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::modbus_plc::{reg, Area};
+use linewatch_testkit::points::{self, Shipped};
 use std::time::Duration;
 
 fn bad_with(p: &[Shipped], tag: &str, code: &str) -> Result<(), String> {
@@ -32,10 +31,7 @@ fn bad_with(p: &[Shipped], tag: &str, code: &str) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_register_is_bad_with_the_exception_others_ok() {
-    let scratch = Scratch::new("rejected");
-    let k = Kinesalite::start(KinesaliteOptions::default(), scratch.path());
-    k.create_stream(STREAM, 1).await;
-    let mut sim = ModbusSim::start(SimOptions::default(), scratch.path());
+    let (scratch, k, mut sim) = kinesalite_and_plc("rejected", 1).await;
     sim.set(&[reg(0, "f32", 12.5), reg(4, "u16", 2), reg(40, "u16", 7)]);
     // Device failure on register 40 until cleared.
     sim.fail(Area::HoldingRegister, 40, 1, 4);

@@ -5,21 +5,14 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{ModbusSim, SimOptions};
-use linewatch_e2e::points;
-use linewatch_e2e::Scratch;
 use linewatch_schemas::Flag;
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::points;
 use std::time::Duration;
-
-const SOURCE: &str = "filling_machine";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_shipping_and_restart_leaves_no_gap() {
-    let scratch = Scratch::new("sigkill");
-    let k = Kinesalite::start(KinesaliteOptions::default(), scratch.path());
-    k.create_stream(STREAM, 1).await;
-    let sim = ModbusSim::start(SimOptions::default(), scratch.path());
+    let (scratch, k, sim) = kinesalite_and_plc("sigkill", 1).await;
 
     let mut cfg = AgentConfig::new(scratch.path(), &k.endpoint(), STREAM);
     // 40 registers every 20 ms: ~2,000 points/s, so batches are always in flight.

@@ -5,19 +5,15 @@ mod common;
 
 use common::*;
 use linewatch_e2e::agent::{modbus_source, unreachable_address, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{reg, ModbusSim, SimOptions};
-use linewatch_e2e::points;
-use linewatch_e2e::Scratch;
 use linewatch_schemas::Quality;
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::modbus_plc::{reg, ModbusSim, SimOptions};
+use linewatch_testkit::points;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_plc_does_not_stop_the_other_source() {
-    let scratch = Scratch::new("unreachable");
-    let k = Kinesalite::start(KinesaliteOptions::default(), scratch.path());
-    k.create_stream(STREAM, 1).await;
-    let mut sim = ModbusSim::start(SimOptions::default(), scratch.path());
+    let (scratch, k, mut sim) = kinesalite_and_plc("unreachable", 1).await;
     let offline = unreachable_address();
     let offline_port: u16 = offline
         .rsplit(':')

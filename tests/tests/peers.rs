@@ -1,37 +1,49 @@
 //! The peers themselves work as the agent tests assume: kinesalite keeps a stream
-//! across a restart and serves every shard; the pymodbus PLC answers a Modbus client
+//! across a restart and serves every shard; kinesis-local (a second, independent Kinesis
+//! implementation) starts on loopback only and takes a PutRecords; the pymodbus PLC answers a Modbus client
 //! that is not ours to write (tokio-modbus, as the agent uses) with the values the
 //! control port set, in the right byte and word order, and rejects what it should.
 
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{coil, reg, Area, ModbusSim, SimOptions};
-use linewatch_e2e::{wait, Scratch};
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::kinesis_local::KinesisLocal;
+use linewatch_testkit::peers::modbus_plc::{coil, reg, Area, ModbusSim, SimOptions};
+use linewatch_testkit::{wait, Scratch};
 use std::time::Duration;
 use tokio_modbus::client::Reader;
 use tokio_modbus::{ExceptionCode, Slave};
 
-#[tokio::test]
-async fn kinesalite_serves_all_shards_and_survives_a_restart() {
-    let scratch = Scratch::new("peers-kinesis");
-    let mut k = Kinesalite::start(
-        KinesaliteOptions {
-            data_dir: Some(scratch.path().join("kinesalite-db")),
-        },
-        scratch.path(),
-    );
-    k.create_stream("s", 2).await;
-    let client = k.client();
-    let mut req = client.put_records().stream_name("s");
-    for i in 0..40 {
+/// One PutRecords of `n` records `r0..` with partition keys `key-(i % keys)`.
+async fn put_numbered(
+    k: &impl KinesisPeer,
+    stream: &str,
+    n: usize,
+    keys: usize,
+) -> aws_sdk_kinesis::operation::put_records::PutRecordsOutput {
+    let mut req = k.client().put_records().stream_name(stream);
+    for i in 0..n {
         req = req.records(
             aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                .partition_key(format!("key-{}", i % 7))
+                .partition_key(format!("key-{}", i % keys))
                 .data(aws_sdk_kinesis::primitives::Blob::new(format!("r{i}")))
                 .build()
                 .expect("entry has key and data"),
         );
     }
-    let out = req.send().await.expect("PutRecords to kinesalite");
+    req.send()
+        .await
+        .unwrap_or_else(|e| panic!("PutRecords: {e}\n{}", k.log_tail(20)))
+}
+
+#[tokio::test]
+async fn kinesalite_serves_all_shards_and_survives_a_restart() {
+    let scratch = Scratch::new("peers-kinesis");
+    let mut k = Kinesalite::start(
+        KinesaliteOptions::on_disk(scratch.path().join("kinesalite-db")),
+        scratch.path(),
+    );
+    k.create_stream("s", 2).await;
+    let out = put_numbered(&k, "s", 40, 7).await;
     assert_eq!(out.failed_record_count, Some(0));
 
     let before = k.read_all("s").await;
@@ -53,13 +65,51 @@ async fn kinesalite_serves_all_shards_and_survives_a_restart() {
     }
 
     k.stop();
-    assert!(!linewatch_e2e::ports::is_listening(k.port()));
+    assert!(!linewatch_testkit::ports::is_listening(k.port()));
     k.start_again();
     let after = k.read_all("s").await;
     assert_eq!(
         before, after,
         "the stream and its records survive a restart"
     );
+}
+
+#[tokio::test]
+async fn kinesis_local_binds_loopback_and_takes_put_records() {
+    let scratch = Scratch::new("peers-kinesis-local");
+    let k = KinesisLocal::start(scratch.path());
+    // Loopback only: not reachable on another address of this machine.
+    let other = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip());
+    if let Some(ip) = other
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    {
+        let reached = std::net::TcpStream::connect_timeout(
+            &(ip, k.port()).into(),
+            Duration::from_millis(500),
+        );
+        assert!(
+            reached.is_err(),
+            "kinesis-local answers on {ip}:{}",
+            k.port()
+        );
+    }
+    k.create_stream("s", 2).await;
+    let out = put_numbered(&k, "s", 10, 3).await;
+    assert_eq!(out.failed_record_count, Some(0));
+    assert_eq!(out.records.len(), 10);
+    let back = k.read_all("s").await;
+    let mut data: Vec<String> = back
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect();
+    data.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    want.sort();
+    assert_eq!(data, want, "every record put is read back once");
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@
 
 mod rules_common;
 
-use linewatch_e2e::feed::Feed;
 use linewatch_e2e::rules::RulesService;
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
+use linewatch_testkit::feed::Feed;
 use rules_common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -168,7 +168,6 @@ async fn update_delete_and_a_broken_rule_while_data_flows() {
         got.len(),
         got.iter().filter(|t| t["ruleId"] == MAIN).count()
     );
-    env.cleanup(&[MAIN, OTHER, "broken"]).await;
 }
 
 /// Waits until the service's watermark is at least `at` (ms).

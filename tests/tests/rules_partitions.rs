@@ -4,11 +4,11 @@
 
 mod rules_common;
 
-use linewatch_e2e::feed::Feed;
-use linewatch_e2e::receiver::Receiver;
 use linewatch_e2e::rules::{RulesConfig, RulesService};
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
 use linewatch_rules_core::eval::owner_of;
+use linewatch_testkit::feed::Feed;
+use linewatch_testkit::peers::webhook_receiver::Receiver;
 use rules_common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -141,6 +141,4 @@ async fn two_partitions_emit_exactly_what_one_instance_emits() {
         s0.len(),
         s1.len()
     );
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    env.cleanup(&id_refs).await;
 }

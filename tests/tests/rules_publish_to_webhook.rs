@@ -5,9 +5,9 @@
 
 mod rules_common;
 
-use linewatch_e2e::feed::Feed;
 use linewatch_e2e::rules::RulesService;
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
+use linewatch_testkit::feed::Feed;
 use rules_common::*;
 use std::time::Duration;
 
@@ -109,5 +109,4 @@ async fn published_rule_sends_the_oracles_transitions_as_envelopes() {
         "publish: {} transitions delivered, equal to the oracle",
         want.len()
     );
-    env.cleanup(&[RULE]).await;
 }

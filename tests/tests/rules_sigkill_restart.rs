@@ -5,9 +5,9 @@
 
 mod rules_common;
 
-use linewatch_e2e::feed::Feed;
 use linewatch_e2e::rules::RulesService;
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
+use linewatch_testkit::feed::Feed;
 use rules_common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -92,5 +92,4 @@ async fn sigkill_mid_stream_then_restart_delivers_every_transition() {
         want_a.len(),
         want.len()
     );
-    env.cleanup(&[RULE]).await;
 }

@@ -4,10 +4,11 @@
 
 mod rules_common;
 
-use linewatch_e2e::feed::{self, Feed};
-use linewatch_e2e::points;
 use linewatch_e2e::rules::RulesService;
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
+use linewatch_testkit::feed::Feed;
+use linewatch_testkit::kinesis;
+use linewatch_testkit::points;
 use rules_common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -29,7 +30,7 @@ async fn split_shard_mid_stream_keeps_per_equipment_order() {
     env.put(&mut feed).await;
     // Split at once: the service is still reading the parent.
     let client = env.kinesis.client();
-    let (left, right) = feed::split_shard(
+    let (left, right) = kinesis::split_shard(
         &client,
         &env.kinesis.endpoint(),
         STREAM,
@@ -101,5 +102,4 @@ async fn split_shard_mid_stream_keeps_per_equipment_order() {
         want.len(),
         machines.len()
     );
-    env.cleanup(&[RULE]).await;
 }

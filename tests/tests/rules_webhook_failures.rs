@@ -5,9 +5,9 @@
 
 mod rules_common;
 
-use linewatch_e2e::feed::Feed;
 use linewatch_e2e::rules::RulesService;
 use linewatch_e2e::scenario::{self, base_time, machine_cycle, machine_rule, step_time};
+use linewatch_testkit::feed::Feed;
 use rules_common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -158,7 +158,6 @@ async fn retries_500_then_dead_letters_400_and_replays_it() {
         want_all.len(),
         env.receiver.request_count()
     );
-    env.cleanup(&[RULE]).await;
 }
 
 /// Polls `dead-letters list` until it shows `n` entries.
@@ -171,7 +170,7 @@ async fn wait_dead_letters(svc: &RulesService, n: usize) -> Vec<serde_json::Valu
         if entries.len() >= n {
             return entries;
         }
-        if start.elapsed() > linewatch_e2e::wait::scaled(Duration::from_secs(10)) {
+        if start.elapsed() > linewatch_testkit::wait::scaled(Duration::from_secs(10)) {
             panic!(
                 "waiting for {n} dead letters: {res}\nlog:\n{}",
                 svc.log_tail(30)

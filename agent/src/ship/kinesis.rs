@@ -4,9 +4,10 @@
 //! SDK retries are off: a retry of the whole call would resend records Kinesis already
 //! accepted. The shipper retries itself, per record.
 
+use super::config::{KinesisConfig, PartitionKey};
 use super::queue::{CallOutcome, QueuedRecord, RecordResult};
+use super::request::RequestEntry;
 use crate::buffer::StoredRecord;
-use crate::config::{KinesisConfig, PartitionKey};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
@@ -16,18 +17,15 @@ use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The one operation the shipper needs; implemented by [`KinesisClient`] and by test fakes.
 pub trait PutRecordsApi: Send + Sync + 'static {
     /// Stream name, for logs.
     fn stream(&self) -> &str;
-    /// Sends `records` in one PutRecords call. Never fails: every failure is an outcome.
-    fn put_records(
-        &self,
-        records: &[Arc<QueuedRecord>],
-    ) -> impl Future<Output = CallOutcome> + Send;
+    /// Sends `entries` in one PutRecords call. Never fails: every failure is an
+    /// outcome, and a per-entry answer has one result per entry, in request order.
+    fn put_records(&self, entries: &[RequestEntry]) -> impl Future<Output = CallOutcome> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +102,8 @@ impl PutRecordsApi for KinesisClient {
         &self.stream
     }
 
-    async fn put_records(&self, records: &[Arc<QueuedRecord>]) -> CallOutcome {
-        let entries = match request_entries(records) {
+    async fn put_records(&self, entries: &[RequestEntry]) -> CallOutcome {
+        let entries = match request_entries(entries) {
             Ok(e) => e,
             Err(e) => {
                 return CallOutcome::NotWritten {
@@ -143,16 +141,16 @@ fn timeout_config(request_timeout: Duration) -> TimeoutConfig {
         .build()
 }
 
-/// The request entries of one call (data copied: the queue keeps its copy for retries).
+/// The SDK's entries of one call (data copied: the queue keeps its copy for retries).
 pub fn request_entries(
-    records: &[Arc<QueuedRecord>],
+    entries: &[RequestEntry],
 ) -> Result<Vec<PutRecordsRequestEntry>, aws_sdk_kinesis::error::BuildError> {
-    records
+    entries
         .iter()
-        .map(|r| {
+        .map(|e| {
             PutRecordsRequestEntry::builder()
-                .data(Blob::new(r.record.data.clone()))
-                .partition_key(r.partition_key.clone())
+                .data(Blob::new(e.data()))
+                .partition_key(e.partition_key())
                 .build()
         })
         .collect()
@@ -260,6 +258,7 @@ pub fn queued_record(
 mod tests {
     use super::*;
     use aws_sdk_kinesis::error::ConnectorError;
+    use std::sync::Arc;
 
     fn stored(key: &str) -> StoredRecord {
         StoredRecord {
@@ -386,15 +385,20 @@ mod tests {
 
     #[test]
     fn entries_carry_data_and_key() {
-        let recs = vec![Arc::new(QueuedRecord::new(stored("eq-1")))];
-        let entries = request_entries(&recs).unwrap();
-        assert_eq!(entries[0].partition_key(), Some("eq-1"));
-        assert_eq!(entries[0].data().as_ref(), b"{}");
+        let entries = vec![
+            RequestEntry::single(Arc::new(QueuedRecord::new(stored("eq-1")))),
+            RequestEntry::encoded("eq-2".into(), b"[1,2]".to_vec(), vec![4, 6]),
+        ];
+        let sdk = request_entries(&entries).unwrap();
+        assert_eq!(sdk[0].partition_key(), Some("eq-1"));
+        assert_eq!(sdk[0].data().as_ref(), b"{}");
+        assert_eq!(sdk[1].partition_key(), Some("eq-2"));
+        assert_eq!(sdk[1].data().as_ref(), b"[1,2]");
     }
 
     #[tokio::test]
     async fn static_config_builds_without_the_environment() {
-        let cfg: crate::config::KinesisConfig = toml::from_str(
+        let cfg: KinesisConfig = toml::from_str(
             r#"stream = "s"
                region = "eu-central-1"
                endpoint_url = "http://127.0.0.1:1"
@@ -406,9 +410,11 @@ mod tests {
         assert_eq!(client.stream(), "s");
         assert!(!format!("{client:?}").contains("secret"));
         // Port 1 refuses: the call is known not written, and fails fast (no SDK retries).
-        let recs = vec![Arc::new(QueuedRecord::new(stored("eq-1")))];
+        let entries = vec![RequestEntry::single(Arc::new(QueuedRecord::new(stored(
+            "eq-1",
+        ))))];
         let started = std::time::Instant::now();
-        let outcome = client.put_records(&recs).await;
+        let outcome = client.put_records(&entries).await;
         assert!(
             matches!(outcome, CallOutcome::NotWritten { .. }),
             "{outcome:?}"

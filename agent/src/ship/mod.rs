@@ -1,5 +1,9 @@
 //! Kinesis shipper: reads durable points from the buffer, sends them with
 //! PutRecords, and removes them from the buffer only once Kinesis accepted them.
+//!
+//! `queue` decides what goes into a call, `request` packs it into entries, `kinesis`
+//! talks to the SDK, `shipper` is the I/O loop around them. `config` is the
+//! `[kinesis]` table.
 
 use crate::buffer::{BufferError, StoredRecord};
 use std::sync::Arc;
@@ -20,16 +24,22 @@ pub trait RecordStore: Send + Sync + 'static {
 }
 
 pub mod backoff;
+pub mod config;
 pub mod dead_letter;
 pub mod kinesis;
 pub mod queue;
+pub mod request;
 pub mod shipper;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use backoff::Backoff;
+pub use config::{KinesisConfig, PartitionKey};
 pub use dead_letter::{DeadLetter, DeadLetterError};
 pub use kinesis::{KinesisClient, KinesisSetupError, PutRecordsApi};
 pub use queue::{
-    Applied, Batch, BatchLimits, CallOutcome, CallStatus, DeadLetterReason, DeadLetterRecord,
-    QueueCapacity, QueuedRecord, Readiness, RecordResult, ShipQueue,
+    Applied, Batch, CallOutcome, CallStatus, DeadLetterReason, DeadLetterRecord, QueueCapacity,
+    QueuedRecord, Readiness, RecordResult, ShipQueue,
 };
-pub use shipper::{run_shipper, run_shipper_with};
+pub use request::{BatchLimits, Encoder, OnePerRecord, RequestEntry};
+pub use shipper::{run_shipper, ShipperOptions};

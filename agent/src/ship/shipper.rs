@@ -4,15 +4,16 @@
 //! I/O loop around them.
 
 use super::backoff::Backoff;
+use super::config::KinesisConfig;
 use super::dead_letter::DeadLetter;
-use super::kinesis::{queued_record, KinesisClient, PutRecordsApi};
+use super::kinesis::{queued_record, PutRecordsApi};
 use super::queue::{
-    Applied, Batch, BatchLimits, CallOutcome, CallStatus, DeadLetterRecord, QueueCapacity,
-    Readiness, RecordResult, ShipQueue,
+    Applied, Batch, CallOutcome, CallStatus, DeadLetterRecord, QueueCapacity, Readiness,
+    RecordResult, ShipQueue,
 };
+use super::request::{BatchLimits, OnePerRecord};
 use super::RecordStore;
 use crate::clock::SharedClock;
-use crate::config::KinesisConfig;
 use crate::telemetry::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,37 +30,42 @@ const DEAD_LETTER_RETRY_MS: u64 = 30_000;
 /// (the SDK's own timeout should always fire first).
 const CALL_GUARD: Duration = Duration::from_secs(5);
 
-/// Ships buffered records to Kinesis until `shutdown` is cancelled.
+/// Everything the shipper needs besides the store and Kinesis.
+pub struct ShipperOptions {
+    pub cfg: KinesisConfig,
+    pub dead_letter: DeadLetter,
+    pub clock: SharedClock,
+    pub metrics: Metrics,
+    /// Backoff jitter and random partition keys. The caller seeds it: the program from
+    /// the OS where it starts, tests with a fixed seed, so decisions can be replayed.
+    pub rng: fastrand::Rng,
+}
+
+/// Ships buffered records to Kinesis ([`KinesisClient`](super::KinesisClient), or a
+/// fake in tests) until
+/// `shutdown` is cancelled.
 ///
 /// On shutdown an in-flight call is finished (bounded by `request_timeout`) and what
 /// it accepted is removed from the buffer; everything else stays in the buffer.
-pub async fn run_shipper<S: RecordStore>(
-    store: Arc<S>,
-    client: KinesisClient,
-    cfg: KinesisConfig,
-    dead_letter: DeadLetter,
-    clock: SharedClock,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
-    run_shipper_with(store, client, cfg, dead_letter, clock, metrics, shutdown).await
-}
-
-/// [`run_shipper`] against any [`PutRecordsApi`] (tests use a scripted fake).
-pub async fn run_shipper_with<S: RecordStore, K: PutRecordsApi>(
+pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
     store: Arc<S>,
     api: K,
-    cfg: KinesisConfig,
-    dead_letter: DeadLetter,
-    clock: SharedClock,
-    metrics: Metrics,
+    opts: ShipperOptions,
     shutdown: CancellationToken,
 ) {
+    let ShipperOptions {
+        cfg,
+        dead_letter,
+        clock,
+        metrics,
+        rng,
+    } = opts;
     let limits = BatchLimits::from_config(&cfg);
     let shipper = Shipper {
         queue: ShipQueue::new(QueueCapacity::for_limits(&limits)),
+        encoder: OnePerRecord::default(),
         backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
-        rng: fastrand::Rng::new(),
+        rng,
         limits,
         store,
         api,
@@ -113,6 +119,8 @@ struct Shipper<S, K> {
     cfg: KinesisConfig,
     limits: BatchLimits,
     queue: ShipQueue,
+    /// Packs records into entries; the aggregating (KPL) encoder goes here.
+    encoder: OnePerRecord,
     backoff: Backoff,
     rng: fastrand::Rng,
     dead_letter: DeadLetter,
@@ -133,7 +141,7 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
     async fn run(mut self, shutdown: CancellationToken) {
         info!(
             stream = self.api.stream(),
-            max_records = self.limits.max_records(),
+            max_entries = self.limits.max_entries(),
             max_bytes = self.limits.max_bytes(),
             linger_ms = self.cfg.linger.as_millis() as u64,
             "shipper started"
@@ -236,22 +244,22 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
     /// delay when something was not accepted.
     async fn send_once(&mut self) -> Option<Duration> {
         let Batch {
-            records,
+            entries,
             dead_letters,
-        } = self.queue.next_batch(&self.limits);
+        } = self.queue.next_batch(&self.limits, &mut self.encoder);
         if !dead_letters.is_empty() {
             self.write_dead_letters(dead_letters).await;
         }
-        if records.is_empty() {
+        if entries.is_empty() {
             return None;
         }
         let batch = Batch {
-            records,
+            entries,
             dead_letters: Vec::new(),
         };
         self.metrics.put_records_calls.inc();
         let guard = self.cfg.request_timeout + CALL_GUARD;
-        let outcome = match tokio::time::timeout(guard, self.api.put_records(&batch.records)).await
+        let outcome = match tokio::time::timeout(guard, self.api.put_records(&batch.entries)).await
         {
             Ok(outcome) => outcome,
             Err(_) => CallOutcome::Unknown {
@@ -296,7 +304,8 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             }
             debug!(
                 stream,
-                records = batch.len(),
+                records = batch.records(),
+                entries = batch.len(),
                 bytes = batch.bytes(),
                 "PutRecords accepted"
             );
@@ -309,7 +318,8 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
         match outcome {
             CallOutcome::NotWritten { throttled, error } => warn!(
                 stream,
-                records = batch.len(),
+                records = batch.records(),
+                entries = batch.len(),
                 bytes = batch.bytes(),
                 throttled,
                 error = %error,
@@ -318,7 +328,8 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             ),
             CallOutcome::Unknown { error } => warn!(
                 stream,
-                records = batch.len(),
+                records = batch.records(),
+                entries = batch.len(),
                 bytes = batch.bytes(),
                 error = %error,
                 suppressed,
@@ -331,7 +342,8 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
                 });
                 warn!(
                     stream,
-                    records = batch.len(),
+                    records = batch.records(),
+                    entries = batch.len(),
                     accepted = a.accepted.len(),
                     throttled = a.throttled,
                     internal_failures = a.internal_failures,
@@ -411,202 +423,10 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::{BufferError, StoredRecord};
     use crate::clock::{ManualClock, SystemClock};
-    use std::collections::{BTreeMap, HashSet};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use crate::ship::testing::{CallState, FakeKinesis, FakeStore, Reply};
+    use std::collections::HashSet;
     use std::time::Instant;
-    use tokio::sync::{Notify, Semaphore};
-
-    // ---- an in-memory RecordStore ----
-
-    #[derive(Default)]
-    struct MemStore {
-        records: Mutex<BTreeMap<u64, StoredRecord>>,
-        next_id: Mutex<u64>,
-        notify: Arc<Notify>,
-        /// Ids Kinesis accepted; removing anything else is a bug.
-        accepted: Arc<Mutex<HashSet<u64>>>,
-        dead_ok: Mutex<HashSet<u64>>,
-        bad_removals: Mutex<Vec<u64>>,
-        fail_reads: AtomicUsize,
-        fail_removes: AtomicUsize,
-    }
-
-    impl MemStore {
-        fn append(&self, items: &[(&str, Vec<u8>)]) -> Vec<u64> {
-            let mut ids = Vec::new();
-            {
-                let mut recs = self.records.lock().unwrap();
-                let mut next = self.next_id.lock().unwrap();
-                for (key, data) in items {
-                    *next += 1;
-                    recs.insert(
-                        *next,
-                        StoredRecord {
-                            id: *next,
-                            created_at: 1,
-                            partition_key: (*key).into(),
-                            data: data.clone(),
-                        },
-                    );
-                    ids.push(*next);
-                }
-            }
-            self.notify.notify_waiters();
-            ids
-        }
-
-        fn len(&self) -> usize {
-            self.records.lock().unwrap().len()
-        }
-    }
-
-    fn io_error() -> BufferError {
-        BufferError::Io {
-            path: "mem".into(),
-            source: std::io::Error::other("injected"),
-        }
-    }
-
-    impl RecordStore for MemStore {
-        fn read_after(
-            &self,
-            after: Option<u64>,
-            max: usize,
-        ) -> Result<Vec<StoredRecord>, BufferError> {
-            if self.fail_reads.load(Ordering::SeqCst) > 0 {
-                self.fail_reads.fetch_sub(1, Ordering::SeqCst);
-                return Err(io_error());
-            }
-            let recs = self.records.lock().unwrap();
-            let start = after.map_or(0, |a| a + 1);
-            Ok(recs
-                .range(start..)
-                .take(max)
-                .map(|(_, r)| r.clone())
-                .collect())
-        }
-
-        fn remove(&self, ids: &[u64]) -> Result<(), BufferError> {
-            if self.fail_removes.load(Ordering::SeqCst) > 0 {
-                self.fail_removes.fetch_sub(1, Ordering::SeqCst);
-                return Err(io_error());
-            }
-            let accepted = self.accepted.lock().unwrap();
-            let dead = self.dead_ok.lock().unwrap();
-            let mut recs = self.records.lock().unwrap();
-            for id in ids {
-                if !accepted.contains(id) && !dead.contains(id) {
-                    self.bad_removals.lock().unwrap().push(*id);
-                }
-                recs.remove(id);
-            }
-            Ok(())
-        }
-
-        fn oldest_created_at(&self) -> Option<u64> {
-            self.records
-                .lock()
-                .unwrap()
-                .values()
-                .map(|r| r.created_at)
-                .min()
-        }
-
-        fn committed(&self) -> Arc<Notify> {
-            Arc::clone(&self.notify)
-        }
-    }
-
-    // ---- a scripted Kinesis ----
-
-    type Script = Box<dyn Fn(usize, &[Arc<QueuedRecord>]) -> CallOutcome + Send + Sync>;
-
-    struct FakeKinesis {
-        script: Script,
-        calls: Mutex<Vec<Vec<u64>>>,
-        keys: Mutex<Vec<String>>,
-        /// Ids in the order Kinesis wrote them (duplicates included).
-        written: Mutex<Vec<u64>>,
-        accepted: Arc<Mutex<HashSet<u64>>>,
-        /// When set, each call waits for a permit (tests hold calls in flight).
-        gate: Option<Arc<Semaphore>>,
-        started: Notify,
-    }
-
-    use crate::ship::queue::QueuedRecord;
-
-    impl FakeKinesis {
-        fn new(store: &MemStore, script: Script) -> Arc<Self> {
-            Arc::new(FakeKinesis {
-                script,
-                calls: Mutex::default(),
-                keys: Mutex::default(),
-                written: Mutex::default(),
-                accepted: Arc::clone(&store.accepted),
-                gate: None,
-                started: Notify::new(),
-            })
-        }
-        fn calls(&self) -> Vec<Vec<u64>> {
-            self.calls.lock().unwrap().clone()
-        }
-        fn written(&self) -> Vec<u64> {
-            self.written.lock().unwrap().clone()
-        }
-    }
-
-    impl PutRecordsApi for Arc<FakeKinesis> {
-        fn stream(&self) -> &str {
-            "fake"
-        }
-
-        async fn put_records(&self, records: &[Arc<QueuedRecord>]) -> CallOutcome {
-            self.started.notify_waiters();
-            if let Some(gate) = &self.gate {
-                if let Ok(permit) = gate.acquire().await {
-                    permit.forget();
-                }
-            }
-            let n = {
-                let mut calls = self.calls.lock().unwrap();
-                calls.push(records.iter().map(|r| r.id()).collect());
-                calls.len() - 1
-            };
-            self.keys
-                .lock()
-                .unwrap()
-                .extend(records.iter().map(|r| r.partition_key.clone()));
-            let outcome = (self.script)(n, records);
-            let mut written = self.written.lock().unwrap();
-            let mut accepted = self.accepted.lock().unwrap();
-            match &outcome {
-                CallOutcome::Records(results) => {
-                    for (r, res) in records.iter().zip(results) {
-                        if *res == RecordResult::Accepted {
-                            written.push(r.id());
-                            accepted.insert(r.id());
-                        }
-                    }
-                }
-                // The fake's timeouts happen after Kinesis wrote everything.
-                CallOutcome::Unknown { .. } => {
-                    for r in records {
-                        written.push(r.id());
-                        accepted.insert(r.id());
-                    }
-                }
-                CallOutcome::NotWritten { .. } => {}
-            }
-            outcome
-        }
-    }
-
-    fn accept_all() -> Script {
-        Box::new(|_, recs| CallOutcome::Records(vec![RecordResult::Accepted; recs.len()]))
-    }
 
     /// Test defaults (short linger and backoff), overridden by `extra` lines.
     fn config(extra: &str) -> KinesisConfig {
@@ -625,8 +445,8 @@ mod tests {
     }
 
     struct Running {
-        store: Arc<MemStore>,
-        kinesis: Arc<FakeKinesis>,
+        store: Arc<FakeStore>,
+        kinesis: FakeKinesis,
         metrics: Metrics,
         shutdown: CancellationToken,
         task: tokio::task::JoinHandle<()>,
@@ -635,22 +455,27 @@ mod tests {
     }
 
     fn start(
-        store: Arc<MemStore>,
-        kinesis: Arc<FakeKinesis>,
+        store: Arc<FakeStore>,
+        kinesis: FakeKinesis,
         cfg: KinesisConfig,
         clock: SharedClock,
     ) -> Running {
+        store.check_removals_against(&kinesis);
         let dir = tempfile::tempdir().unwrap();
         let dead_path = dir.path().join("dead-letter.ndjson");
         let metrics = Metrics::default();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_shipper_with(
-            Arc::clone(&store),
-            Arc::clone(&kinesis),
+        let opts = ShipperOptions {
             cfg,
-            DeadLetter::new(dead_path.clone(), metrics.clone()),
+            dead_letter: DeadLetter::new(dead_path.clone(), metrics.clone()),
             clock,
-            metrics.clone(),
+            metrics: metrics.clone(),
+            rng: fastrand::Rng::with_seed(42),
+        };
+        let task = tokio::spawn(run_shipper(
+            Arc::clone(&store),
+            kinesis.clone(),
+            opts,
             shutdown.clone(),
         ));
         Running {
@@ -703,26 +528,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ships_everything_and_removes_only_accepted_records() {
-        let store = Arc::new(MemStore::default());
+        let store = FakeStore::new();
         // Each record fails the first time it is sent when its id is a multiple of 4.
-        let seen = Mutex::new(HashSet::new());
-        let kinesis = FakeKinesis::new(
-            &store,
-            Box::new(move |_, recs| {
-                let mut seen = seen.lock().unwrap();
-                CallOutcome::Records(
-                    recs.iter()
-                        .map(|r| {
-                            if seen.insert(r.id()) && r.id() % 4 == 0 {
-                                RecordResult::Throttled
-                            } else {
-                                RecordResult::Accepted
-                            }
-                        })
-                        .collect(),
-                )
-            }),
-        );
+        let kinesis = FakeKinesis::new();
+        for id in (4..=100).step_by(4) {
+            kinesis.fail_record(id, 1, RecordResult::Throttled);
+        }
         let r = start(
             Arc::clone(&store),
             kinesis,
@@ -730,7 +541,7 @@ mod tests {
             system(),
         );
         store.append(&points(&["a", "b", "c"], 100));
-        wait_for("the buffer to drain", || r.store.len() == 0).await;
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
 
         let written = r.kinesis.written();
         let mut sorted = written.clone();
@@ -741,7 +552,7 @@ mod tests {
             "every record written exactly once"
         );
         assert!(
-            r.store.bad_removals.lock().unwrap().is_empty(),
+            r.store.bad_removals().is_empty(),
             "removed before Kinesis accepted"
         );
         assert!(r.kinesis.calls().iter().all(|c| c.len() <= 10));
@@ -772,20 +583,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn whole_call_failures_back_off_and_keep_per_key_order() {
-        let store = Arc::new(MemStore::default());
-        let kinesis = FakeKinesis::new(
-            &store,
-            Box::new(|n, recs| {
-                if n < 3 {
-                    CallOutcome::NotWritten {
-                        throttled: n == 0,
-                        error: "ResourceNotFoundException".into(),
-                    }
-                } else {
-                    CallOutcome::Records(vec![RecordResult::Accepted; recs.len()])
+        let store = FakeStore::new();
+        let kinesis = FakeKinesis::scripted(|n, _| {
+            if n < 3 {
+                Reply::NotWritten {
+                    throttled: n == 0,
+                    error: "ResourceNotFoundException".into(),
                 }
-            }),
-        );
+            } else {
+                Reply::Default
+            }
+        });
         let r = start(
             Arc::clone(&store),
             kinesis,
@@ -793,7 +601,7 @@ mod tests {
             system(),
         );
         store.append(&points(&["a", "b"], 40));
-        wait_for("the buffer to drain", || r.store.len() == 0).await;
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
         let written = r.kinesis.written();
         assert_eq!(written, (1..=40).collect::<Vec<_>>(), "in order, once each");
         assert_eq!(r.metrics.put_records_errors.get(), 3);
@@ -804,19 +612,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_outcomes_resend_the_batch() {
-        let store = Arc::new(MemStore::default());
-        let kinesis = FakeKinesis::new(
-            &store,
-            Box::new(|n, recs| {
-                if n == 0 {
-                    CallOutcome::Unknown {
-                        error: "timeout".into(),
-                    }
-                } else {
-                    CallOutcome::Records(vec![RecordResult::Accepted; recs.len()])
-                }
-            }),
-        );
+        let store = FakeStore::new();
+        // The first call is written but its answer is lost.
+        let kinesis = FakeKinesis::scripted(|n, _| {
+            if n == 0 {
+                Reply::LostResponse
+            } else {
+                Reply::Default
+            }
+        });
         let r = start(
             Arc::clone(&store),
             kinesis,
@@ -824,7 +628,7 @@ mod tests {
             system(),
         );
         store.append(&points(&["a"], 12));
-        wait_for("the buffer to drain", || r.store.len() == 0).await;
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
         let first_call = r.kinesis.calls()[0].clone();
         let written = r.kinesis.written();
         assert_eq!(
@@ -837,18 +641,23 @@ mod tests {
         dupes.dedup();
         assert_eq!(dupes, (1..=12).collect::<Vec<_>>());
         assert_eq!(r.metrics.put_records_errors.get(), 1);
+        assert!(matches!(
+            r.kinesis.call_log()[0].state,
+            CallState::Answered(CallOutcome::Unknown { .. })
+        ));
         stop(r).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn oversize_records_go_to_the_dead_letter_file() {
-        let store = Arc::new(MemStore::default());
-        let kinesis = FakeKinesis::new(&store, accept_all());
-        let r = start(Arc::clone(&store), kinesis, config(""), system());
+        let store = FakeStore::new();
+        let r = start(Arc::clone(&store), FakeKinesis::new(), config(""), system());
         let big = vec![b'x'; 1024 * 1024];
+        // Allowed before it exists (ids start at 1), so the shipper cannot race the test.
+        store.allow_removal(2);
         let ids = store.append(&[("a", b"{}".to_vec()), ("a", big), ("a", b"{}".to_vec())]);
-        store.dead_ok.lock().unwrap().insert(ids[1]);
-        wait_for("the buffer to drain", || r.store.len() == 0).await;
+        assert_eq!(ids, vec![1, 2, 3]);
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
         assert_eq!(r.kinesis.written(), vec![ids[0], ids[2]]);
         let text = std::fs::read_to_string(&r.dead_path).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
@@ -856,17 +665,16 @@ mod tests {
         assert_eq!(line["id"], ids[1]);
         assert_eq!(line["partitionKey"], "a");
         assert_eq!(line["dataEncoding"], "utf8");
-        assert!(r.store.bad_removals.lock().unwrap().is_empty());
+        assert!(r.store.bad_removals().is_empty());
         stop(r).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partial_batch_waits_for_linger_and_a_full_one_does_not() {
-        let store = Arc::new(MemStore::default());
-        let kinesis = FakeKinesis::new(&store, accept_all());
+        let store = FakeStore::new();
         let r = start(
             Arc::clone(&store),
-            kinesis,
+            FakeKinesis::new(),
             config("max_batch_records = 2\nlinger = \"1h\""),
             system(),
         );
@@ -879,16 +687,15 @@ mod tests {
         );
         stop(r).await;
 
-        let store = Arc::new(MemStore::default());
-        let kinesis = FakeKinesis::new(&store, accept_all());
+        let store = FakeStore::new();
         let r = start(
             Arc::clone(&store),
-            kinesis,
+            FakeKinesis::new(),
             config("max_batch_records = 100\nlinger = \"300ms\""),
             system(),
         );
         store.append(&points(&["a", "b"], 3));
-        wait_for("the lingering batch", || r.store.len() == 0).await;
+        wait_for("the lingering batch", || r.store.is_empty()).await;
         assert_eq!(
             r.kinesis.calls(),
             vec![vec![1, 2, 3]],
@@ -899,18 +706,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn store_errors_are_retried() {
-        let store = Arc::new(MemStore::default());
-        store.fail_reads.store(2, Ordering::SeqCst);
-        store.fail_removes.store(2, Ordering::SeqCst);
-        let kinesis = FakeKinesis::new(&store, accept_all());
+        let store = FakeStore::new();
+        store.fail_reads(2);
+        store.fail_removes(2);
         let r = start(
             Arc::clone(&store),
-            kinesis,
+            FakeKinesis::new(),
             config("max_batch_records = 3"),
             system(),
         );
         store.append(&points(&["a"], 9));
-        wait_for("the buffer to drain", || r.store.len() == 0).await;
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
         assert_eq!(
             r.kinesis.written(),
             (1..=9).collect::<Vec<_>>(),
@@ -919,32 +725,34 @@ mod tests {
         stop(r).await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Paused time on one thread: the test's sleep returns only once every other task
+    // is idle, i.e. the shipper has seen the cancellation and parked at its wait point.
+    #[tokio::test(start_paused = true)]
     async fn shutdown_finishes_the_call_in_flight_and_leaves_the_rest() {
-        let store = Arc::new(MemStore::default());
-        let gate = Arc::new(Semaphore::new(0));
-        let mut kinesis = FakeKinesis::new(&store, accept_all());
-        Arc::get_mut(&mut kinesis).unwrap().gate = Some(Arc::clone(&gate));
-        let watch = Arc::clone(&kinesis);
-        let started = watch.started.notified();
-        tokio::pin!(started);
-        started.as_mut().enable();
+        let store = FakeStore::new();
+        let kinesis = FakeKinesis::new();
+        kinesis.hold_calls();
         let r = start(
             Arc::clone(&store),
-            kinesis,
+            kinesis.clone(),
             config("max_batch_records = 4"),
             system(),
         );
         store.append(&points(&["a"], 10));
-        tokio::time::timeout(Duration::from_secs(10), started)
+        tokio::time::timeout(Duration::from_secs(10), kinesis.wait_for_calls(1))
             .await
             .expect("a call starts");
         r.shutdown.cancel();
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!r.task.is_finished(), "waits for the call in flight");
-        gate.add_permits(100);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let log = kinesis.call_log();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            log[0].state,
+            CallState::InFlight,
+            "the shipper waits for the call in flight instead of dropping it"
+        );
+        assert!(!r.task.is_finished());
+        kinesis.release(100);
         let Running {
             store,
             kinesis,
@@ -960,25 +768,25 @@ mod tests {
             vec![vec![1, 2, 3, 4]],
             "no new call after shutdown"
         );
+        assert!(matches!(
+            kinesis.call_log()[0].state,
+            CallState::Answered(_)
+        ));
         assert_eq!(store.len(), 6, "accepted records removed, the rest stay");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_while_idle_or_backing_off_is_prompt() {
-        let store = Arc::new(MemStore::default());
-        let kinesis = FakeKinesis::new(&store, accept_all());
-        let r = start(Arc::clone(&store), kinesis, config(""), system());
+        let store = FakeStore::new();
+        let r = start(Arc::clone(&store), FakeKinesis::new(), config(""), system());
         tokio::time::sleep(Duration::from_millis(20)).await;
         stop(r).await;
 
-        let store = Arc::new(MemStore::default());
-        let kinesis = FakeKinesis::new(
-            &store,
-            Box::new(|_, _| CallOutcome::NotWritten {
-                throttled: true,
-                error: "slow down".into(),
-            }),
-        );
+        let store = FakeStore::new();
+        let kinesis = FakeKinesis::scripted(|_, _| Reply::NotWritten {
+            throttled: true,
+            error: "slow down".into(),
+        });
         let r = start(
             Arc::clone(&store),
             kinesis,
@@ -994,10 +802,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn random_partition_keys_and_age_metric() {
-        let store = Arc::new(MemStore::default());
-        let gate = Arc::new(Semaphore::new(0));
-        let mut kinesis = FakeKinesis::new(&store, accept_all());
-        Arc::get_mut(&mut kinesis).unwrap().gate = Some(Arc::clone(&gate));
+        let store = FakeStore::new();
+        let kinesis = FakeKinesis::new();
+        kinesis.hold_calls();
         let clock = ManualClock::new(61_001);
         let r = start(
             Arc::clone(&store),
@@ -1011,9 +818,9 @@ mod tests {
             r.metrics.oldest_unshipped_age_seconds.get() == 61.0
         })
         .await;
-        gate.add_permits(100);
-        wait_for("the buffer to drain", || r.store.len() == 0).await;
-        let keys = r.kinesis.keys.lock().unwrap().clone();
+        r.kinesis.release(100);
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
+        let keys = r.kinesis.keys();
         assert_eq!(keys.len(), 3);
         assert!(keys.iter().all(|k| k.len() == 32 && k != "equipment-1"));
         assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 3);
@@ -1022,5 +829,56 @@ mod tests {
         })
         .await;
         stop(r).await;
+    }
+
+    /// The delays a shipper slept between calls against a Kinesis that always
+    /// throttles, read off paused time (each call starts when the previous backoff ends).
+    async fn backoff_delays(seed: u64) -> Vec<Duration> {
+        let store = FakeStore::new();
+        let kinesis = FakeKinesis::scripted(|_, _| Reply::NotWritten {
+            throttled: true,
+            error: "slow down".into(),
+        });
+        let metrics = Metrics::default();
+        let shutdown = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ShipperOptions {
+            cfg: config("backoff_initial = \"100ms\"\nbackoff_max = \"10s\"\nlinger = \"0ms\""),
+            dead_letter: DeadLetter::new(dir.path().join("dl.ndjson"), metrics.clone()),
+            clock: system(),
+            metrics,
+            rng: fastrand::Rng::with_seed(seed),
+        };
+        store.append(&points(&["a"], 1));
+        let task = tokio::spawn(run_shipper(
+            Arc::clone(&store),
+            kinesis.clone(),
+            opts,
+            shutdown.clone(),
+        ));
+        let mut starts = Vec::new();
+        for n in 1..=8 {
+            tokio::time::timeout(Duration::from_secs(60), kinesis.wait_for_calls(n))
+                .await
+                .expect("the next call starts");
+            starts.push(tokio::time::Instant::now());
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        starts.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_seed_makes_the_same_backoff_decisions() {
+        let a = backoff_delays(7).await;
+        let b = backoff_delays(7).await;
+        let c = backoff_delays(8).await;
+        assert_eq!(a.len(), 7);
+        assert_eq!(a, b, "same seed, same delays");
+        assert_ne!(a, c, "another seed draws other delays");
+        // Full jitter under a doubling ceiling: 100 ms, 200 ms, 400 ms...
+        for (n, d) in a.iter().enumerate() {
+            assert!(*d <= Duration::from_millis(100 << n), "delay {n}: {d:?}");
+        }
     }
 }

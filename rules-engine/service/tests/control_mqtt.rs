@@ -1,6 +1,7 @@
-//! The control topic against a real Mosquitto: the one on 127.0.0.1:1883 when it is
-//! there (else one started here), and one of our own for the restart test. Every test
-//! uses its own random topic prefix and clears what it retained.
+//! The control topic against a real Mosquitto (the test kit's): the one on 127.0.0.1:1883
+//! when it is there (else one started for this process), and one of our own for the
+//! restart and TLS tests. Every test on the shared broker uses its own random topic prefix
+//! and a guard that clears what it retained, also when it fails.
 
 use linewatch_rules::cli::control::{self as cli, ConnectionArgs, DeleteArgs, PublishArgs};
 use linewatch_rules::control::{
@@ -8,121 +9,40 @@ use linewatch_rules::control::{
     StatusKind,
 };
 use linewatch_rules_core::{ChangeOutcome, Limits, Rule, Sandbox};
+use linewatch_testkit::peers::mosquitto::{Broker, Mosquitto, MosquittoOptions, RetainedCleanup};
+use linewatch_testkit::wait::scaled;
+use linewatch_testkit::{ports, Scratch};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use std::collections::HashMap;
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// `LINEWATCH_E2E_TIME_SCALE=3` stretches every deadline on a slow machine.
-fn scaled(d: Duration) -> Duration {
-    let k: f64 = std::env::var("LINEWATCH_E2E_TIME_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    d.mul_f64(k.max(1.0))
+// ---------------------------------------------------------------- brokers (the test kit's)
+
+/// A private mosquitto on `port`, extra listener lines `extra` (TLS files...); its config
+/// and log in the returned scratch dir.
+fn private_broker(port: u16, extra: &str) -> (Scratch, Mosquitto) {
+    let scratch = Scratch::new("control-mqtt-broker");
+    let m = Mosquitto::start(
+        MosquittoOptions {
+            port: Some(port),
+            extra_conf: extra.to_owned(),
+        },
+        scratch.path(),
+    );
+    (scratch, m)
 }
 
-// ---------------------------------------------------------------- brokers
-
-/// A mosquitto of our own on 127.0.0.1:`port`; killed on drop (and with this process).
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start(port: u16) -> Mosquitto {
-        Mosquitto::start_with(port, tempfile::tempdir().unwrap(), "")
-    }
-
-    /// `extra`: more lines for the listener (TLS files...), which may live in `dir`.
-    fn start_with(port: u16, dir: tempfile::TempDir, extra: &str) -> Mosquitto {
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"
-            ),
-        )
-        .unwrap();
-        let bin = ["/usr/sbin/mosquitto", "mosquitto"]
-            .into_iter()
-            .find(|b| !b.starts_with('/') || Path::new(b).exists())
-            .unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; the broker must not outlive the test.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .expect("mosquitto not found: run scripts/install-peers.sh");
-        let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
-        while !reachable(port) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn reachable(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The shared broker's port: 1883 when it is up, else one started for this process.
-fn shared_port() -> u16 {
-    static OWN: OnceLock<u16> = OnceLock::new();
-    if reachable(1883) {
-        return 1883;
-    }
-    *OWN.get_or_init(|| {
-        let m = Mosquitto::start(free_port());
-        let port = m.port;
-        // Lives as long as the test process (PDEATHSIG ends it after).
-        std::mem::forget(m);
-        port
-    })
+/// The shared broker's port, a fresh topic prefix, and a guard that clears whatever the
+/// test left retained under it (also when the test fails).
+fn shared_broker() -> (u16, String, RetainedCleanup) {
+    let port = Broker::shared_port();
+    let prefix = prefix();
+    let guard = RetainedCleanup::new(port, &prefix);
+    (port, prefix, guard)
 }
 
 fn prefix() -> String {
@@ -242,14 +162,6 @@ async fn within<F: std::future::Future>(d: Duration, f: F, what: &str) -> F::Out
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// Clear retained messages a test left under `prefix`.
-async fn clear(port: u16, topics: &[String]) {
-    let mut p = Peer::connect(port, &[]).await;
-    for t in topics {
-        p.publish(t, true, Vec::new()).await;
-    }
-}
-
 fn rule_json(version: u64, script: &str) -> Vec<u8> {
     RuleMessage {
         version,
@@ -309,8 +221,7 @@ fn rule_event(id: &str, version: Option<u64>, retained: bool) -> ControlEvent {
 
 #[tokio::test]
 async fn retained_rules_arrive_before_initial_sync_done() {
-    let port = shared_port();
-    let prefix = prefix();
+    let (port, prefix, _retained) = shared_broker();
     let mut peer = Peer::connect(port, &[]).await;
     let topics = control::Topics::new(prefix.clone());
     peer.publish(&topics.rule("a"), true, rule_json(1, &script("a")))
@@ -347,13 +258,12 @@ async fn retained_rules_arrive_before_initial_sync_done() {
         ]
     );
     stop(handle, port, &id).await;
-    clear(port, &[topics.rule("a"), topics.rule("b")]).await;
 }
 
 #[tokio::test]
 async fn without_retained_rules_initial_sync_done_comes_after_the_quiet_period() {
-    let port = shared_port();
-    let cfg = config(port, &prefix());
+    let (port, prefix, _retained) = shared_broker();
+    let cfg = config(port, &prefix);
     let started = Instant::now();
     let id = client_id("empty");
     let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
@@ -385,7 +295,7 @@ async fn without_retained_rules_initial_sync_done_comes_after_the_quiet_period()
 
 #[tokio::test]
 async fn an_unreachable_broker_times_out_the_start_up_wait_and_keeps_retrying() {
-    let port = free_port(); // nothing listens here
+    let port = ports::free_port(); // nothing listens here
     let mut cfg = config(port, &prefix());
     cfg.retained_wait = Duration::from_millis(800);
     let metrics = ControlMetrics::default();
@@ -419,8 +329,7 @@ async fn an_unreachable_broker_times_out_the_start_up_wait_and_keeps_retrying() 
 
 #[tokio::test]
 async fn live_rules_and_deletes_and_malformed_messages() {
-    let port = shared_port();
-    let prefix = prefix();
+    let (port, prefix, _retained) = shared_broker();
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("live");
@@ -498,8 +407,7 @@ async fn live_rules_and_deletes_and_malformed_messages() {
 
 #[tokio::test]
 async fn statuses_are_published_retained_on_the_status_topic() {
-    let port = shared_port();
-    let prefix = prefix();
+    let (port, prefix, _retained) = shared_broker();
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("status");
@@ -537,13 +445,12 @@ async fn statuses_are_published_retained_on_the_status_topic() {
         .get();
     assert_eq!(failed, 1);
     stop(handle, port, &id).await;
-    clear(port, &[topics.status("s")]).await;
 }
 
 #[tokio::test]
 async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
-    let port = free_port();
-    let mut broker = Mosquitto::start(port);
+    let port = ports::free_port();
+    let (_scratch, mut broker) = private_broker(port, "");
     let prefix = prefix();
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
@@ -564,7 +471,7 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
 
     // A fresh broker (no persistence): it knows no session, so a rule only arrives if
     // the client subscribed again.
-    let _broker = Mosquitto::start(port);
+    broker.start_again();
     events_until(&mut rx, Duration::from_secs(15), |e| {
         matches!(e, ControlEvent::Connected)
     })
@@ -705,8 +612,7 @@ async fn retained_version(port: u16, topic: &str) -> u64 {
 
 #[tokio::test]
 async fn publish_and_delete_number_versions_and_map_statuses_to_exit_codes() {
-    let port = shared_port();
-    let prefix = prefix();
+    let (port, prefix, _retained) = shared_broker();
     let topics = control::Topics::new(prefix.clone());
     let (engine, engine_id, engine_task) = fake_engine(port, &prefix).await;
     let dir = tempfile::tempdir().unwrap();
@@ -765,13 +671,11 @@ async fn publish_and_delete_number_versions_and_map_statuses_to_exit_codes() {
 
     stop(engine, port, &engine_id).await;
     let _ = within(Duration::from_secs(5), engine_task, "the fake engine").await;
-    clear(port, &[topics.status("cli-rule")]).await;
 }
 
 #[tokio::test]
 async fn publish_without_an_engine_times_out_with_3() {
-    let port = shared_port();
-    let prefix = prefix();
+    let (port, prefix, _retained) = shared_broker();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lonely.rhai");
     std::fs::write(&file, script("lonely")).unwrap();
@@ -800,7 +704,7 @@ async fn publish_to_an_unreachable_broker_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("r.rhai");
     std::fs::write(&file, script("r")).unwrap();
-    let err = cli::publish(publish_args(free_port(), "lwtest/x", &file))
+    let err = cli::publish(publish_args(ports::free_port(), "lwtest/x", &file))
         .await
         .unwrap_err();
     let text = format!("{err:#}");
@@ -811,8 +715,7 @@ async fn publish_to_an_unreachable_broker_is_an_error() {
 async fn a_delete_published_while_away_is_delivered_on_return() {
     // The session is persistent: the broker queues the delete (which leaves no
     // retained message to find) for the client id and delivers it on reconnect.
-    let port = shared_port();
-    let prefix = prefix();
+    let (port, prefix, _retained) = shared_broker();
     let topics = control::Topics::new(prefix.clone());
     let id = client_id("away");
     let mut peer = Peer::connect(port, &[]).await;
@@ -947,10 +850,10 @@ async fn mutual_tls_with_a_private_ca() {
         "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
         d.display()
     );
-    let port = free_port();
+    let port = ports::free_port();
     let ca = d.join("ca.pem");
     let (client_cert, client_key) = (d.join("client.pem"), d.join("client.key"));
-    let _broker = Mosquitto::start_with(port, dir, &extra);
+    let (_scratch, _broker) = private_broker(port, &extra);
 
     let mut cfg = config(port, &prefix());
     cfg.tls = Some(control::TlsConfig {

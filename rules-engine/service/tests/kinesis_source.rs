@@ -1,10 +1,8 @@
-//! The Kinesis source against a real kinesalite on 127.0.0.1.
+//! The Kinesis source against a real kinesalite on 127.0.0.1 (started by the test kit).
 //!
 //! Needs `tests/peers/node_modules` (`bash scripts/install-peers.sh`).
 
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::StreamStatus;
 use aws_sdk_kinesis::Client;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,165 +14,56 @@ use linewatch_rules::source::{
     SourceRecord, StartPosition,
 };
 use linewatch_schemas::kpl;
+use linewatch_testkit::kinesis::{self, KinesisPeer};
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::Scratch;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-const REGION: &str = "eu-central-1";
-const KEY_ID: &str = "linewatch-test";
-const SECRET: &str = "linewatch-test-secret";
+const REGION: &str = kinesis::REGION;
+const KEY_ID: &str = kinesis::ACCESS_KEY_ID;
+const SECRET: &str = kinesis::SECRET_ACCESS_KEY;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
-// kinesalite (the start-and-wait logic of tests/harness/kinesis.rs, trimmed down)
+// kinesalite, from the test kit
 
-struct Kinesalite {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// kinesalite on a free port (closed shards count against its shard limit: 100), its
+/// log in the returned scratch dir.
+fn start_kinesalite(test: &str) -> (Scratch, Kinesalite) {
+    let scratch = Scratch::new(test);
+    let k = Kinesalite::start(
+        KinesaliteOptions {
+            shard_limit: Some(100),
+            ..Default::default()
+        },
+        scratch.path(),
+    );
+    (scratch, k)
 }
 
-impl Kinesalite {
-    fn start() -> Kinesalite {
-        let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers");
-        assert!(
-            peers.join("node_modules/kinesalite").exists(),
-            "{} is missing: run scripts/install-peers.sh first",
-            peers.join("node_modules/kinesalite").display()
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("kinesalite.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new("node");
-        cmd.current_dir(&peers)
-            .arg("kinesalite-local.js")
-            // Closed shards count against the limit.
-            .args(["--port", &port.to_string(), "--shardLimit", "100"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        // Linux: the kernel kills kinesalite if this test process dies first.
-        #[cfg(target_os = "linux")]
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("start node kinesalite-local.js");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "kinesalite exited at start ({status}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "kinesalite not listening on 127.0.0.1:{port} after 20s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Kinesalite {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn client(&self) -> Client {
-        let conf = aws_sdk_kinesis::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(self.endpoint())
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new(KEY_ID, SECRET, None, None, "test"))
-            .build();
-        Client::from_conf(conf)
-    }
-
-    fn config(&self, stream: &str) -> KinesisSourceConfig {
-        let mut c = KinesisSourceConfig::new(stream);
-        c.region = Some(REGION.into());
-        c.endpoint = Some(self.endpoint());
-        c.access_key_id = Some(KEY_ID.into());
-        c.secret_access_key = Some(SECRET.into());
-        c.poll_interval = Duration::from_millis(200);
-        c.shard_discovery_interval = Duration::from_secs(1);
-        c
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Kinesalite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The source's config for `stream` on `k`, with quick polls.
+fn source_config(k: &Kinesalite, stream: &str) -> KinesisSourceConfig {
+    let mut c = KinesisSourceConfig::new(stream);
+    c.region = Some(REGION.into());
+    c.endpoint = Some(k.endpoint());
+    c.access_key_id = Some(KEY_ID.into());
+    c.secret_access_key = Some(SECRET.into());
+    c.poll_interval = Duration::from_millis(200);
+    c.shard_discovery_interval = Duration::from_secs(1);
+    c
 }
 
 // ---------------------------------------------------------------------------------------
 // stream helpers
 
-async fn wait_active(client: &Client, stream: &str) {
-    let start = Instant::now();
-    loop {
-        let status = client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .ok()
-            .and_then(|o| o.stream_description_summary)
-            .map(|s| s.stream_status);
-        if status == Some(StreamStatus::Active) {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{stream} not ACTIVE: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn create_stream(k: &Kinesalite, stream: &str, shards: i32) {
-    let client = k.client();
-    client
-        .create_stream()
-        .stream_name(stream)
-        .shard_count(shards)
-        .send()
+async fn wait_active(k: &Kinesalite, stream: &str) {
+    kinesis::wait_active(&k.client(), &k.endpoint(), stream, DEADLINE)
         .await
-        .unwrap_or_else(|e| panic!("CreateStream: {e:?}\n{}", k.log_tail()));
-    wait_active(&client, stream).await;
+        .unwrap_or_else(|e| panic!("{e}\n{}", k.log_tail(20)));
 }
 
 /// Puts one record; returns (shard id, sequence number).
@@ -305,8 +194,8 @@ fn per_key_order(batches: &[SourceBatch]) -> BTreeMap<String, Vec<usize>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_every_shard_with_positions() {
-    let k = Kinesalite::start();
-    create_stream(&k, "multi", 4).await;
+    let (_scratch, k) = start_kinesalite("reads_every_shard_with_positions");
+    k.create_stream("multi", 4).await;
     let client = k.client();
     let mut puts: HashMap<String, (String, String)> = HashMap::new();
     for i in 0..120 {
@@ -320,7 +209,7 @@ async fn reads_every_shard_with_positions() {
         "keys spread over shards: {shards_used:?}"
     );
 
-    let mut cfg = k.config("multi");
+    let mut cfg = source_config(&k, "multi");
     cfg.max_records = 7; // several batches per shard
     let mut src = run_source(cfg, ShardPositions::new()).await;
     let mut batches = Vec::new();
@@ -373,8 +262,8 @@ async fn reads_every_shard_with_positions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregated_records_arrive_deaggregated() {
-    let k = Kinesalite::start();
-    create_stream(&k, "agg", 1).await;
+    let (_scratch, k) = start_kinesalite("aggregated_records_arrive_deaggregated");
+    k.create_stream("agg", 1).await;
     let client = k.client();
     let mut expected = Vec::new();
     for batch in 0..3 {
@@ -393,7 +282,7 @@ async fn aggregated_records_arrive_deaggregated() {
     let (_, seq) = put(&client, "agg", "plain", b"plain:0").await;
     expected.push((seq, 0, "plain".into(), "plain:0".into()));
 
-    let mut src = run_source(k.config("agg"), ShardPositions::new()).await;
+    let mut src = run_source(source_config(&k, "agg"), ShardPositions::new()).await;
     let mut batches = Vec::new();
     src.until(&mut batches, "16 user records", |b| {
         records(b).count() >= 16
@@ -425,14 +314,16 @@ async fn aggregated_records_arrive_deaggregated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kpl_record_of_zero_user_records_is_dead_lettered_and_the_shard_reads_on() {
-    let k = Kinesalite::start();
-    create_stream(&k, "poison", 1).await;
+    let (_scratch, k) = start_kinesalite(
+        "a_kpl_record_of_zero_user_records_is_dead_lettered_and_the_shard_reads_on",
+    );
+    k.create_stream("poison", 1).await;
     let client = k.client();
     // Magic + MD5 of an empty body: de-aggregates to nothing.
     let (_, poisoned_seq) = put(&client, "poison", "bad", &kpl::frame(&[])).await;
     let (_, good_seq) = put(&client, "poison", "k0", b"k0:1").await;
 
-    let mut cfg = k.config("poison");
+    let mut cfg = source_config(&k, "poison");
     // A page of the poisoned record alone: the case that stopped the shard.
     cfg.max_records = 1;
     let mut src = run_source(cfg, ShardPositions::new()).await;
@@ -458,12 +349,12 @@ async fn a_kpl_record_of_zero_user_records_is_dead_lettered_and_the_shard_reads_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_keep_per_key_order() {
-    let k = Kinesalite::start();
-    create_stream(&k, "reshard", 1).await;
+    let (_scratch, k) = start_kinesalite("split_and_merge_keep_per_key_order");
+    k.create_stream("reshard", 1).await;
     let client = k.client();
     let mut all = put_numbered(&client, "reshard", 8, 0, 10).await;
 
-    let mut cfg = k.config("reshard");
+    let mut cfg = source_config(&k, "reshard");
     cfg.max_records = 5; // the parent takes a while to drain
     let mut src = run_source(cfg, ShardPositions::new()).await;
     let mut batches = Vec::new();
@@ -479,8 +370,8 @@ async fn split_and_merge_keep_per_key_order() {
         .new_starting_hash_key("170141183460469231731687303715884105728")
         .send()
         .await
-        .unwrap_or_else(|e| panic!("SplitShard: {e:?}\n{}", k.log_tail()));
-    wait_active(&client, "reshard").await;
+        .unwrap_or_else(|e| panic!("SplitShard: {e:?}\n{}", k.log_tail(20)));
+    wait_active(&k, "reshard").await;
     all.extend(put_numbered(&client, "reshard", 8, 10, 10).await);
 
     // Merge the children back: shard 3 with parents 1 and 2.
@@ -491,8 +382,8 @@ async fn split_and_merge_keep_per_key_order() {
         .adjacent_shard_to_merge("shardId-000000000002")
         .send()
         .await
-        .unwrap_or_else(|e| panic!("MergeShards: {e:?}\n{}", k.log_tail()));
-    wait_active(&client, "reshard").await;
+        .unwrap_or_else(|e| panic!("MergeShards: {e:?}\n{}", k.log_tail(20)));
+    wait_active(&k, "reshard").await;
     all.extend(put_numbered(&client, "reshard", 8, 20, 10).await);
 
     src.until(&mut batches, "240 records", |b| records(b).count() >= 240)
@@ -531,12 +422,12 @@ async fn split_and_merge_keep_per_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_from_positions_loses_and_repeats_nothing() {
-    let k = Kinesalite::start();
-    create_stream(&k, "restart", 2).await;
+    let (_scratch, k) = start_kinesalite("restart_from_positions_loses_and_repeats_nothing");
+    k.create_stream("restart", 2).await;
     let client = k.client();
     let mut all = put_numbered(&client, "restart", 6, 0, 15).await;
 
-    let mut cfg = k.config("restart");
+    let mut cfg = source_config(&k, "restart");
     cfg.max_records = 4;
     let mut src = run_source(cfg.clone(), ShardPositions::new()).await;
     let mut first = Vec::new();
@@ -574,8 +465,8 @@ async fn restart_from_positions_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_starts_after_existing_records() {
-    let k = Kinesalite::start();
-    create_stream(&k, "latest", 1).await;
+    let (_scratch, k) = start_kinesalite("latest_starts_after_existing_records");
+    k.create_stream("latest", 1).await;
     let client = k.client();
     put_numbered(&client, "latest", 4, 0, 5).await;
     // A closed parent and two open children, all holding old records.
@@ -586,11 +477,11 @@ async fn latest_starts_after_existing_records() {
         .new_starting_hash_key("170141183460469231731687303715884105728")
         .send()
         .await
-        .unwrap_or_else(|e| panic!("SplitShard: {e:?}\n{}", k.log_tail()));
-    wait_active(&client, "latest").await;
+        .unwrap_or_else(|e| panic!("SplitShard: {e:?}\n{}", k.log_tail(20)));
+    wait_active(&k, "latest").await;
     put_numbered(&client, "latest", 4, 5, 5).await;
 
-    let mut cfg = k.config("latest");
+    let mut cfg = source_config(&k, "latest");
     cfg.start = StartPosition::Latest;
     let mut src = run_source(cfg, ShardPositions::new()).await;
     // Both children hold a LATEST iterator before new records go in.
@@ -620,8 +511,8 @@ async fn latest_starts_after_existing_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_a_stream_that_does_not_exist_yet() {
-    let k = Kinesalite::start();
-    let mut src = run_source(k.config("later"), ShardPositions::new()).await;
+    let (_scratch, k) = start_kinesalite("waits_for_a_stream_that_does_not_exist_yet");
+    let mut src = run_source(source_config(&k, "later"), ShardPositions::new()).await;
     let not_found = || {
         let mut reg = prometheus_client::registry::Registry::default();
         src.metrics.register(&mut reg);
@@ -641,7 +532,7 @@ async fn waits_for_a_stream_that_does_not_exist_yet() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!src.task.is_finished(), "the source keeps going");
-    create_stream(&k, "later", 1).await;
+    k.create_stream("later", 1).await;
     let data = put_numbered(&k.client(), "later", 3, 0, 2).await;
     let mut batches = Vec::new();
     src.until(&mut batches, "records after the stream appeared", |b| {

@@ -8,9 +8,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use linewatch_e2e::feed;
-use linewatch_e2e::kinesis::{self, StreamReader};
 use linewatch_schemas::DataPoint;
+use linewatch_testkit::kinesis::{self, StreamReader};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -83,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
             shard,
         } => {
             let client = kinesis::client(&endpoint);
-            let (a, b) = feed::split_shard(
+            let (a, b) = kinesis::split_shard(
                 &client,
                 &endpoint,
                 &stream,

@@ -4,13 +4,18 @@
 
 pub mod overflow;
 
-use linewatch_e2e::agent::{tag, Tag};
-use linewatch_e2e::kinesis::Kinesalite;
-use linewatch_e2e::points::{self, Shipped};
-use linewatch_e2e::wait;
+use linewatch_e2e::agent::{modbus_source, tag, Agent, AgentConfig, Tag};
+pub use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{ModbusSim, SimOptions};
+use linewatch_testkit::points::{self, Shipped};
+use linewatch_testkit::wait;
+use linewatch_testkit::Scratch;
 use std::time::Duration;
 
 pub const STREAM: &str = "linewatch";
+/// The source id of [`start_filling_agent`]'s agent.
+pub const SOURCE: &str = "filling_machine";
 pub const FILLER: &str = "84068f2f-3f39-4b9c-a995-d2a84d878689";
 pub const MOTOR: &str = "2b0c6f1e-8d7a-4c55-9a61-0f3e5d2c7b19";
 pub const LABELLER: &str = "c7d1a9e4-52b3-4f08-b6de-3a9f41e0c2a7";
@@ -41,6 +46,47 @@ pub fn many_u16_tags(n: u16) -> Vec<Tag> {
         .collect()
 }
 
+/// The peers of most agent tests: a scratch dir, kinesalite with [`STREAM`] of `shards`
+/// shards, and the filling-machine PLC.
+pub async fn kinesalite_and_plc(test: &str, shards: i32) -> (Scratch, Kinesalite, ModbusSim) {
+    let scratch = Scratch::new(test);
+    let k = Kinesalite::start(KinesaliteOptions::default(), scratch.path());
+    k.create_stream(STREAM, shards).await;
+    let sim = ModbusSim::start(SimOptions::default(), scratch.path());
+    (scratch, k, sim)
+}
+
+/// An agent shipping to `endpoint` that polls the filling machine at `sim_address`
+/// every 50 ms (~13 tags: about 250 points/s) as source [`SOURCE`].
+#[track_caller]
+pub fn start_filling_agent(dir: &std::path::Path, endpoint: &str, sim_address: &str) -> Agent {
+    let mut cfg = AgentConfig::new(dir, endpoint, STREAM);
+    cfg.sources.push(modbus_source(
+        SOURCE,
+        sim_address,
+        FILLER,
+        "50ms",
+        filling_machine_tags(),
+    ));
+    Agent::start(cfg, dir)
+}
+
+/// Waits until the stream holds at least `n` points.
+#[track_caller]
+pub fn wait_points<'a>(
+    k: &'a Kinesalite,
+    what: &str,
+    n: usize,
+) -> impl std::future::Future<Output = ()> + 'a {
+    wait_stream(k, what, Duration::from_secs(30), move |p| {
+        if p.len() >= n {
+            Ok(())
+        } else {
+            Err(format!("fewer than {n} points"))
+        }
+    })
+}
+
 /// Reads and decodes the whole stream until `check` accepts it; panics after
 /// `timeout` with the last description and the kinesalite log.
 #[track_caller]
@@ -66,6 +112,11 @@ pub fn seqs_of(pts: &[Shipped], source: &str) -> std::collections::BTreeSet<u64>
 }
 
 /// Sum of a counter over every label set whose `label` equals `value`.
-pub fn counter(s: &linewatch_e2e::metrics::Scrape, name: &str, label: &str, value: &str) -> f64 {
+pub fn counter(
+    s: &linewatch_testkit::metrics::Scrape,
+    name: &str,
+    label: &str,
+    value: &str,
+) -> f64 {
     s.sum(name, &[(label, value)])
 }

@@ -9,14 +9,14 @@
 
 use super::*;
 use linewatch_e2e::agent::{modbus_source, Agent, AgentConfig};
-use linewatch_e2e::kinesis::{Kinesalite, KinesaliteOptions};
-use linewatch_e2e::modbus::{reg, ModbusSim, SimOptions};
-use linewatch_e2e::points::{self, Shipped};
-use linewatch_e2e::Scratch;
+use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
+use linewatch_testkit::peers::modbus_plc::{reg, ModbusSim, SimOptions};
+use linewatch_testkit::points::{self, Shipped};
+use linewatch_testkit::Scratch;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-pub const SOURCE: &str = "filling_machine";
 pub const MAX_BYTES: u64 = 1024 * 1024;
 pub const MARKER: u64 = 4242;
 const AFTER: u64 = 5151;
@@ -39,9 +39,7 @@ pub struct Outcome {
 pub async fn run(policy: &str) -> Outcome {
     let scratch = Scratch::new(&format!("overflow-{policy}"));
     let mut k = Kinesalite::start(
-        KinesaliteOptions {
-            data_dir: Some(scratch.path().join("kinesalite-db")),
-        },
+        KinesaliteOptions::on_disk(scratch.path().join("kinesalite-db")),
         scratch.path(),
     );
     k.create_stream(STREAM, 1).await;
@@ -83,7 +81,7 @@ pub async fn run(policy: &str) -> Outcome {
     // The newest reading while full: wait until the agent has polled it twice.
     let reads = sim.total_reads();
     sim.set(&[reg(0, "u16", MARKER)]);
-    linewatch_e2e::wait::until(
+    linewatch_testkit::wait::until(
         "the agent to read the marker",
         Duration::from_secs(10),
         async || {

@@ -2,13 +2,14 @@
 //! the EventBridge envelope, and comparison with the replay oracle.
 #![allow(dead_code)] // each test binary uses a different part
 
-use linewatch_e2e::feed::{self, Feed};
-use linewatch_e2e::kinesis::Kinesalite;
-use linewatch_e2e::mqtt::{self, Broker};
-use linewatch_e2e::receiver::{Receiver, Request};
 use linewatch_e2e::rules::{self, RulesConfig};
-use linewatch_e2e::Scratch;
 use linewatch_rules_core::Transition;
+use linewatch_testkit::feed::Feed;
+pub use linewatch_testkit::kinesis::KinesisPeer;
+use linewatch_testkit::peers::kinesalite::Kinesalite;
+use linewatch_testkit::peers::mosquitto::{self, Broker, RetainedCleanup};
+use linewatch_testkit::peers::webhook_receiver::{Receiver, Request};
+use linewatch_testkit::Scratch;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ pub const STREAM: &str = "points";
 
 /// The peers of one test: kinesalite with a stream, the broker, a receiver, a topic prefix.
 pub struct Env {
+    /// Clears every retained message under `prefix` when the test ends, passed or
+    /// failed (declared first: dropped while the broker is still up).
+    _retained: RetainedCleanup,
     pub scratch: Scratch,
     pub kinesis: Kinesalite,
     pub broker: Broker,
@@ -30,9 +34,11 @@ impl Env {
         let kinesis = Kinesalite::start(Default::default(), scratch.path());
         kinesis.create_stream(STREAM, shards).await;
         let broker = Broker::start(scratch.path());
+        let prefix = mosquitto::unique_prefix(test);
         Env {
+            _retained: broker.retained_cleanup(&prefix),
             receiver: Receiver::start(),
-            prefix: mqtt::unique_prefix(test),
+            prefix,
             kinesis,
             broker,
             scratch,
@@ -57,21 +63,7 @@ impl Env {
 
     /// PutRecords of the points `feed` made since the last put.
     pub async fn put(&self, feed: &mut Feed) {
-        let pts = feed.take();
-        if let Err(e) = feed::put_points(
-            &self.kinesis.client(),
-            &self.kinesis.endpoint(),
-            STREAM,
-            &pts,
-        )
-        .await
-        {
-            panic!(
-                "putting {} points: {e}\nkinesalite log:\n{}",
-                pts.len(),
-                self.kinesis.log_tail(20)
-            );
-        }
+        self.kinesis.put_points(STREAM, &feed.take()).await;
     }
 
     /// Writes `script` to a file in the scratch dir (for the oracle); returns its path.
@@ -86,11 +78,6 @@ impl Env {
         let input = self.dir().join(format!("{name}.ndjson"));
         feed.write_ndjson(&input);
         rules::oracle(rules, &input, "1s", "30s").await
-    }
-
-    /// Clears the retained topics of `rule_ids` on the shared broker.
-    pub async fn cleanup(&self, rule_ids: &[&str]) {
-        self.broker.clear_rules(&self.prefix, rule_ids).await;
     }
 }
 

@@ -16,6 +16,7 @@ use super::message::{check_rule_id, RuleMessage, RuleStatus, Topics};
 use super::metrics::ControlMetrics;
 use super::sync::InitialSync;
 use super::{ControlError, ControlEvent};
+use linewatch_runtime::{Backoff, BackoffPolicy, Jitter};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS, Request,
     Subscribe, SubscribeReasonCode,
@@ -231,27 +232,29 @@ async fn poll_loop(
 /// Reconnect delays: doubling from [`BACKOFF_MIN`] to [`BACKOFF_MAX`], each ±25 % so
 /// that many instances do not reconnect in lock-step after a broker restart.
 struct Reconnect {
-    next: Duration,
+    backoff: Backoff,
     rng: fastrand::Rng,
 }
 
 impl Reconnect {
     fn new(rng: fastrand::Rng) -> Self {
         Reconnect {
-            next: BACKOFF_MIN,
+            backoff: Backoff::new(BackoffPolicy::new(
+                BACKOFF_MIN,
+                BACKOFF_MAX,
+                Jitter::Proportional(0.25),
+            )),
             rng,
         }
     }
 
     /// Connected: the next failure waits the minimum again.
     fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+        self.backoff.reset();
     }
 
     fn next_delay(&mut self) -> Duration {
-        let d = self.next.mul_f64(0.75 + self.rng.f64() * 0.5);
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        d
+        self.backoff.next_delay(&mut self.rng)
     }
 }
 

@@ -14,7 +14,7 @@ use super::metrics::{target as labels, DeadLabels, OutputMetrics};
 use super::outbox::{Outbox, PendingEvent};
 use super::retry::{self, DeadReason, Decision, RetryPolicy};
 use super::target::Target;
-use linewatch_rules_core::watermark::Clock;
+use linewatch_runtime::SharedClock;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -32,7 +32,7 @@ pub struct DeliveryContext {
     pub outbox: Arc<Outbox>,
     pub dead: DeadLetterStore,
     pub metrics: OutputMetrics,
-    pub clock: Arc<dyn Clock>,
+    pub clock: SharedClock,
     /// Backoff jitter; seed it from the OS at the binary's edge, from a constant in tests.
     pub rng: fastrand::Rng,
     /// Delivery stops when this turns true (or its sender is dropped).
@@ -434,7 +434,7 @@ impl<T: Target> Task<T> {
 mod tests {
     use super::*;
     use crate::output::target::{QueueSpec, Verdict};
-    use linewatch_rules_core::watermark::{ManualClock, SystemClock};
+    use linewatch_runtime::{Clock, ManualClock, SystemClock};
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
@@ -538,7 +538,7 @@ mod tests {
             policy: RetryPolicy,
             script: &[Answer],
             events: Vec<PendingEvent>,
-            clock: Arc<dyn Clock>,
+            clock: SharedClock,
             seed: u64,
         ) -> Run {
             let dir = tempfile::tempdir().unwrap();
@@ -657,13 +657,15 @@ mod tests {
             Arc::new(SystemClock),
             1,
         );
-        run.until("dead-lettered", |r| r.dead().len() == 2).await;
+        run.until("dead-lettered and off the queue", |r| {
+            r.dead().len() == 2 && r.outbox.pending("fake") == 0
+        })
+        .await;
         assert_eq!(run.batches(), vec![vec![1, 2]; 3]);
         assert_eq!(
             run.dead(),
             vec![(1, "max attempts".into(), 3), (2, "max attempts".into(), 3)]
         );
-        assert_eq!(run.outbox.pending("fake"), 0);
         run.stop().await;
     }
 

@@ -6,6 +6,7 @@
 //! dead-lettered; what the target rejects is dead-lettered at once.
 
 use super::target::Verdict;
+use linewatch_runtime::{BackoffPolicy, Jitter};
 use std::time::Duration;
 
 /// Why an event went to the dead-letter store; also the metric label.
@@ -48,14 +49,15 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The delays: doubling from `initial` to `max`, full jitter.
+    pub fn backoff(&self) -> BackoffPolicy {
+        BackoffPolicy::new(self.initial, self.max, Jitter::Full)
+    }
+
     /// Upper bound of the delay after the `attempts`-th failure: `initial × 2^(attempts-1)`,
     /// capped at `max`.
     pub fn ceiling(&self, attempts: u32) -> Duration {
-        let shift = attempts.saturating_sub(1).min(31);
-        self.initial
-            .checked_mul(1u32 << shift)
-            .unwrap_or(self.max)
-            .min(self.max)
+        self.backoff().step(attempts.saturating_sub(1))
     }
 }
 
@@ -95,7 +97,9 @@ pub fn decide(
     }
     let delay = match after {
         Some(after) => after.min(policy.max),
-        None => policy.ceiling(attempts).mul_f64(jitter.clamp(0.0, 1.0)),
+        None => policy
+            .backoff()
+            .delay_at(attempts.saturating_sub(1), jitter),
     };
     Decision::Retry(delay.min(policy.max_age - age))
 }

@@ -26,7 +26,7 @@ use linewatch_rules_core::engine::{
 use linewatch_rules_core::eval::{EvalStats, Partition};
 use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::transition::EventSource;
-use linewatch_rules_core::watermark::{Clock, SystemClock};
+use linewatch_runtime::{SharedClock, SystemClock};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ pub struct RunOptions {
     /// `--partition I/N`; wins over the config file's `partition`.
     pub partition: Option<Partition>,
     /// The wall clock every decision of the run loop and the deliveries reads.
-    pub clock: Arc<dyn Clock>,
+    pub clock: SharedClock,
     /// Seeds every jitter of the run (delivery retries, MQTT reconnects, Kinesis
     /// backoff): one seed, one sequence of delays.
     pub seed: u64,
@@ -359,7 +359,7 @@ struct Loop {
     last_stats: EvalStats,
     idle_timeout: u64,
     last_checkpoint: Option<u64>,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
 }
 
 impl Loop {

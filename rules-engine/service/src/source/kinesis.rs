@@ -18,6 +18,7 @@ use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
+use linewatch_runtime::{BackoffPolicy, Jitter};
 use linewatch_schemas::kpl;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -308,10 +309,9 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 /// Full-jitter exponential back-off: uniform in `[0, min(CAP, BASE * 2^attempt))`, but
 /// never below the 200 ms a shard's call rate allows. `unit` is a random number in [0, 1).
 pub fn backoff(attempt: u32, unit: f64) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
-        .min(BACKOFF_CAP);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0)).max(MIN_POLL_INTERVAL)
+    BackoffPolicy::new(BACKOFF_BASE, BACKOFF_CAP, Jitter::Full)
+        .with_floor(MIN_POLL_INTERVAL)
+        .delay_at(attempt, unit)
 }
 
 /// What went wrong with a call, as far as retrying is concerned.

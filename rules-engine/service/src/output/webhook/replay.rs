@@ -4,7 +4,7 @@ use super::config::{ResolvedWebhook, WebhookConfig, WebhookConfigError};
 use super::service::{attempt, build_client, classify, error_chain};
 use crate::output::dead_letter::{DeadLetterError, DeadLetterStore};
 use crate::output::target::Verdict;
-use linewatch_rules_core::watermark::{Clock, SystemClock};
+use linewatch_runtime::{Clock, SystemClock};
 use std::path::Path;
 use uuid::Uuid;
 

@@ -1,16 +1,14 @@
-//! Kinesis: a client for local endpoints, stream set-up, reading every record, and
-//! the kinesalite peer (bound to 127.0.0.1, optionally on disk so it survives a restart).
+//! Kinesis from the test's side: a client for local endpoints, stream set-up, reading
+//! every record, PutRecords of data points, SplitShard; and [`KinesisPeer`], what every
+//! local Kinesis implementation the kit launches offers (`peers::kinesalite`,
+//! `peers::kinesis_local`).
 
-use crate::paths;
-use crate::ports;
-use crate::process::ChildGuard;
 use crate::wait;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Dummy credentials: local endpoints do not check signatures, but the SDK signs.
@@ -241,101 +239,170 @@ pub async fn read_all(
     }
 }
 
-/// Options of a [`Kinesalite`] peer.
-#[derive(Debug, Clone, Default)]
-pub struct KinesaliteOptions {
-    /// LevelDB directory: streams and records survive [`Kinesalite::stop`] / [`Kinesalite::start_again`].
-    /// `None` keeps everything in memory.
-    pub data_dir: Option<PathBuf>,
+/// PutRecords of `points` in order, ≤ 500 per call, partition key = equipmentId.
+///
+/// A record Kinesis refuses is an error (not retried): resending only the failed
+/// records would reorder a key, and kinesalite does not throttle anyway.
+pub async fn put_points(
+    client: &Client,
+    endpoint: &str,
+    stream: &str,
+    points: &[crate::feed::Point],
+) -> Result<(), KinesisError> {
+    for chunk in points.chunks(500) {
+        let entries = chunk
+            .iter()
+            .map(|p| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(&p.equipment_id)
+                    .data(Blob::new(p.json.as_bytes()))
+                    .build()
+                    .map_err(|e| call_err("PutRecords (building an entry)", endpoint, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .map_err(|e| call_err("PutRecords", endpoint, e))?;
+        if out.failed_record_count.unwrap_or(0) > 0 {
+            let first = out
+                .records
+                .iter()
+                .find(|r| r.error_code.is_some())
+                .map(|r| format!("{:?}: {:?}", r.error_code, r.error_message))
+                .unwrap_or_default();
+            return Err(KinesisError::Call {
+                op: "PutRecords",
+                endpoint: endpoint.to_owned(),
+                message: format!(
+                    "{} of {} records failed (first: {first})",
+                    out.failed_record_count.unwrap_or(0),
+                    chunk.len()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
-/// A kinesalite server on 127.0.0.1 (killed when dropped).
-pub struct Kinesalite {
-    port: u16,
-    opts: KinesaliteOptions,
-    log: PathBuf,
-    child: Option<ChildGuard>,
+/// A shard of a stream as ListShards reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub shard_id: String,
+    pub parent: Option<String>,
+    pub starting_hash_key: u128,
+    pub ending_hash_key: u128,
+    /// Closed shards (split or merged) have an ending sequence number.
+    pub open: bool,
 }
 
-impl Kinesalite {
-    /// Starts kinesalite on a free port; `log_dir` receives `kinesalite.log`.
-    #[track_caller]
-    pub fn start(opts: KinesaliteOptions, log_dir: &Path) -> Kinesalite {
-        let mut k = Kinesalite {
-            port: ports::free_port(),
-            opts,
-            log: log_dir.join("kinesalite.log"),
-            child: None,
+/// Every shard of `stream`, open and closed.
+pub async fn list_shards(
+    client: &Client,
+    endpoint: &str,
+    stream: &str,
+) -> Result<Vec<ShardInfo>, KinesisError> {
+    let mut shards = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let req = match &next {
+            Some(token) => client.list_shards().next_token(token),
+            None => client.list_shards().stream_name(stream),
         };
-        k.start_again();
-        k
-    }
-
-    /// (Re)starts the server on the same port and data directory.
-    #[track_caller]
-    pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "kinesalite is already running");
-        let node = paths::node_with_kinesalite();
-        let mut cmd = Command::new(node);
-        cmd.current_dir(paths::peers_dir())
-            .arg(paths::peers_dir().join("kinesalite-local.js"))
-            .args(["--port", &self.port.to_string()]);
-        if let Some(dir) = &self.opts.data_dir {
-            cmd.arg("--path").arg(dir);
+        let out = req
+            .send()
+            .await
+            .map_err(|e| call_err("ListShards", endpoint, e))?;
+        for s in out.shards.unwrap_or_default() {
+            let range = s.hash_key_range.as_ref();
+            let parse = |v: Option<&str>| v.and_then(|v| v.parse::<u128>().ok()).unwrap_or(0);
+            shards.push(ShardInfo {
+                open: s
+                    .sequence_number_range
+                    .as_ref()
+                    .is_none_or(|r| r.ending_sequence_number.is_none()),
+                starting_hash_key: parse(range.map(|r| r.starting_hash_key.as_str())),
+                ending_hash_key: parse(range.map(|r| r.ending_hash_key.as_str())),
+                parent: s.parent_shard_id,
+                shard_id: s.shard_id,
+            });
         }
-        let mut child = ChildGuard::spawn("kinesalite", cmd, &self.log);
-        let port = self.port;
-        wait::until_blocking(
-            &format!("kinesalite listening on 127.0.0.1:{port}"),
-            Duration::from_secs(20),
-            || {
-                if let Some(status) = child.try_exit() {
-                    panic!(
-                        "kinesalite exited at start ({status}):\n{}",
-                        child.log_tail(30)
-                    );
-                }
-                if ports::is_listening(port) {
-                    Ok(())
-                } else {
-                    Err("not listening yet".into())
-                }
-            },
-        );
-        self.child = Some(child);
-    }
-
-    /// Stops the server (SIGTERM: the LevelDB store is closed cleanly) and waits for the exit.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.stop_with(libc::SIGTERM, Duration::from_secs(5));
+        next = out.next_token;
+        if next.is_none() {
+            return Ok(shards);
         }
     }
+}
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
+/// Splits `shard` (or the first open shard) in the middle of its hash range, waits until
+/// the stream is ACTIVE again and returns the two children.
+pub async fn split_shard(
+    client: &Client,
+    endpoint: &str,
+    stream: &str,
+    shard: Option<&str>,
+    timeout: Duration,
+) -> Result<(String, String), KinesisError> {
+    let shards = list_shards(client, endpoint, stream).await?;
+    let target = shards
+        .iter()
+        .find(|s| s.open && shard.is_none_or(|id| id == s.shard_id))
+        .ok_or_else(|| KinesisError::Call {
+            op: "SplitShard",
+            endpoint: endpoint.to_owned(),
+            message: format!(
+                "no open shard {} in {stream} (shards: {shards:?})",
+                shard.unwrap_or("<any>")
+            ),
+        })?;
+    let mid = target.starting_hash_key + (target.ending_hash_key - target.starting_hash_key) / 2;
+    client
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(&target.shard_id)
+        .new_starting_hash_key((mid + 1).to_string())
+        .send()
+        .await
+        .map_err(|e| call_err("SplitShard", endpoint, e))?;
+    wait_active(client, endpoint, stream, timeout).await?;
+    let children: Vec<String> = list_shards(client, endpoint, stream)
+        .await?
+        .into_iter()
+        .filter(|s| s.parent.as_deref() == Some(target.shard_id.as_str()))
+        .map(|s| s.shard_id)
+        .collect();
+    match children.as_slice() {
+        [a, b] => Ok((a.clone(), b.clone())),
+        other => Err(KinesisError::Call {
+            op: "SplitShard",
+            endpoint: endpoint.to_owned(),
+            message: format!(
+                "expected two children of {}, found {other:?}",
+                target.shard_id
+            ),
+        }),
     }
+}
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
+/// A running local Kinesis implementation: its endpoint and log, and the helpers every
+/// test uses on it (they panic with the server's log tail).
+pub trait KinesisPeer {
     /// `http://127.0.0.1:PORT`
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
+    fn endpoint(&self) -> String;
 
-    pub fn client(&self) -> Client {
+    /// The last `lines` lines of the server's log.
+    fn log_tail(&self, lines: usize) -> String;
+
+    fn client(&self) -> Client {
         client(&self.endpoint())
     }
 
     /// Creates `stream` and waits until it is ACTIVE; panics with the server log otherwise.
     #[track_caller]
-    pub fn create_stream(
-        &self,
-        stream: &str,
-        shards: i32,
-    ) -> impl std::future::Future<Output = ()> + '_ {
+    fn create_stream(&self, stream: &str, shards: i32) -> impl std::future::Future<Output = ()> {
         let caller = std::panic::Location::caller();
         let stream = stream.to_owned();
         async move {
@@ -349,7 +416,7 @@ impl Kinesalite {
             .await;
             if let Err(e) = res {
                 panic!(
-                    "creating stream {stream} (at {caller}): {e}\nkinesalite log:\n{}",
+                    "creating stream {stream} (at {caller}): {e}\nserver log:\n{}",
                     self.log_tail(20)
                 );
             }
@@ -357,17 +424,29 @@ impl Kinesalite {
     }
 
     /// Every record of `stream` (panics if the server cannot be read).
-    pub async fn read_all(&self, stream: &str) -> Vec<StreamRecord> {
-        match read_all(&self.client(), &self.endpoint(), stream).await {
-            Ok(r) => r,
-            Err(e) => panic!(
-                "reading {stream}: {e}\nkinesalite log:\n{}",
-                self.log_tail(20)
-            ),
+    fn read_all(&self, stream: &str) -> impl std::future::Future<Output = Vec<StreamRecord>> {
+        async move {
+            match read_all(&self.client(), &self.endpoint(), stream).await {
+                Ok(r) => r,
+                Err(e) => panic!("reading {stream}: {e}\nserver log:\n{}", self.log_tail(20)),
+            }
         }
     }
 
-    pub fn log_tail(&self, lines: usize) -> String {
-        crate::process::tail(&self.log, lines)
+    /// PutRecords of `points` (partition key = equipmentId); panics with the server log.
+    fn put_points(
+        &self,
+        stream: &str,
+        points: &[crate::feed::Point],
+    ) -> impl std::future::Future<Output = ()> {
+        async move {
+            if let Err(e) = put_points(&self.client(), &self.endpoint(), stream, points).await {
+                panic!(
+                    "putting {} points: {e}\nserver log:\n{}",
+                    points.len(),
+                    self.log_tail(20)
+                );
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! A webhook receiver on 127.0.0.1: records every request (headers, body, arrival order)
-//! and answers what the test programs (a fixed status, "500 for the next k requests",
-//! a status per path).
+//! and answers what the test programs (a fixed [`Answer`], "500 for the next k requests",
+//! a status per path, a `Retry-After`, or never).
 //!
 //! It runs its own single-threaded tokio runtime on a background thread, so it keeps
 //! answering whatever the test's runtime is doing, and stops when dropped.
@@ -22,6 +22,7 @@ pub struct Request {
     /// Header names lower-cased, in arrival order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The status it was answered with; 0 if it was never answered ([`Answer::Hang`]).
     pub status: u16,
 }
 
@@ -44,6 +45,11 @@ impl Request {
         self.json()?.get("id")?.as_str().map(str::to_owned)
     }
 
+    /// The body as text (lossy UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// Answered 2xx: the sender may consider it delivered.
     pub fn accepted(&self) -> bool {
         (200..300).contains(&self.status)
@@ -64,20 +70,45 @@ impl Request {
     }
 }
 
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Status(u16),
+    /// The status with a `Retry-After: SECONDS` header.
+    RetryAfter(u16, u64),
+    /// Never answers (the connection stays open until the receiver stops).
+    Hang,
+}
+
+impl Answer {
+    fn status(self) -> u16 {
+        match self {
+            Answer::Status(c) | Answer::RetryAfter(c, _) => c,
+            Answer::Hang => 0,
+        }
+    }
+}
+
+impl Default for Answer {
+    fn default() -> Self {
+        Answer::Status(200)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Program {
-    default: u16,
-    /// Status codes for the next requests, consumed first.
-    next: std::collections::VecDeque<u16>,
-    per_path: HashMap<String, u16>,
+    default: Answer,
+    /// Answers for the next requests, consumed first.
+    next: std::collections::VecDeque<Answer>,
+    per_path: HashMap<String, Answer>,
     /// How long to wait before answering (a slow consumer keeps deliveries in flight).
     delay: Duration,
 }
 
 impl Program {
-    fn answer(&mut self, path: &str) -> u16 {
-        if let Some(code) = self.next.pop_front() {
-            return code;
+    fn answer(&mut self, path: &str) -> Answer {
+        if let Some(a) = self.next.pop_front() {
+            return a;
         }
         self.per_path.get(path).copied().unwrap_or(self.default)
     }
@@ -106,15 +137,16 @@ impl Receiver {
     /// Starts on a free port of 127.0.0.1, answering 200 to everything.
     #[track_caller]
     pub fn start() -> Receiver {
-        let shared = Arc::new(Mutex::new(Shared {
-            program: Program {
-                default: 200,
-                ..Program::default()
-            },
-            requests: Vec::new(),
-        }));
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap_or_else(|e| panic!("receiver: cannot bind 127.0.0.1:0: {e}"));
+        Receiver::start_on(0)
+    }
+
+    /// Starts on 127.0.0.1:`port` (0: a free one), answering 200 to everything; e.g. a
+    /// receiver that appears where connections were refused so far.
+    #[track_caller]
+    pub fn start_on(port: u16) -> Receiver {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("receiver: cannot bind 127.0.0.1:{port}: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("receiver: no local address: {e}"));
@@ -145,13 +177,17 @@ impl Receiver {
                         }
                     };
                     let app = axum::Router::new().fallback(handle).with_state(state);
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    });
-                    if let Err(e) = serve.await {
-                        eprintln!("receiver: server error: {e}");
+                    // Not a graceful shutdown: a request left hanging must not hold up the drop.
+                    tokio::select! {
+                        res = axum::serve(listener, app) => {
+                            if let Err(e) = res {
+                                eprintln!("receiver: server error: {e}");
+                            }
+                        }
+                        _ = rx => {}
                     }
                 });
+                rt.shutdown_background();
             })
             .unwrap_or_else(|e| panic!("receiver: cannot spawn its thread: {e}"));
         Receiver {
@@ -174,13 +210,22 @@ impl Receiver {
     /// Answer `code` from now on (after any queued [`Receiver::fail_next`] answers),
     /// on paths without their own status.
     pub fn set_status(&self, code: u16) {
-        lock(&self.shared).program.default = code;
+        self.set_answer(Answer::Status(code));
+    }
+
+    /// Answer `answer` from now on (after any queued answers), on paths without their own.
+    pub fn set_answer(&self, answer: Answer) {
+        lock(&self.shared).program.default = answer;
     }
 
     /// Answer the next `k` requests (any path) with `code`, then as before.
     pub fn fail_next(&self, code: u16, k: usize) {
-        let mut s = lock(&self.shared);
-        s.program.next.extend(std::iter::repeat_n(code, k));
+        self.answer_next(std::iter::repeat_n(Answer::Status(code), k));
+    }
+
+    /// Answer the next requests (any path) with `answers`, in order, then as before.
+    pub fn answer_next(&self, answers: impl IntoIterator<Item = Answer>) {
+        lock(&self.shared).program.next.extend(answers);
     }
 
     /// Answer `code` on `path` (after any queued [`Receiver::fail_next`] answers).
@@ -188,7 +233,7 @@ impl Receiver {
         lock(&self.shared)
             .program
             .per_path
-            .insert(path.to_owned(), code);
+            .insert(path.to_owned(), Answer::Status(code));
     }
 
     /// Wait `delay` before answering each request (recorded on arrival).
@@ -366,9 +411,9 @@ async fn handle(
         })
         .collect();
     let path = parts.uri.path().to_owned();
-    let (status, delay) = {
+    let (answer, delay) = {
         let mut s = lock(&shared);
-        let status = s.program.answer(&path);
+        let answer = s.program.answer(&path);
         let seq = s.requests.len();
         s.requests.push(Request {
             seq,
@@ -377,16 +422,26 @@ async fn handle(
             path,
             headers,
             body,
-            status,
+            status: answer.status(),
         });
-        (status, s.program.delay)
+        (answer, s.program.delay)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let status = answer.status();
     let code = axum::http::StatusCode::from_u16(status)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    axum::response::IntoResponse::into_response((code, format!("e2e receiver: {status}\n")))
+    let text = format!("e2e receiver: {status}\n");
+    match answer {
+        Answer::Status(_) => axum::response::IntoResponse::into_response((code, text)),
+        Answer::RetryAfter(_, secs) => axum::response::IntoResponse::into_response((
+            code,
+            [("retry-after", secs.to_string())],
+            text,
+        )),
+        Answer::Hang => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
@@ -437,5 +492,35 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(r.accepted_by_id()["a"].len(), 2);
+    }
+
+    #[test]
+    fn retry_after_and_a_hang_are_answered_and_the_drop_does_not_wait_for_the_hang() {
+        use std::io::{Read, Write};
+        let r = Receiver::start();
+        r.answer_next([Answer::RetryAfter(503, 7), Answer::Hang]);
+        let mut s = std::net::TcpStream::connect(r.addr()).expect("connect");
+        write!(
+            s,
+            "POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+        assert!(out.to_ascii_lowercase().contains("retry-after: 7"), "{out}");
+        let mut hung = std::net::TcpStream::connect(r.addr()).expect("connect");
+        write!(hung, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        hung.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert!(hung.read(&mut buf).is_err(), "a hang never answers");
+        assert_eq!(r.requests()[1].status, 0);
+        let start = Instant::now();
+        drop(r);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the drop waited for the hang"
+        );
     }
 }

@@ -1,14 +1,14 @@
-//! The simulated PLC (`tests/sim/modbus_plc.py`, pymodbus) and its control channel.
+//! The simulated Modbus TCP PLC (`tests/sim/modbus_plc.py`, pymodbus) and its control
+//! channel (a line-JSON TCP port: set and read values, inject exceptions, count reads).
 
 use crate::paths;
 use crate::ports;
-use crate::process::ChildGuard;
+use crate::process::{ManagedProcess, ProcessSpec, Ready};
 use crate::wait;
 use serde_json::{json, Value as Json};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 /// Register areas, named as in the agent's config.
@@ -106,7 +106,7 @@ impl Default for SimOptions {
 pub struct ModbusSim {
     port: u16,
     control_port: u16,
-    child: ChildGuard,
+    process: ManagedProcess,
     control: Option<BufReader<TcpStream>>,
 }
 
@@ -116,29 +116,27 @@ impl ModbusSim {
     pub fn start(opts: SimOptions, log_dir: &Path) -> ModbusSim {
         let port = opts.port.unwrap_or_else(ports::free_port);
         let control_port = ports::free_port();
-        let mut cmd = Command::new(paths::venv_python());
-        cmd.arg(paths::sim_dir().join("modbus_plc.py"))
+        let log = log_dir.join(format!("modbus-sim-{port}.log"));
+        let process = ProcessSpec::new("modbus sim", paths::venv_python(), &log)
+            .arg(paths::sim_dir().join("modbus_plc.py"))
             .args(["--port", &port.to_string()])
             .args(["--control-port", &control_port.to_string()])
             .args(["--unit", &opts.unit_id.to_string()])
             .args(["--mode", opts.mode])
-            .env("PYTHONUNBUFFERED", "1");
-        let log: PathBuf = log_dir.join(format!("modbus-sim-{port}.log"));
-        let child = ChildGuard::spawn("modbus sim", cmd, &log);
+            .env("PYTHONUNBUFFERED", "1")
+            .ready(Ready::Listening(port), Duration::from_secs(30))
+            .start();
         let mut sim = ModbusSim {
             port,
             control_port,
-            child,
+            process,
             control: None,
         };
         wait::until_blocking(
-            &format!("modbus sim answering on 127.0.0.1:{port} (control {control_port})"),
+            &format!("modbus sim answering on its control port {control_port}"),
             Duration::from_secs(30),
             || {
-                sim.child.assert_running();
-                if !ports::is_listening(port) {
-                    return Err("modbus port not listening yet".into());
-                }
+                sim.process.assert_running();
                 sim.try_request(&json!({"op": "ping"}))
                     .map(|_| ())
                     .inspect_err(|_| sim.control = None)
@@ -194,7 +192,7 @@ impl ModbusSim {
                 self.control = None;
                 panic!(
                     "modbus sim control: {e}\nsim log:\n{}",
-                    self.child.log_tail(30)
+                    self.process.log_tail(30)
                 )
             }
         }
@@ -247,10 +245,10 @@ impl ModbusSim {
     /// Stops the simulator (the PLC "goes away"); its port becomes free.
     pub fn stop(&mut self) {
         self.control = None;
-        self.child.stop_with(libc::SIGTERM, Duration::from_secs(5));
+        self.process.stop(Duration::from_secs(5));
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        self.child.log_tail(lines)
+        self.process.log_tail(lines)
     }
 }

@@ -1,0 +1,9 @@
+//! Configuration helpers shared by both programs: [`Split`] (a table whose common keys
+//! are defined once, with unknown keys still rejected) and [`Secret`] (a string that
+//! never shows in `Debug` output or logs).
+
+mod secret;
+mod split;
+
+pub use secret::Secret;
+pub use split::{field_names, Split};
