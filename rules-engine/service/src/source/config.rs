@@ -22,6 +22,10 @@ pub struct KinesisSourceConfig {
     /// Where shards without a checkpointed position start.
     #[serde(default)]
     pub start: StartPosition,
+    /// What to do when the stream rejects a checkpointed position (the stream was deleted
+    /// and recreated, or the checkpoint belongs to another stream).
+    #[serde(default)]
+    pub on_invalid_position: InvalidPositionPolicy,
     /// Pause between GetRecords calls on a shard that is caught up.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -56,6 +60,7 @@ impl KinesisSourceConfig {
             region: None,
             endpoint: None,
             start: StartPosition::default(),
+            on_invalid_position: InvalidPositionPolicy::default(),
             poll_interval: default_poll_interval(),
             max_records: default_max_records(),
             shard_discovery_interval: default_discovery(),
@@ -134,6 +139,19 @@ pub enum StartPosition {
     Latest,
     /// Records that arrived at or after this time (AT_TIMESTAMP).
     AtTimestamp(SystemTime),
+}
+
+/// `kinesis.on_invalid_position`. Either way the shard is named in an `error` log line,
+/// counted (`linewatch_rules_source_invalid_positions_total`) and listed in `/healthz`
+/// problems until the service restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidPositionPolicy {
+    /// Read the shard again from `kinesis.start`, as if it had no checkpoint.
+    #[default]
+    Restart,
+    /// Stop reading that shard; an operator decides (e.g. clears the checkpoint).
+    Fail,
 }
 
 impl std::str::FromStr for StartPosition {
