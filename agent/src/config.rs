@@ -170,6 +170,12 @@ impl Config {
         Ok(cfg)
     }
 
+    /// What works but should change (a deprecated key), each naming its key.
+    /// `check` prints them; `run` logs them when it builds the Kinesis client.
+    pub fn warnings(&self) -> Problems {
+        self.kinesis.aws.warnings("kinesis")
+    }
+
     pub fn validate(&self) -> Problems {
         let mut p = Problems::new();
         check_id(&mut p, "gateway_id", &self.gateway_id);

@@ -59,6 +59,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
+            for w in cfg.warnings() {
+                eprintln!("warning: {}: {w}", path.display());
+            }
             let tags: usize = cfg.sources.iter().map(|s| s.tag_count()).sum();
             println!(
                 "ok: {}: gateway {:?}, {} source(s), {} tag(s), stream {:?}",

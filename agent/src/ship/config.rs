@@ -152,6 +152,30 @@ mod tests {
     }
 
     #[test]
+    fn a_deprecated_endpoint_key_loads_with_a_warning_naming_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../firmware-config/examples/filling-machine.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let cfg = Config::parse(&text).unwrap();
+        assert!(cfg.warnings().is_empty());
+        let old = text.replace(
+            "region = \"eu-central-1\"",
+            "region = \"eu-central-1\"\nendpoint = \"http://127.0.0.1:4567\"",
+        );
+        let cfg = Config::parse(&old).unwrap();
+        assert_eq!(
+            cfg.kinesis.aws.endpoint_url(),
+            Some("http://127.0.0.1:4567")
+        );
+        let w = cfg.warnings();
+        assert_eq!(
+            w.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["kinesis.endpoint"]
+        );
+        assert!(w.to_string().contains("endpoint_url"), "{w}");
+    }
+
+    #[test]
     fn kinesis_problems_name_their_keys() {
         let cfg: super::KinesisConfig = toml::from_str(
             r#"stream = ""
