@@ -198,7 +198,15 @@ fn run_service(config: &Path, partition: Option<Partition>) -> anyhow::Result<Ex
             tracing::info!("stopping: checkpointing and finishing deliveries in flight");
             let _ = stop.send(true);
         });
-        run(cfg, RunOptions { partition }, stopped).await
+        run(
+            cfg,
+            RunOptions {
+                partition,
+                ..RunOptions::default()
+            },
+            stopped,
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }
