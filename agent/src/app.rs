@@ -3,28 +3,29 @@
 //! commits what they read, then the shipper finishes (or leaves) its batch.
 
 use crate::buffer::{Buffer, BufferError};
-use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::normalize::Normalizer;
 use crate::ship::{self, RecordStore};
 use crate::sources::{self, LinkPhase, ReadingBatch, SourceContext, SourceStatus};
-use crate::telemetry::http::{self, Health};
 use crate::telemetry::metrics::Metrics;
+use linewatch_runtime::aws::AwsError;
+use linewatch_runtime::clock::{SharedClock, SystemClock};
+use linewatch_runtime::ops::{self, Health};
+use linewatch_runtime::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("opening the buffer: {0}")]
     Buffer(#[from] BufferError),
     #[error(transparent)]
-    Telemetry(#[from] http::BindError),
+    Telemetry(#[from] ops::BindError),
     #[error("building the Kinesis client: {0}")]
-    Kinesis(String),
+    Kinesis(#[from] AwsError),
 }
 
 /// Readings in flight between sources and the writer, in batches (one per poll).
@@ -60,10 +61,12 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
         alive: alive.clone(),
     });
     let telemetry_stop = CancellationToken::new();
-    let http_task = http::serve(
+    // `/metrics` and `/healthz` only: the agent adds no routes of its own.
+    let ops_server = ops::serve(
         cfg.telemetry.listen,
         registry,
         health,
+        Default::default(),
         telemetry_stop.clone(),
     )
     .await?;
@@ -89,9 +92,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
     });
 
     // Shipper: durable records to Kinesis.
-    let client = ship::kinesis::KinesisClient::from_config(&cfg.kinesis)
-        .await
-        .map_err(|e| AppError::Kinesis(e.to_string()))?;
+    let client = ship::kinesis::KinesisClient::from_config(&cfg.kinesis).await?;
     let dead_letter = ship::dead_letter::DeadLetter::new(
         cfg.kinesis
             .dead_letter_path
@@ -161,7 +162,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
         tracing::error!(error = %e, "shipper task failed");
     }
     telemetry_stop.cancel();
-    let _ = http_task.await;
+    let _ = ops_server.task.await;
     tracing::info!(records_left = buffer.stats().records, "agent stopped");
     Ok(())
 }

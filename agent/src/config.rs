@@ -10,6 +10,9 @@ pub use crate::ship::config::{
     KinesisConfig, PartitionKey, KINESIS_MAX_CALL_BYTES, KINESIS_MAX_RECORDS,
     KINESIS_MAX_RECORD_BYTES,
 };
+// Problems are collected, each naming its key path; the log format is `text` or `json`.
+pub use linewatch_runtime::logging::LogFormat;
+pub use linewatch_runtime::{Problem, Problems};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,37 +28,9 @@ pub enum ConfigError {
     /// TOML syntax or type error; toml's message names the key, line and column.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
-}
-
-/// One semantic problem: the key path (`sources[0].groups[1].tags[2].address`) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Collects problems while validating, so one run reports all of them.
-#[derive(Debug, Default)]
-pub struct Problems(pub Vec<Problem>);
-
-impl Problems {
-    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
+    /// Every problem validation found (displayed joined by `; `).
+    #[error("{path}: {problems}")]
+    Invalid { path: PathBuf, problems: Problems },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,14 +72,6 @@ impl Default for TelemetryConfig {
             log_level: default_log_level(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,19 +161,23 @@ impl Config {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
-        let problems = cfg.validate();
-        if problems.0.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
+        cfg.validate()
+            .into_result()
+            .map_err(|problems| ConfigError::Invalid {
                 path: PathBuf::new(),
-                problems: problems.0,
-            })
-        }
+                problems,
+            })?;
+        Ok(cfg)
+    }
+
+    /// What works but should change (a deprecated key), each naming its key.
+    /// `check` prints them; `run` logs them when it builds the Kinesis client.
+    pub fn warnings(&self) -> Problems {
+        self.kinesis.aws.warnings("kinesis")
     }
 
     pub fn validate(&self) -> Problems {
-        let mut p = Problems::default();
+        let mut p = Problems::new();
         check_id(&mut p, "gateway_id", &self.gateway_id);
         if self.worker_threads == Some(0) {
             p.push("worker_threads", "must be at least 1");

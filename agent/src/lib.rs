@@ -6,7 +6,6 @@
 
 pub mod app;
 pub mod buffer;
-pub mod clock;
 pub mod config;
 pub mod memory;
 pub mod normalize;

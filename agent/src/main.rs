@@ -2,11 +2,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use linewatch_agent::app;
 use linewatch_agent::config::{Config, ConfigError};
-use linewatch_agent::{app, telemetry};
+use linewatch_runtime::logging::{self, LogFormat};
+use linewatch_runtime::shutdown::CancellationToken;
+use linewatch_runtime::signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent until SIGTERM or Ctrl-C (then: commit the buffer, finish or keep the in-flight batch, exit 0).
+    /// Run the agent until SIGTERM, SIGINT (Ctrl-C) or SIGHUP (then: commit the buffer, finish or keep the in-flight batch, exit 0).
     Run {
         /// Gateway configuration (TOML).
         #[arg(long, short)]
@@ -57,6 +59,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
+            for w in cfg.warnings() {
+                eprintln!("warning: {}: {w}", path.display());
+            }
             let tags: usize = cfg.sources.iter().map(|s| s.tag_count()).sum();
             println!(
                 "ok: {}: gateway {:?}, {} source(s), {} tag(s), stream {:?}",
@@ -86,11 +91,11 @@ fn run(config: PathBuf, log_json: bool) -> anyhow::Result<()> {
     linewatch_agent::memory::tune_allocator();
     let cfg = Config::load(&config).map_err(anyhow::Error::new)?;
     let format = if log_json {
-        linewatch_agent::config::LogFormat::Json
+        LogFormat::Json
     } else {
         cfg.telemetry.log_format
     };
-    telemetry::logging::init(format, &cfg.telemetry.log_level);
+    logging::init(format, &cfg.telemetry.log_level);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads())
         .enable_all()
@@ -98,29 +103,9 @@ fn run(config: PathBuf, log_json: bool) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_stop_signal().await;
-            tracing::info!("stop signal received, shutting down");
-            signals.cancel();
-        });
+        // SIGINT, SIGTERM and SIGHUP stop cleanly; SIGPIPE is ignored (`| tee` and Ctrl-C).
+        signals::cancel_on_stop_signal(shutdown.clone());
         app::run(cfg, shutdown).await
     })?;
     Ok(())
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -2,13 +2,14 @@
 //!
 //! Every wait is on a condition with a deadline; nothing sleeps and hopes.
 
-use linewatch_agent::clock::{SharedClock, SystemClock};
 use linewatch_agent::sources::modbus::config::{ByteOrder, WordOrder};
 use linewatch_agent::sources::modbus::decode::{encode, Raw};
 use linewatch_agent::sources::{
     LinkPhase, Reading, ReadingBatch, SourceConfig, SourceContext, SourceStatus,
 };
 use linewatch_agent::telemetry::metrics::Metrics;
+use linewatch_runtime::clock::{SharedClock, SystemClock};
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_schemas::{Flag, Quality, Value, HEARTBEAT_TAG};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -20,7 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_modbus::{ExceptionCode, Request, Response};
-use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -209,11 +209,7 @@ interval = "50ms"
     let cfg: SourceConfig = toml::from_str(&text).expect("test config parses");
     let mut problems = linewatch_agent::config::Problems::default();
     cfg.validate("sources[0]", &mut problems);
-    assert!(
-        problems.0.is_empty(),
-        "test config invalid: {:?}",
-        problems.0
-    );
+    assert!(problems.is_empty(), "test config invalid: {problems}");
     cfg
 }
 

@@ -5,11 +5,12 @@
 //! Without it the test is skipped with a message, unless `CI` is set, where it fails.
 
 use linewatch_agent::buffer::StoredRecord;
-use linewatch_agent::clock::SystemClock;
 use linewatch_agent::config::KinesisConfig;
 use linewatch_agent::ship::testing::FakeStore;
 use linewatch_agent::ship::{run_shipper, DeadLetter, KinesisClient, ShipperOptions};
 use linewatch_agent::telemetry::metrics::Metrics;
+use linewatch_runtime::clock::SystemClock;
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_testkit::kinesis::{self, KinesisPeer};
 use linewatch_testkit::paths;
 use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
@@ -17,7 +18,6 @@ use linewatch_testkit::wait;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// kinesalite from the test kit, or `None` (skipped) when it is not installed and CI is not set.
 fn start_kinesalite(dir: &std::path::Path) -> Option<Kinesalite> {

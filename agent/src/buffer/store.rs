@@ -19,8 +19,8 @@
 
 use super::policy::{self, Usage};
 use super::{BufferError, StoredRecord};
-use crate::clock::{Clock, SystemClock};
 use crate::config::{BufferConfig, OverflowPolicy};
+use linewatch_runtime::clock::{Clock, SystemClock};
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};

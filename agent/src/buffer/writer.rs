@@ -10,17 +10,18 @@
 
 use super::store::{Buffer, BufferStats, CommitOutcome, NewRecord};
 use super::BufferError;
-use crate::clock::SharedClock;
 use crate::config::BufferConfig;
 use crate::normalize::Normalizer;
 use crate::sources::ReadingBatch;
 use crate::telemetry::metrics::Metrics;
+use linewatch_runtime::clock::SharedClock;
+use linewatch_runtime::shutdown::CancellationToken;
+use linewatch_runtime::{Backoff, BackoffPolicy, Jitter};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 /// Longest wait between retries of a failed commit.
@@ -206,16 +207,22 @@ impl<T: CommitTarget> Writer<T> {
     /// shutdown token, returns `false` as soon as it fires (the caller then
     /// drains and tries again); without one, gives up after a few attempts.
     async fn commit_with_retry(&mut self, shutdown: Option<&CancellationToken>) -> bool {
-        let mut backoff = self
+        // No jitter: a local disk has nobody to collide with. Doubles from the commit
+        // interval (within the bounds) up to the longest wait.
+        let initial = self
             .cfg
             .commit_interval
             .clamp(MIN_RETRY_BACKOFF, MAX_RETRY_BACKOFF);
+        let mut backoff =
+            Backoff::new(BackoffPolicy::new(initial, MAX_RETRY_BACKOFF, Jitter::None));
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             if self.try_commit().await {
                 return true;
             }
+            // Without jitter the draw is unused.
+            let delay = backoff.next_delay_at(0.0);
             match shutdown {
                 None if attempt >= SHUTDOWN_ATTEMPTS => {
                     error!(
@@ -225,15 +232,14 @@ impl<T: CommitTarget> Writer<T> {
                     );
                     return false;
                 }
-                None => tokio::time::sleep(backoff).await,
+                None => tokio::time::sleep(delay).await,
                 Some(token) => {
                     tokio::select! {
                         _ = token.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
-            backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
         }
     }
 
@@ -366,11 +372,11 @@ where
 mod tests {
     use super::*;
     use crate::buffer::StoredRecord;
-    use crate::clock::ManualClock;
     use crate::config::OverflowPolicy;
     use crate::ship::RecordStore;
     use crate::sources::Reading;
     use crate::telemetry::metrics::ReasonLabel;
+    use linewatch_runtime::clock::ManualClock;
     use linewatch_schemas::{DataPoint, Flags, Quality, Value};
     use std::collections::HashMap;
     use std::path::Path;

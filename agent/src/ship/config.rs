@@ -1,8 +1,14 @@
 //! The `[kinesis]` table of the agent's configuration: where the shipper sends, and
 //! how it batches, waits and retries. `firmware-config/reference.md` documents the keys.
+//!
+//! The AWS connection keys (`region`, `endpoint_url`, credentials) are the runtime's
+//! [`AwsConnection`], the same keys the rule engine reads; the rest are the shipper's.
+//! Both are read from the one table with [`Split`], so a misspelt key is still refused.
 
-use crate::config::Problems;
-use serde::Deserialize;
+use linewatch_runtime::aws::AwsConnection;
+use linewatch_runtime::config::Split;
+use linewatch_runtime::Problems;
+use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,21 +19,19 @@ pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Kinesis accepts partition keys of 1 to 256 Unicode characters.
 pub const KINESIS_MAX_PARTITION_KEY_CHARS: usize = 256;
 
+// `remote = "Self"`: the derive writes an inherent `KinesisConfig::deserialize` that reads
+// the shipper's own keys only (`aws` is skipped); the `Deserialize` impl below reads the
+// whole table through `Split`. Keeps one list of fields without `flatten`, which would
+// silently turn `deny_unknown_fields` off.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct KinesisConfig {
+    /// `region`, `endpoint_url`, `access_key_id`, `secret_access_key` (or
+    /// `secret_access_key_env`); absent ones come from the standard AWS chain.
+    /// Secrets are redacted in `Debug`.
+    #[serde(skip)]
+    pub aws: AwsConnection,
     pub stream: String,
-    /// AWS region; the standard AWS chain is used when absent.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// e.g. `http://127.0.0.1:4567` for a local endpoint.
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// Static credentials; otherwise the standard AWS chain (env, profile, IMDS...).
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
     #[serde(default)]
     pub partition_key: PartitionKey,
     /// How long a batch may wait to fill before it is sent.
@@ -47,6 +51,26 @@ pub struct KinesisConfig {
     /// NDJSON file for records Kinesis can never take (e.g. over 1 MiB). Default: `<buffer.path>/dead-letter.ndjson`.
     #[serde(default)]
     pub dead_letter_path: Option<PathBuf>,
+}
+
+/// The shipper's own keys of `[kinesis]`, as the specific half of the split.
+struct ShipperKeys(KinesisConfig);
+
+impl<'de> Deserialize<'de> for ShipperKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        KinesisConfig::deserialize(d).map(ShipperKeys)
+    }
+}
+
+impl<'de> Deserialize<'de> for KinesisConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Split {
+            common,
+            specific: ShipperKeys(mut cfg),
+        } = Split::<AwsConnection, ShipperKeys>::deserialize(d)?;
+        cfg.aws = common;
+        Ok(cfg)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -96,20 +120,8 @@ impl KinesisConfig {
                 format!("must be {KINESIS_MAX_RECORD_BYTES} to {KINESIS_MAX_CALL_BYTES} (the PutRecords limit)"),
             );
         }
-        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            p.push(
-                format!("{table}.access_key_id"),
-                "access_key_id and secret_access_key go together",
-            );
-        }
-        if let Some(url) = &self.endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                p.push(
-                    format!("{table}.endpoint_url"),
-                    "must start with http:// or https://",
-                );
-            }
-        }
+        // The connection keys: the runtime's checks (endpoint scheme, both credentials or neither).
+        p.extend(self.aws.validate(table));
         if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
             p.push(
                 format!("{table}.backoff_initial"),
@@ -140,6 +152,30 @@ mod tests {
     }
 
     #[test]
+    fn a_deprecated_endpoint_key_loads_with_a_warning_naming_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../firmware-config/examples/filling-machine.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let cfg = Config::parse(&text).unwrap();
+        assert!(cfg.warnings().is_empty());
+        let old = text.replace(
+            "region = \"eu-central-1\"",
+            "region = \"eu-central-1\"\nendpoint = \"http://127.0.0.1:4567\"",
+        );
+        let cfg = Config::parse(&old).unwrap();
+        assert_eq!(
+            cfg.kinesis.aws.endpoint_url(),
+            Some("http://127.0.0.1:4567")
+        );
+        let w = cfg.warnings();
+        assert_eq!(
+            w.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["kinesis.endpoint"]
+        );
+        assert!(w.to_string().contains("endpoint_url"), "{w}");
+    }
+
+    #[test]
     fn kinesis_problems_name_their_keys() {
         let cfg: super::KinesisConfig = toml::from_str(
             r#"stream = ""
@@ -153,18 +189,59 @@ mod tests {
         .unwrap();
         let mut p = crate::config::Problems::default();
         cfg.validate("kinesis", &mut p);
-        let keys: Vec<&str> = p.0.iter().map(|p| p.key.as_str()).collect();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        // The connection keys are checked by the runtime's `AwsConnection`: an id
+        // without a secret names the missing `secret_access_key`.
         assert_eq!(
             keys,
             vec![
                 "kinesis.stream",
                 "kinesis.max_batch_records",
                 "kinesis.max_batch_bytes",
-                "kinesis.access_key_id",
                 "kinesis.endpoint_url",
+                "kinesis.secret_access_key",
                 "kinesis.backoff_initial"
             ]
         );
+        assert!(p.to_string().contains(
+            "kinesis.secret_access_key: missing (access_key_id is set; give both or neither)"
+        ));
         assert!(toml::from_str::<super::KinesisConfig>("stream = \"s\"\nstrem = \"t\"").is_err());
+    }
+
+    #[test]
+    fn connection_and_shipper_keys_share_the_table_and_typos_are_refused() {
+        let cfg: super::KinesisConfig = toml::from_str(
+            r#"stream = "s"
+               region = "eu-central-1"
+               endpoint_url = "http://127.0.0.1:4567"
+               access_key_id = "AKID"
+               secret_access_key = "hunter2"
+               linger = "1s""#,
+        )
+        .unwrap();
+        assert_eq!(cfg.stream, "s");
+        assert_eq!(cfg.linger, std::time::Duration::from_secs(1));
+        assert_eq!(cfg.aws.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(cfg.aws.endpoint_url(), Some("http://127.0.0.1:4567"));
+        let mut p = crate::config::Problems::default();
+        cfg.validate("kinesis", &mut p);
+        assert!(p.is_empty(), "{p}");
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("hunter2"),
+            "the secret is redacted: {shown}"
+        );
+        for typo in ["endpoint_ur = \"http://x\"", "lingr = \"1s\""] {
+            let e = toml::from_str::<super::KinesisConfig>(&format!("stream = \"s\"\n{typo}"))
+                .unwrap_err()
+                .to_string();
+            let key = typo.split(' ').next().unwrap();
+            assert!(e.contains(&format!("unknown field `{key}`")), "{e}");
+        }
+        let e = toml::from_str::<super::KinesisConfig>("stream = \"s\"\nlinger = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linger"), "a mistyped key is named: {e}");
     }
 }

@@ -8,16 +8,12 @@ use super::config::{KinesisConfig, PartitionKey};
 use super::queue::{CallOutcome, QueuedRecord, RecordResult};
 use super::request::RequestEntry;
 use crate::buffer::StoredRecord;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
-use aws_sdk_kinesis::config::{Credentials, Region};
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use linewatch_runtime::aws::{AwsError, AwsTimeouts};
 use std::future::Future;
-use std::time::Duration;
 
 /// The one operation the shipper needs; implemented by [`KinesisClient`] and by test fakes.
 pub trait PutRecordsApi: Send + Sync + 'static {
@@ -26,14 +22,6 @@ pub trait PutRecordsApi: Send + Sync + 'static {
     /// Sends `entries` in one PutRecords call. Never fails: every failure is an
     /// outcome, and a per-entry answer has one result per entry, in request order.
     fn put_records(&self, entries: &[RequestEntry]) -> impl Future<Output = CallOutcome> + Send;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum KinesisSetupError {
-    #[error(
-        "no AWS region for Kinesis: set kinesis.region, AWS_REGION, or a region in the AWS profile"
-    )]
-    NoRegion,
 }
 
 /// A Kinesis client bound to one stream.
@@ -52,31 +40,14 @@ impl std::fmt::Debug for KinesisClient {
 }
 
 impl KinesisClient {
-    /// Region, endpoint and credentials from `cfg`, falling back to the standard AWS
-    /// chain (environment, profile, container/instance metadata) for what is absent.
-    pub async fn from_config(cfg: &KinesisConfig) -> Result<Self, KinesisSetupError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeout_config(cfg.request_timeout));
-        if let Some(region) = &cfg.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(url) = &cfg.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        if let (Some(key), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(
-                key,
-                secret,
-                None,
-                None,
-                "linewatch-config",
-            ));
-        }
-        let sdk = loader.load().await;
-        if sdk.region().is_none() {
-            return Err(KinesisSetupError::NoRegion);
-        }
+    /// Region, endpoint and credentials from `cfg.aws` (the runtime's loader: the
+    /// standard AWS chain for what is absent, SDK retries off, `request_timeout` on
+    /// every call with at most 3 s of it for connecting). Makes no call to AWS.
+    pub async fn from_config(cfg: &KinesisConfig) -> Result<Self, AwsError> {
+        let sdk = cfg
+            .aws
+            .load("kinesis", AwsTimeouts::per_call(cfg.request_timeout))
+            .await?;
         Ok(KinesisClient {
             client: aws_sdk_kinesis::Client::new(&sdk),
             stream: cfg.stream.clone(),
@@ -129,16 +100,6 @@ impl PutRecordsApi for KinesisClient {
             Err(err) => classify_error(&err),
         }
     }
-}
-
-/// The per-call timeout covers the whole call; connecting gets at most 3 s of it so a
-/// dead endpoint is noticed (and known not written) quickly.
-fn timeout_config(request_timeout: Duration) -> TimeoutConfig {
-    TimeoutConfig::builder()
-        .operation_timeout(request_timeout)
-        .operation_attempt_timeout(request_timeout)
-        .connect_timeout(request_timeout.min(Duration::from_secs(3)))
-        .build()
 }
 
 /// The SDK's entries of one call (data copied: the queue keeps its copy for retries).
@@ -259,6 +220,7 @@ mod tests {
     use super::*;
     use aws_sdk_kinesis::error::ConnectorError;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn stored(key: &str) -> StoredRecord {
         StoredRecord {

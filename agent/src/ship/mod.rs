@@ -23,7 +23,6 @@ pub trait RecordStore: Send + Sync + 'static {
     fn committed(&self) -> Arc<tokio::sync::Notify>;
 }
 
-pub mod backoff;
 pub mod config;
 pub mod dead_letter;
 pub mod kinesis;
@@ -33,10 +32,9 @@ pub mod shipper;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use backoff::Backoff;
 pub use config::{KinesisConfig, PartitionKey};
 pub use dead_letter::{DeadLetter, DeadLetterError};
-pub use kinesis::{KinesisClient, KinesisSetupError, PutRecordsApi};
+pub use kinesis::{KinesisClient, PutRecordsApi};
 pub use queue::{
     Applied, Batch, CallOutcome, CallStatus, DeadLetterReason, DeadLetterRecord, QueueCapacity,
     QueuedRecord, Readiness, RecordResult, ShipQueue,

@@ -3,7 +3,6 @@
 //! backs off on failures. Decisions live in the queue and the backoff; this is the
 //! I/O loop around them.
 
-use super::backoff::Backoff;
 use super::config::KinesisConfig;
 use super::dead_letter::DeadLetter;
 use super::kinesis::{queued_record, PutRecordsApi};
@@ -13,11 +12,12 @@ use super::queue::{
 };
 use super::request::{BatchLimits, OnePerRecord};
 use super::RecordStore;
-use crate::clock::SharedClock;
 use crate::telemetry::metrics::Metrics;
+use linewatch_runtime::clock::SharedClock;
+use linewatch_runtime::shutdown::CancellationToken;
+use linewatch_runtime::{Backoff, BackoffPolicy, Jitter, LogGate};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 /// Upper bound of a wait when nothing is queued (new data also wakes the loop).
@@ -64,7 +64,13 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
     let shipper = Shipper {
         queue: ShipQueue::new(QueueCapacity::for_limits(&limits)),
         encoder: OnePerRecord::default(),
-        backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
+        // Full jitter: uniform in [0, step]. Many gateways that lost the uplink together
+        // must not come back in lock-step.
+        backoff: Backoff::new(BackoffPolicy::new(
+            cfg.backoff_initial,
+            cfg.backoff_max,
+            Jitter::Full,
+        )),
         rng,
         limits,
         store,
@@ -81,36 +87,6 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
         failed_calls: 0,
     };
     shipper.run(shutdown).await
-}
-
-/// Rate limit for repetitive warnings: the first one passes, then one per interval,
-/// each reporting how many were suppressed in between. Pure.
-#[derive(Debug)]
-struct LogGate {
-    interval_ms: u64,
-    next_ms: u64,
-    suppressed: u64,
-}
-
-impl LogGate {
-    fn new(interval_ms: u64) -> Self {
-        LogGate {
-            interval_ms,
-            next_ms: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed since the last one)` when this event should be logged.
-    fn check(&mut self, now_ms: u64) -> Option<u64> {
-        if now_ms >= self.next_ms {
-            self.next_ms = now_ms.saturating_add(self.interval_ms);
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
-    }
 }
 
 struct Shipper<S, K> {
@@ -423,8 +399,8 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{ManualClock, SystemClock};
     use crate::ship::testing::{CallState, FakeKinesis, FakeStore, Reply};
+    use linewatch_runtime::clock::{ManualClock, SystemClock};
     use std::collections::HashSet;
     use std::time::Instant;
 
@@ -513,17 +489,6 @@ mod tests {
 
     fn system() -> SharedClock {
         Arc::new(SystemClock)
-    }
-
-    #[test]
-    fn log_gate_lets_one_through_per_interval_and_counts_the_rest() {
-        let mut g = LogGate::new(100);
-        assert_eq!(g.check(1000), Some(0));
-        assert_eq!(g.check(1050), None);
-        assert_eq!(g.check(1099), None);
-        assert_eq!(g.check(1100), Some(2));
-        assert_eq!(g.check(1150), None);
-        assert_eq!(g.check(5000), Some(1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,13 @@
 //! a protocol ([`super::factory::PROTOCOLS`]).
 //!
 //! Both halves keep `deny_unknown_fields`: the table is split by key name before
-//! either half is deserialized ([`split`]), because serde's `flatten` would
-//! silently accept any typo.
+//! either half is deserialized (the runtime's [`Split`]), because serde's `flatten`
+//! would silently accept any typo.
 
 use super::factory::{SourceTask, PROTOCOLS};
 use super::source::SourceContext;
 use crate::config::{check_id, Problems};
+use linewatch_runtime::config::Split;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
@@ -163,69 +164,13 @@ pub fn parse_protocol<P: ProtocolConfig + DeserializeOwned>(
     Ok((common, Box::new(specific)))
 }
 
-/// Deserialize one table as two structs, each with `deny_unknown_fields`: keys
-/// `C` declares go to `C`, the others to `S`; a key neither declares is an error
-/// naming both sets.
+/// One table as two structs, each with `deny_unknown_fields` ([`Split`]): a key
+/// neither declares is an error naming it and every known key.
 pub fn split<C: DeserializeOwned, S: DeserializeOwned>(
-    mut table: toml::Table,
+    table: toml::Table,
 ) -> Result<(C, S), toml::de::Error> {
-    let (common_keys, specific_keys) = (field_names::<C>(), field_names::<S>());
-    let mut common = toml::Table::new();
-    let keys: Vec<String> = table.keys().cloned().collect();
-    for key in keys {
-        if common_keys.contains(&key.as_str()) {
-            if let Some(v) = table.remove(&key) {
-                common.insert(key, v);
-            }
-        } else if !specific_keys.contains(&key.as_str()) {
-            let expected: Vec<String> = common_keys
-                .iter()
-                .chain(specific_keys)
-                .map(|k| format!("`{k}`"))
-                .collect();
-            return Err(toml::de::Error::custom(format!(
-                "unknown field `{key}`, expected one of {}",
-                expected.join(", ")
-            )));
-        }
-    }
-    let c = C::deserialize(toml::Value::Table(common))?;
-    let s = S::deserialize(toml::Value::Table(table))?;
-    Ok((c, s))
-}
-
-/// The keys a derived `Deserialize` struct accepts (serde hands them to
-/// `deserialize_struct`; this deserializer records them and stops).
-fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
-    let mut fields: &'static [&'static str] = &[];
-    let _probe = T::deserialize(FieldProbe(&mut fields));
-    fields
-}
-
-struct FieldProbe<'a>(&'a mut &'static [&'static str]);
-
-impl<'de> Deserializer<'de> for FieldProbe<'_> {
-    type Error = serde::de::value::Error;
-
-    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-        Err(Self::Error::custom("not a struct"))
-    }
-
-    fn deserialize_struct<V: serde::de::Visitor<'de>>(
-        self,
-        _name: &'static str,
-        fields: &'static [&'static str],
-        _: V,
-    ) -> Result<V::Value, Self::Error> {
-        *self.0 = fields;
-        Err(Self::Error::custom("fields recorded"))
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
-        enum identifier ignored_any
-    }
+    let Split { common, specific } = Split::<C, S>::deserialize(toml::Value::Table(table))?;
+    Ok((common, specific))
 }
 
 #[cfg(test)]
@@ -288,8 +233,9 @@ mod tests {
 
     #[test]
     fn field_names_come_from_the_derive() {
-        assert_eq!(field_names::<Specific>(), &["address", "unit_id"]);
-        assert!(field_names::<CommonSourceConfig>().contains(&"reconnect_max"));
+        use linewatch_runtime::config::field_names;
+        assert_eq!(field_names::<Specific>(), Ok(&["address", "unit_id"][..]));
+        assert!(field_names::<CommonSourceConfig>().is_ok_and(|f| f.contains(&"reconnect_max")));
     }
 
     #[test]
@@ -299,7 +245,7 @@ mod tests {
         c.reconnect_initial = Duration::from_secs(60);
         let mut p = Problems::default();
         c.validate("sources[2]", &mut p);
-        let keys: Vec<&str> = p.0.iter().map(|p| p.key.as_str()).collect();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
             [
@@ -324,7 +270,7 @@ mod tests {
         assert_eq!((src.kind, src.id(), src.tag_count()), ("modbus", "plc", 1));
         let mut p = Problems::default();
         src.clone().validate("sources[0]", &mut p);
-        let keys: Vec<&str> = p.0.iter().map(|p| p.key.as_str()).collect();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
             [

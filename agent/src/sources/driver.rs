@@ -2,19 +2,20 @@
 //! backoff, one `Syn` batch per outage, `Fst` on the first reading of each tag
 //! after every (re)connect, heartbeats while fresh, a last `Lst` heartbeat on a
 //! planned stop, metrics and `/healthz` status. The decisions are
-//! [`LinkState`]'s and [`Backoff`]'s (pure); this module waits and sends.
+//! [`LinkState`]'s and the reconnect [`Backoff`]'s (pure); this module waits and sends.
 
 use super::config::CommonSourceConfig;
-use super::link::{Backoff, LinkState};
+use super::link::{reconnect_backoff, LinkState};
 use super::source::{Cycle, Sample, Source, SourceContext, SourceTag};
 use super::status::LinkPhase;
 use super::{Reading, ReadingBatch};
+use linewatch_runtime::shutdown::CancellationToken;
+use linewatch_runtime::Backoff;
 use linewatch_schemas::{Flag, Flags, Quality, Value, HEARTBEAT_TAG};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Run `src` until `ctx.shutdown`. Never returns on device errors: it reconnects
@@ -71,7 +72,7 @@ impl<S: Source> Driver<S> {
         let connected = ctx.metrics.source_connected.get_or_create(&label).clone();
         Driver {
             link: LinkState::new(identity.tags.len(), stale_after),
-            backoff: Backoff::new(settings.reconnect_initial, settings.reconnect_max),
+            backoff: reconnect_backoff(settings.reconnect_initial, settings.reconnect_max),
             heartbeat_equipment,
             points_read,
             read_errors,
@@ -118,7 +119,7 @@ impl<S: Source> Driver<S> {
                     e
                 }
             };
-            let delay = self.backoff.next_delay(self.ctx.rng.f64());
+            let delay = self.backoff.next_delay(&mut self.ctx.rng);
             let why = err.to_string();
             let identity = self.src.identity();
             warn!(source = %identity.id, kind = identity.kind, error = %why, retry_in = ?delay, "source down");

@@ -3,40 +3,16 @@
 //! batch is due, when a heartbeat (and the final `Lst` one) may go out.
 //! [`super::driver`] does the waiting and sending.
 
+use linewatch_runtime::{Backoff, BackoffPolicy, Jitter};
 use linewatch_schemas::{Flag, Flags};
 use std::time::Duration;
 
-/// Exponential backoff with jitter: the n-th delay is drawn from the upper half of
-/// `initial × 2ⁿ`, capped at `max` and never below `initial`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            attempt: 0,
-        }
-    }
-
-    /// The next delay; `unit` is a random number in [0, 1).
-    pub fn next_delay(&mut self, unit: f64) -> Duration {
-        let factor = 2f64.powi(self.attempt.min(30) as i32);
-        let base = self.initial.as_secs_f64() * factor;
-        let base = base.min(self.max.as_secs_f64());
-        let jittered = base * (0.5 + 0.5 * unit.clamp(0.0, 1.0));
-        self.attempt = self.attempt.saturating_add(1);
-        Duration::from_secs_f64(jittered).clamp(self.initial, self.max)
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
+/// The reconnect delays of a source: the n-th is drawn from the upper half of
+/// `initial × 2ⁿ` (equal jitter), capped at `max` and never below `initial`, so a
+/// plant full of gateways does not reconnect in lock-step and none retries sooner
+/// than configured.
+pub fn reconnect_backoff(initial: Duration, max: Duration) -> Backoff {
+    Backoff::new(BackoffPolicy::new(initial, max, Jitter::Equal).with_floor(initial))
 }
 
 /// The link's state as far as the flags of what a source emits are concerned.
@@ -128,14 +104,23 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_max_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let top: Vec<u128> = (0..6).map(|_| b.next_delay(1.0).as_millis()).collect();
-        assert_eq!(top, vec![100, 200, 400, 800, 1000, 1000]);
+    fn reconnects_wait_between_half_the_step_and_the_step_never_below_initial() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        // (failures so far, shortest, longest)
+        let want = [(0, 100, 100), (1, 100, 200), (2, 200, 400), (5, 500, 1000)];
+        for (n, lo, hi) in want {
+            let b = reconnect_backoff(initial, max);
+            let p = b.policy();
+            assert_eq!(p.delay_at(n, 0.0), Duration::from_millis(lo), "after {n}");
+            assert_eq!(p.delay_at(n, 1.0), Duration::from_millis(hi), "after {n}");
+        }
+        let mut b = reconnect_backoff(initial, max);
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..4 {
+            b.next_delay(&mut rng);
+        }
         b.reset();
-        assert_eq!(b.next_delay(0.0), Duration::from_millis(100));
-        assert_eq!(b.next_delay(0.0), Duration::from_millis(100));
-        assert_eq!(b.next_delay(0.0), Duration::from_millis(200));
+        assert_eq!(b.next_delay_at(1.0), initial, "a success starts over");
     }
 
     #[test]
@@ -205,23 +190,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn backoff_stays_within_bounds_and_grows(
-            initial_ms in 1u64..5_000, extra_ms in 0u64..60_000,
-            draws in prop::collection::vec(0f64..1.0, 1..40),
-        ) {
-            let (initial, max) = (Duration::from_millis(initial_ms), Duration::from_millis(initial_ms + extra_ms));
-            let mut b = Backoff::new(initial, max);
-            let mut ceiling = initial;
-            for u in draws {
-                let d = b.next_delay(u);
-                prop_assert!(d >= initial && d <= max, "{d:?} outside {initial:?}..{max:?}");
-                // Never above the un-jittered exponential step.
-                prop_assert!(d <= ceiling + Duration::from_micros(1), "{d:?} above {ceiling:?}");
-                ceiling = (ceiling * 2).min(max);
-            }
-        }
-
         #[test]
         fn one_syn_per_outage_however_many_retries(events in prop::collection::vec(0u8..3, 0..60)) {
             // 0 = connect/link failure, 1 = connected, 2 = cycle ok (only counts while connected).

@@ -3,14 +3,14 @@
 //! heartbeats, status) is [`super::driver`]'s.
 
 use super::status::SourceStatus;
-use crate::clock::SharedClock;
 use crate::telemetry::metrics::Metrics;
+use linewatch_runtime::clock::SharedClock;
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_schemas::{Quality, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::ReadingBatch;
 

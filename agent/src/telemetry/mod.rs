@@ -1,5 +1,4 @@
-//! Logging, Prometheus metrics and the health endpoint.
+//! The agent's Prometheus metrics. Logging set-up and the `/metrics` + `/healthz`
+//! server are the runtime's (`linewatch_runtime::logging`, `linewatch_runtime::ops`).
 
-pub mod http;
-pub mod logging;
 pub mod metrics;

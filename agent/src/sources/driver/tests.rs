@@ -2,10 +2,10 @@
 //! protocol. Every wait is on a condition with a deadline.
 
 use super::*;
-use crate::clock::Clock;
 use crate::sources::status::SourceStatus;
 use crate::sources::SourceIdentity;
 use crate::telemetry::metrics::Metrics;
+use linewatch_runtime::clock::Clock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -283,8 +283,8 @@ async fn connect_fails_twice_then_backoff_grows_and_fst_marks_the_first_readings
 
     // The waits between attempts are the backoff's delays for the injected rng, growing.
     let mut rng = fastrand::Rng::with_seed(SEED);
-    let mut b = Backoff::new(Duration::from_millis(30), Duration::from_secs(1));
-    let want = [b.next_delay(rng.f64()), b.next_delay(rng.f64())];
+    let mut b = reconnect_backoff(Duration::from_millis(30), Duration::from_secs(1));
+    let want = [b.next_delay(&mut rng), b.next_delay(&mut rng)];
     assert!(want[1] > want[0], "{want:?}");
     let attempts = h.attempts.lock().expect("attempts").clone();
     assert_eq!(attempts.len(), 3);

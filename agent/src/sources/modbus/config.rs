@@ -273,7 +273,7 @@ mod tests {
         let mut p = Problems::default();
         common.validate("sources[0]", &mut p);
         cfg.validate(common, "sources[0]", &mut p);
-        p.0.into_iter().map(|p| p.to_string()).collect()
+        p.to_strings()
     }
 
     #[test]

@@ -1,3 +1,0 @@
-//! Injected wall clock: now in the shared runtime crate.
-
-pub use linewatch_runtime::clock::*;
