@@ -157,7 +157,14 @@ pub async fn run(
         instance.clone(),
         partition_text(partition),
     )));
-    let http_task = http::serve(cfg.http.listen, registry, view.clone(), shutdown.clone()).await?;
+    // Until the run loop takes the runtime's token itself: one that follows `shutdown`.
+    let ops_stop = linewatch_runtime::shutdown::CancellationToken::new();
+    let (mut ops_rx, ops_tx) = (shutdown.clone(), ops_stop.clone());
+    tokio::spawn(async move {
+        let _ = ops_rx.wait_for(|s| *s).await;
+        ops_tx.cancel();
+    });
+    let http_task = http::serve(cfg.http.listen, registry, view.clone(), ops_stop).await?;
 
     // Webhook targets, each its own task.
     let dead = DeadLetterStore::open(cfg.webhook_dead_letter_dir())
