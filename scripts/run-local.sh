@@ -16,20 +16,38 @@ MQTT_PORT="${MQTT_PORT:-1883}"
 STREAM="linewatch-points"
 RUN="$PWD/.run"
 
+# A closed stdout pipe (`run-local.sh | tee log`, then Ctrl-C stops tee first) must not kill
+# this script before it has stopped its children: writes then fail instead.
+trap '' PIPE
+say() { echo "$@" 2>/dev/null || echo "$@" >&2 2>/dev/null || true; }
+
 bash scripts/install-peers.sh
-echo "== building (debug profile, shared with the tests)"
-cargo build -p linewatch-agent -p linewatch-rules -p linewatch-e2e --bins
+bash scripts/build.sh
+# Every run starts clean: kinesalite keeps its streams in memory, so the rule engine's
+# checkpointed shard positions and the agent's buffer of a previous run belong to a stream
+# that no longer exists.
+rm -rf "$RUN"
 mkdir -p "$RUN"
 
 pids=()
 cleanup() {
-    trap - INT TERM EXIT
-    echo
-    echo "== stopping"
+    trap - INT TERM HUP EXIT
+    say
+    say "== stopping"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Wait for the children (the agent commits its buffer, the engine checkpoints), at most 20 s.
+    local deadline=$((SECONDS + 20))
+    for pid in "${pids[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
+    say "== stopped (logs in $RUN)"
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 wait_for_line() { # file pattern seconds
     local deadline=$((SECONDS + $3))
@@ -70,7 +88,8 @@ if ! (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; then
 fi
 
 echo "== webhook receiver on 127.0.0.1:$WEBHOOK_PORT"
-python3 -u tests/sim/webhook_receiver.py --port "$WEBHOOK_PORT" --log "$RUN/events.ndjson" > "$RUN/receiver.log" 2>&1 &
+python3 -u tests/sim/webhook_receiver.py --port "$WEBHOOK_PORT" --log "$RUN/events.ndjson" \
+    --names firmware-config/examples/filling-machine.toml > "$RUN/receiver.log" 2>&1 &
 pids+=($!)
 wait_for_line "$RUN/receiver.log" READY 20
 

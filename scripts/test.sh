@@ -27,10 +27,11 @@ if [ -n "$impure" ]; then
 fi
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build --bins"
 # The programs under test are built once, here, in the dev profile the tests use: the
 # test kit only locates target/debug/<name> (a missing one fails; an older one than its
 # sources fails under CI=true). No test runs cargo.
-cargo build --workspace --bins --locked
+bash scripts/build.sh
+echo "== receiver script"
+python3 tests/sim/test_webhook_receiver.py
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${LINEWATCH_TEST_THREADS:-2}"

@@ -38,6 +38,10 @@ pub struct ReplayOptions {
     pub progress_every: u64,
     /// Write EventBridge envelopes instead of bare transitions.
     pub events: Option<EventSource>,
+    /// End of input means "no more data ever": every pending hold fires at its deadline
+    /// (the watermark goes to +∞). Off by default: a live stream's tail has not happened
+    /// yet, so holds due after the last point stay pending, as they would in the service.
+    pub flush: bool,
 }
 
 impl Default for ReplayOptions {
@@ -51,6 +55,7 @@ impl Default for ReplayOptions {
             flush_every: 8192,
             progress_every: 1_000_000,
             events: None,
+            flush: false,
         }
     }
 }
@@ -348,7 +353,8 @@ impl<'o, W: Write> Replay<'o, W> {
         Ok(())
     }
 
-    /// End of input: the watermark moves to the highest event time seen.
+    /// End of input: the watermark moves to the highest event time seen (with
+    /// [`ReplayOptions::flush`], past every pending hold deadline).
     pub fn finish(
         mut self,
         on_event: &mut dyn FnMut(ReplayEvent<'_>),
@@ -358,6 +364,9 @@ impl<'o, W: Write> Replay<'o, W> {
         }
         if let Some(w) = self.seq.finish() {
             self.release(w)?;
+        }
+        if self.opts.flush {
+            self.pool.advance(u64::MAX)?;
         }
         self.write(on_event)?;
         self.out.flush().map_err(ReplayError::Write)?;

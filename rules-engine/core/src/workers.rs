@@ -278,6 +278,7 @@ impl WorkerPool {
                 group_evaluations: a.group_evaluations + s.group_evaluations,
                 unchanged: a.unchanged + s.unchanged,
                 group_errors: a.group_errors + s.group_errors,
+                deadline_hits: a.deadline_hits + s.deadline_hits,
                 timers_fired: a.timers_fired + s.timers_fired,
                 transitions: a.transitions + s.transitions,
             }),

@@ -55,9 +55,15 @@ fn events() -> Vec<serde_json::Value> {
 fn every_event_validates_and_the_schema_rejects_broken_ones() {
     let v = validator();
     let events = events();
-    assert!(events.len() > 10, "the stream causes transitions: {}", events.len());
     assert!(
-        events.iter().any(|e| e["detail"]["previousState"].is_null()),
+        events.len() > 10,
+        "the stream causes transitions: {}",
+        events.len()
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["detail"]["previousState"].is_null()),
         "a first state is among them"
     );
     for e in &events {
@@ -72,7 +78,10 @@ fn every_event_validates_and_the_schema_rejects_broken_ones() {
     bad["id"] = serde_json::json!("not-a-uuid");
     assert!(!v.is_valid(&bad));
     let mut bad = events[0].clone();
-    bad["detail"].as_object_mut().unwrap().remove("transitionId");
+    bad["detail"]
+        .as_object_mut()
+        .unwrap()
+        .remove("transitionId");
     assert!(!v.is_valid(&bad));
     let mut bad = events[0].clone();
     bad["detail"]["values"] = serde_json::json!({"t": [1, 2]});

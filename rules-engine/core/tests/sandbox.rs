@@ -135,8 +135,9 @@ fn looping_and_memory_bombing_rules_are_stopped_and_the_rest_keeps_producing() {
 }
 
 #[test]
-fn a_slow_group_is_stopped_by_the_wall_clock_deadline() {
-    // No operation limit at all: only the deadline can stop this one.
+fn a_slow_group_is_stopped_by_the_wall_clock_deadline_each_time_and_not_disabled() {
+    // No operation limit at all: only the deadline can stop this one. A deadline hit
+    // depends on the machine, so it fails that evaluation only (reported once).
     let limits = Limits {
         max_operations: 0,
         eval_deadline: Duration::from_millis(30),
@@ -173,6 +174,6 @@ fn a_slow_group_is_stopped_by_the_wall_clock_deadline() {
         2
     );
     assert_eq!(diags.len(), 1, "{diags:?}");
-    assert_eq!(diags[0].kind, DiagnosticKind::GroupDisabled);
+    assert_eq!(diags[0].kind, DiagnosticKind::GroupError);
     assert!(diags[0].message.contains("deadline"), "{:?}", diags[0]);
 }

@@ -198,7 +198,11 @@ fn run_service(config: &Path, partition: Option<Partition>) -> anyhow::Result<Ex
         // checkpoints and finishes deliveries in flight); SIGPIPE is ignored.
         let stop = CancellationToken::new();
         let signals = signals::cancel_on_stop_signal(stop.clone());
-        let result = run(cfg, RunOptions { partition }, shutdown::watch_of(&stop)).await;
+        let opts = RunOptions {
+            partition,
+            ..RunOptions::default()
+        };
+        let result = run(cfg, opts, shutdown::watch_of(&stop)).await;
         signals.abort();
         result
     })?;

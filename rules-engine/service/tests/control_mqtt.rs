@@ -232,7 +232,7 @@ async fn retained_rules_arrive_before_initial_sync_done() {
     let started = Instant::now();
     let cfg = config(port, &prefix);
     let id = client_id("sync");
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let mut seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -266,7 +266,7 @@ async fn without_retained_rules_initial_sync_done_comes_after_the_quiet_period()
     let cfg = config(port, &prefix);
     let started = Instant::now();
     let id = client_id("empty");
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -300,7 +300,7 @@ async fn an_unreachable_broker_times_out_the_start_up_wait_and_keeps_retrying() 
     cfg.retained_wait = Duration::from_millis(800);
     let metrics = ControlMetrics::default();
     let started = Instant::now();
-    let (handle, mut rx) = control::start(&cfg, "lwtest-down".into(), metrics.clone())
+    let (handle, mut rx) = control::start(&cfg, "lwtest-down".into(), metrics.clone(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(10), is_sync_done).await;
@@ -333,9 +333,10 @@ async fn live_rules_and_deletes_and_malformed_messages() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("live");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone())
-        .await
-        .unwrap();
+    let (handle, mut rx) =
+        control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
+            .await
+            .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
 
     let mut peer = Peer::connect(port, &[]).await;
@@ -410,9 +411,10 @@ async fn statuses_are_published_retained_on_the_status_topic() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("status");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone())
-        .await
-        .unwrap();
+    let (handle, mut rx) =
+        control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
+            .await
+            .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
     let status = RuleStatus::from_outcome(
         ChangeOutcome::Updated {
@@ -453,9 +455,10 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
     let topics = control::Topics::new(prefix.clone());
     let metrics = ControlMetrics::default();
     let id = client_id("restart");
-    let (handle, mut rx) = control::start(&config(port, &prefix), id.clone(), metrics.clone())
-        .await
-        .unwrap();
+    let (handle, mut rx) =
+        control::start(&config(port, &prefix), id.clone(), metrics.clone(), rng())
+            .await
+            .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
 
     broker.kill();
@@ -506,10 +509,14 @@ async fn fake_engine(
     prefix: &str,
 ) -> (ControlHandle, String, tokio::task::JoinHandle<()>) {
     let id = client_id("engine");
-    let (handle, mut rx) =
-        control::start(&config(port, prefix), id.clone(), ControlMetrics::default())
-            .await
-            .unwrap();
+    let (handle, mut rx) = control::start(
+        &config(port, prefix),
+        id.clone(),
+        ControlMetrics::default(),
+        rng(),
+    )
+    .await
+    .unwrap();
     events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
     let h = handle.clone();
     let task = tokio::spawn(async move {
@@ -715,7 +722,7 @@ async fn a_delete_published_while_away_is_delivered_on_return() {
     peer.publish(&topics.rule("gone"), true, rule_json(1, &script("gone")))
         .await;
     let cfg = config(port, &prefix);
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -727,7 +734,7 @@ async fn a_delete_published_while_away_is_delivered_on_return() {
 
     peer.publish(&topics.rule("gone"), true, Vec::new()).await;
 
-    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, id.clone(), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -854,7 +861,7 @@ async fn mutual_tls_with_a_private_ca() {
         client_cert: Some(client_cert),
         client_key: Some(client_key),
     });
-    let (handle, mut rx) = control::start(&cfg, client_id("tls"), ControlMetrics::default())
+    let (handle, mut rx) = control::start(&cfg, client_id("tls"), ControlMetrics::default(), rng())
         .await
         .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
@@ -876,9 +883,14 @@ async fn mutual_tls_with_a_private_ca() {
         ..Default::default()
     });
     cfg.retained_wait = Duration::from_millis(500);
-    let (handle, mut rx) = control::start(&cfg, client_id("tls-nocert"), ControlMetrics::default())
-        .await
-        .unwrap();
+    let (handle, mut rx) = control::start(
+        &cfg,
+        client_id("tls-nocert"),
+        ControlMetrics::default(),
+        rng(),
+    )
+    .await
+    .unwrap();
     let seen = events_until(&mut rx, Duration::from_secs(15), is_sync_done).await;
     assert!(
         matches!(seen.first(), Some(ControlEvent::Disconnected { .. })),
@@ -892,4 +904,9 @@ async fn mutual_tls_with_a_private_ca() {
         })
     );
     handle.shutdown().await;
+}
+
+/// The reconnect jitter of a test connection: a fixed seed, so a run can be repeated.
+fn rng() -> fastrand::Rng {
+    fastrand::Rng::with_seed(0x6c77)
 }

@@ -118,7 +118,10 @@ async fn run_source(cfg: KinesisSourceConfig, start: ShardPositions) -> Running 
     let (tx, rx) = mpsc::channel(4);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
-        source.run(start, tx, stop_rx).await.expect("run");
+        source
+            .run(start, tx, stop_rx, fastrand::Rng::with_seed(7))
+            .await
+            .expect("run");
     });
     Running {
         rx,
@@ -306,6 +309,41 @@ async fn aggregated_records_arrive_deaggregated() {
     }
     assert_eq!(src.metrics.kinesis_records.get(), 4);
     assert_eq!(src.metrics.records.get(), 16);
+    src.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kpl_record_of_zero_user_records_is_dead_lettered_and_the_shard_reads_on() {
+    let (_scratch, k) = start_kinesalite(
+        "a_kpl_record_of_zero_user_records_is_dead_lettered_and_the_shard_reads_on",
+    );
+    k.create_stream("poison", 1).await;
+    let client = k.client();
+    // Magic + MD5 of an empty body: de-aggregates to nothing.
+    let (_, poisoned_seq) = put(&client, "poison", "bad", &kpl::frame(&[])).await;
+    let (_, good_seq) = put(&client, "poison", "k0", b"k0:1").await;
+
+    let mut cfg = source_config(&k, "poison");
+    // A page of the poisoned record alone: the case that stopped the shard.
+    cfg.max_records = 1;
+    let mut src = run_source(cfg, ShardPositions::new()).await;
+    let mut batches = Vec::new();
+    src.until(&mut batches, "the good point after the poisoned one", |b| {
+        records(b).count() >= 1
+    })
+    .await;
+    assert_eq!(datas(&batches), vec!["k0:1".to_string()]);
+    let poisoned: Vec<_> = batches.iter().flat_map(|b| &b.poisoned).collect();
+    assert_eq!(poisoned.len(), 1, "{poisoned:?}");
+    assert_eq!(poisoned[0].record.sequence_number, poisoned_seq);
+    assert_eq!(poisoned[0].record.data, kpl::frame(&[]));
+    assert_eq!(poisoned[0].record.partition_key, "bad");
+    // The position moved past both: a restart reads neither again.
+    assert_eq!(
+        batches.last().unwrap().position,
+        ShardPosition::After(good_seq)
+    );
+    assert_eq!(src.metrics.poisoned_records.get(), 1);
     src.stop().await;
 }
 

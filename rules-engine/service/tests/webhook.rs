@@ -4,8 +4,8 @@
 use hmac::{KeyInit, Mac};
 use linewatch_rules::output::retry::DeadReason;
 use linewatch_rules::output::{
-    replay, run_target, AuthConfig, DeadLetterStore, Outbox, OutboxSnapshot, OutputMetrics,
-    PendingEvent, WebhookConfig,
+    replay, run_target, AuthConfig, DeadLetterStore, DeliveryContext, Outbox, OutboxSnapshot,
+    OutputMetrics, PendingEvent, WebhookConfig, WebhookTarget,
 };
 use linewatch_rules_core::transition::transition_id;
 use linewatch_rules_core::{EventSource, Transition};
@@ -102,14 +102,17 @@ fn start(
     let (stop, rx) = watch::channel(false);
     let tasks = targets
         .iter()
-        .map(|t| {
-            tokio::spawn(run_target(
-                t.resolve().unwrap(),
-                outbox.clone(),
-                store.clone(),
-                metrics.clone(),
-                rx.clone(),
-            ))
+        .enumerate()
+        .map(|(i, t)| {
+            let cx = DeliveryContext {
+                outbox: outbox.clone(),
+                dead: store.clone(),
+                metrics: metrics.clone(),
+                clock: Arc::new(linewatch_runtime::clock::SystemClock),
+                rng: fastrand::Rng::with_seed(i as u64),
+                shutdown: rx.clone(),
+            };
+            tokio::spawn(run_target(WebhookTarget::new(t.resolve().unwrap()), cx))
         })
         .collect();
     Running { stop, tasks }
@@ -138,7 +141,7 @@ async fn delivers_each_event_once_in_order_with_the_envelope_as_body() {
     let dir = tempfile::tempdir().unwrap();
     let store = DeadLetterStore::open(dir.path()).unwrap();
     let cfg = target("ops", &rx.url("/events"));
-    let outbox = Arc::new(Outbox::from_webhooks(std::slice::from_ref(&cfg)));
+    let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let metrics = OutputMetrics::new();
     let run = start(&[cfg], &outbox, &store, &metrics);
     let events: Vec<PendingEvent> = (1..=20).map(event).collect();
@@ -185,7 +188,7 @@ async fn server_errors_and_refused_connections_are_retried_with_the_same_id_and_
     let dir = tempfile::tempdir().unwrap();
     let store = DeadLetterStore::open(dir.path()).unwrap();
     let cfg = target("ops", &rx.url("/events"));
-    let outbox = Arc::new(Outbox::from_webhooks(std::slice::from_ref(&cfg)));
+    let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let metrics = OutputMetrics::new();
     let run = start(&[cfg], &outbox, &store, &metrics);
     let events: Vec<PendingEvent> = (1..=3).map(event).collect();
@@ -221,7 +224,7 @@ async fn server_errors_and_refused_connections_are_retried_with_the_same_id_and_
     drop(l);
     let mut cfg = target("late", &format!("http://{addr}/events"));
     cfg.backoff_max = Duration::from_millis(100);
-    let outbox = Arc::new(Outbox::from_webhooks(std::slice::from_ref(&cfg)));
+    let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let run = start(std::slice::from_ref(&cfg), &outbox, &store, &metrics);
     outbox.push(events[0].clone());
     wait_for("a few refused attempts", Duration::from_secs(5), || {
@@ -253,7 +256,7 @@ async fn retry_after_is_honoured_within_the_backoff_max() {
     // Backoff alone would retry within 10 ms; Retry-After asks for 1 s, then for an hour
     // (capped at backoff_max = 1.5 s).
     cfg.backoff_max = Duration::from_millis(1500);
-    let outbox = Arc::new(Outbox::from_webhooks(std::slice::from_ref(&cfg)));
+    let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let metrics = OutputMetrics::new();
     let run = start(&[cfg], &outbox, &store, &metrics);
     outbox.push(event(1));
@@ -283,7 +286,7 @@ async fn a_rejected_event_is_dead_lettered_at_once_and_replay_delivers_it() {
         value: Some("k-123".into()),
         value_env: None,
     });
-    let outbox = Arc::new(Outbox::from_webhooks(std::slice::from_ref(&cfg)));
+    let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let metrics = OutputMetrics::new();
     let run = start(std::slice::from_ref(&cfg), &outbox, &store, &metrics);
     let (e1, e2) = (event(1), event(2));
@@ -359,7 +362,7 @@ async fn exhausted_attempts_or_age_go_to_dead_letters() {
     let mut by_age = target("age", &rx.url("/events"));
     by_age.max_age = Duration::from_millis(300);
     let targets = [by_attempts, by_age];
-    let outbox = Arc::new(Outbox::from_webhooks(&targets));
+    let outbox = Arc::new(Outbox::new(&targets));
     let metrics = OutputMetrics::new();
     let run = start(&targets, &outbox, &store, &metrics);
     let e = event(1);
@@ -409,7 +412,7 @@ async fn a_hanging_target_does_not_hold_back_another_and_shutdown_is_prompt() {
     let mut s = target("slow", &slow.url("/events"));
     s.timeout = Duration::from_secs(60);
     let targets = [s, target("fast", &fast.url("/events"))];
-    let outbox = Arc::new(Outbox::from_webhooks(&targets));
+    let outbox = Arc::new(Outbox::new(&targets));
     let metrics = OutputMetrics::new();
     let run = start(&targets, &outbox, &store, &metrics);
     let t0 = Instant::now();
@@ -442,7 +445,7 @@ async fn shutdown_is_prompt_while_backing_off() {
     let mut cfg = target("ops", &rx.url("/events"));
     cfg.backoff_initial = Duration::from_secs(600);
     cfg.backoff_max = Duration::from_secs(600);
-    let outbox = Arc::new(Outbox::from_webhooks(std::slice::from_ref(&cfg)));
+    let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let metrics = OutputMetrics::new();
     let run = start(&[cfg], &outbox, &store, &metrics);
     outbox.push(event(1));
@@ -487,7 +490,7 @@ async fn each_auth_kind_is_verified_by_the_receiver() {
         header: "x-linewatch-signature".into(),
     });
     let targets = [key, basic, sig];
-    let outbox = Arc::new(Outbox::from_webhooks(&targets));
+    let outbox = Arc::new(Outbox::new(&targets));
     let metrics = OutputMetrics::new();
     let run = start(&targets, &outbox, &store, &metrics);
     let e = event(1);
@@ -538,7 +541,7 @@ async fn snapshot_and_restore_keep_undelivered_events_in_order_with_their_ids() 
     let store = DeadLetterStore::open(dir.path()).unwrap();
     let a = target("a", &rx.url("/events"));
     let gone = target("gone", "http://127.0.0.1:9/none");
-    let outbox = Arc::new(Outbox::from_webhooks(&[a.clone(), gone.clone()]));
+    let outbox = Arc::new(Outbox::new(&[a.clone(), gone.clone()]));
     let metrics = OutputMetrics::new();
     let run = start(std::slice::from_ref(&a), &outbox, &store, &metrics);
     let events: Vec<PendingEvent> = (1..=5).map(event).collect();
@@ -556,7 +559,7 @@ async fn snapshot_and_restore_keep_undelivered_events_in_order_with_their_ids() 
     let rx2 = receiver(Answer::Status(200), vec![]);
     let a2 = target("a", &rx2.url("/events"));
     let b = target("b", &rx2.url("/events"));
-    let outbox = Arc::new(Outbox::from_webhooks(&[a2.clone(), b.clone()]));
+    let outbox = Arc::new(Outbox::new(&[a2.clone(), b.clone()]));
     let snap: OutboxSnapshot = serde_json::from_str(&json).unwrap();
     // Shared bodies are stored once.
     assert_eq!(snap.events.len(), 5);
@@ -582,7 +585,7 @@ async fn a_full_outbox_dead_letters_the_oldest_events() {
     cfg.max_pending = 2;
     cfg.backoff_initial = Duration::from_secs(600);
     cfg.backoff_max = Duration::from_secs(600);
-    let outbox = Arc::new(Outbox::from_webhooks(std::slice::from_ref(&cfg)));
+    let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let metrics = OutputMetrics::new();
     let run = start(&[cfg], &outbox, &store, &metrics);
     let events: Vec<PendingEvent> = (1..=4).map(event).collect();

@@ -42,11 +42,13 @@ pub struct Diagnostic {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum DiagnosticKind {
-    /// One evaluation failed and was ignored: the group keeps its state. Reported
-    /// once per distinct message until the group evaluates cleanly again.
+    /// One evaluation failed and was ignored: the group keeps its state and is
+    /// evaluated again on its next point. Script errors and the wall-clock deadline.
+    /// Reported once per distinct message until the group evaluates cleanly again.
     GroupError,
-    /// The group hit a sandbox limit and is disabled until the rule is updated; it
-    /// keeps the state it had, and a pending hold is dropped.
+    /// The group hit a deterministic sandbox limit (operations, sizes, depth) and is
+    /// disabled until the rule is updated; it keeps the state it had, and a pending
+    /// hold is dropped.
     GroupDisabled,
 }
 
@@ -100,6 +102,9 @@ pub struct EvalStats {
     /// Readers skipped because the value was the same as the latest one.
     pub unchanged: u64,
     pub group_errors: u64,
+    /// Evaluations stopped by the wall-clock deadline (also counted in `group_errors`).
+    #[serde(default)]
+    pub deadline_hits: u64,
     pub timers_fired: u64,
     pub transitions: u64,
 }
@@ -694,6 +699,12 @@ fn eval_group(
                     }
                     gs.hold.cancel();
                     DiagnosticKind::GroupDisabled
+                }
+                // Not the script's fault alone (a CPU stall): this point only, and
+                // nothing in the checkpoint, so a replay is not changed by it.
+                FailureKind::Deadline => {
+                    cx.stats.deadline_hits += 1;
+                    DiagnosticKind::GroupError
                 }
                 FailureKind::Runtime => DiagnosticKind::GroupError,
             };

@@ -4,6 +4,7 @@
 
 use super::hold::{Held, HoldState};
 use super::{from_dynamic, to_dynamic, Evaluator, GroupState};
+use crate::rule::is_deadline_message;
 use linewatch_schemas::Value;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -166,7 +167,12 @@ impl Evaluator {
                         .and_then(|s| match (held(&s.effective), held(&s.pending)) {
                             (Some(effective), Some(pending)) => Some(GroupState {
                                 hold: HoldState { effective, pending },
-                                disabled: s.disabled.clone(),
+                                // Older versions also disabled a group for a deadline hit;
+                                // only deterministic limits keep it disabled.
+                                disabled: s
+                                    .disabled
+                                    .clone()
+                                    .filter(|why| !is_deadline_message(why)),
                                 last_error: None,
                             }),
                             _ => None,

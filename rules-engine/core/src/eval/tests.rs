@@ -37,8 +37,11 @@ struct Harness {
 
 impl Harness {
     fn new(rules: &[Arc<Rule>]) -> Self {
+        Self::with_limits(Limits::default(), rules)
+    }
+    fn with_limits(limits: Limits, rules: &[Arc<Rule>]) -> Self {
         let mut h = Harness {
-            e: Evaluator::new(Limits::default()),
+            e: Evaluator::new(limits),
             out: Output::default(),
         };
         for r in rules {
@@ -411,6 +414,94 @@ fn bad_groups_are_reported_with_rule_group_and_line_and_others_keep_going() {
     let evals = h.e.stats().group_evaluations;
     h.p("e", "x", 100, 7i64);
     assert_eq!(h.e.stats().group_evaluations, evals + 4);
+}
+
+/// Slow (thousands of operations) only for `x > 100`; otherwise ERROR above 5, else OK.
+fn slow_above_100() -> Arc<Rule> {
+    rule_with_group(
+        "slow",
+        r#"if v.x > 100 { let i = 0; while i < 5000 { i += 1; } "ERROR" } else if v.x > 5 { "ERROR" } else { "OK" }"#,
+    )
+}
+
+/// Runs `slow_above_100` under `limits` to its slow point; returns the one diagnostic.
+fn hit_a_limit(limits: Limits) -> (Harness, Diagnostic) {
+    let mut h = Harness::with_limits(limits, &[slow_above_100()]);
+    h.p("e", "x", 10, 1i64);
+    h.p("e", "x", 20, 500i64);
+    let mut d = std::mem::take(&mut h.out.diagnostics);
+    assert_eq!(d.len(), 1, "{d:?}");
+    (h, d.remove(0))
+}
+
+fn disabled(e: &Evaluator) -> Option<String> {
+    e.snapshot().rules[0].equipment[0].groups[0]
+        .disabled
+        .clone()
+}
+
+#[test]
+fn a_deadline_hit_is_a_one_off_error_and_the_group_votes_again() {
+    // A zero budget: the first clock check arms it, the next one (after 1,024
+    // operations) finds it expired. Short evaluations never reach a check.
+    let limits = Limits {
+        eval_deadline: std::time::Duration::ZERO,
+        ..Limits::default()
+    };
+    let (mut h, d) = hit_a_limit(limits);
+    assert_eq!(d.kind, DiagnosticKind::GroupError, "{d:?}");
+    assert!(d.message.contains("deadline"), "{d:?}");
+    assert_eq!(h.e.stats().deadline_hits, 1);
+    assert_eq!(h.e.stats().group_errors, 1);
+    // Not in the checkpoint: a replay from it behaves as if the stall never happened.
+    assert_eq!(disabled(&h.e), None);
+    // The group kept its vote for that point, and votes again on the next one.
+    h.p("e", "x", 30, 7i64);
+    assert_eq!(
+        h.states(),
+        vec![
+            (10, None, "OK".to_owned()),
+            (30, s("OK"), "ERROR".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn an_operations_limit_hit_still_disables_the_group() {
+    let limits = Limits {
+        max_operations: 1_000,
+        ..Limits::default()
+    };
+    let (mut h, d) = hit_a_limit(limits);
+    assert_eq!(d.kind, DiagnosticKind::GroupDisabled, "{d:?}");
+    assert_eq!(h.e.stats().deadline_hits, 0);
+    assert!(disabled(&h.e).is_some_and(|m| m.contains("operations")));
+    h.p("e", "x", 30, 7i64);
+    assert_eq!(h.states(), vec![(10, None, "OK".to_owned())]);
+}
+
+#[test]
+fn a_checkpoint_that_disabled_a_group_for_a_deadline_does_not_keep_it_disabled() {
+    // What an older version wrote after a deadline hit.
+    let mut h = Harness::new(&[slow_above_100()]);
+    h.p("e", "x", 10, 1i64);
+    let mut snap = h.e.snapshot();
+    snap.rules[0].equipment[0].groups[0].disabled =
+        Some("evaluation deadline exceeded (the script ran too long)".into());
+    let mut fresh = Harness::new(&[slow_above_100()]);
+    assert!(fresh.e.restore(&snap).is_empty());
+    assert_eq!(disabled(&fresh.e), None);
+    fresh.p("e", "x", 30, 7i64);
+    assert_eq!(fresh.states(), vec![(30, s("OK"), "ERROR".to_owned())]);
+
+    // A deterministic limit stays in force across the restart.
+    snap.rules[0].equipment[0].groups[0].disabled =
+        Some("too many operations (an endless loop?)".into());
+    let mut fresh = Harness::new(&[slow_above_100()]);
+    fresh.e.restore(&snap);
+    assert!(disabled(&fresh.e).is_some());
+    fresh.p("e", "x", 30, 7i64);
+    assert!(fresh.states().is_empty());
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod fingerprint;
 mod sandbox;
 
 pub use error::{RuleError, RuleErrorKind};
-pub(crate) use sandbox::{explain, FailureKind, ScriptFailure};
+pub(crate) use sandbox::{explain, is_deadline_message, FailureKind, ScriptFailure};
 pub use sandbox::{Limits, Sandbox};
 
 use rhai::{Dynamic, FnPtr, ImmutableString, Map, AST};
@@ -207,7 +207,9 @@ fn compile(sandbox: &Sandbox, source: &str, origin: &str) -> Result<Rule, RuleEr
         .map_err(|e| {
             let f = explain(&e);
             let kind = match f.kind {
-                FailureKind::Limit => Limit,
+                // A rule whose top level runs out of time is rejected like one that
+                // runs out of operations: publishing it again retries it.
+                FailureKind::Limit | FailureKind::Deadline => Limit,
                 FailureKind::Runtime => Runtime,
             };
             RuleError::new(kind, origin, f.message).at_line(f.line)

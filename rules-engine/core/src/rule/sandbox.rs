@@ -1,5 +1,9 @@
 //! The Rhai engine every rule runs in: resource limits, no `eval`, no modules,
 //! no clock, and a wall-clock deadline per evaluation.
+//!
+//! The limits on operations, sizes and depths are deterministic: the same script on the
+//! same values hits them every time, so hitting one disables the group. The deadline is
+//! not (a CPU stall can trip it), so hitting it fails only that one evaluation.
 
 use super::Shape;
 use rhai::{Dynamic, Engine, EvalAltResult, Position};
@@ -31,7 +35,8 @@ pub struct Limits {
     /// Size of a rule's source text.
     pub max_script_bytes: usize,
     /// Wall-clock budget of one evaluation; catches what the operation count cannot
-    /// (e.g. slow native calls).
+    /// (e.g. slow native calls). A hit fails that evaluation only: it depends on the
+    /// machine's load, so it may not change what the rule decides later.
     #[serde(with = "humantime_ms")]
     pub eval_deadline: Duration,
 }
@@ -102,6 +107,15 @@ impl Deadline {
 /// Marker payload the progress hook terminates with, so a deadline is told apart from
 /// a script's own `throw`.
 const DEADLINE_MARK: &str = "linewatch: evaluation deadline exceeded";
+
+/// What a deadline hit reports. Older versions disabled a group with this message and
+/// checkpointed it; [`is_deadline_message`] recognises it on restore.
+pub(crate) const DEADLINE_MESSAGE: &str = "evaluation deadline exceeded (the script ran too long)";
+
+/// Was a group disabled (by an older version) for the deadline, not a deterministic limit?
+pub(crate) fn is_deadline_message(message: &str) -> bool {
+    message == DEADLINE_MESSAGE
+}
 
 /// How often (in operations) the progress hook looks at the clock: reading it on every
 /// operation would cost more than the operation.
@@ -260,9 +274,12 @@ pub(crate) struct ScriptFailure {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureKind {
-    /// A resource limit: operations, deadline, sizes, depth. The script cannot be
-    /// trusted to behave on the next call either.
+    /// A deterministic resource limit: operations, sizes, depth. The same call hits it
+    /// again, so the script cannot be trusted to behave on the next call either.
     Limit,
+    /// The wall-clock deadline: depends on the machine's load, not only on the script,
+    /// so it fails this evaluation and nothing more.
+    Deadline,
     /// Anything else the script did wrong (type mismatch, unknown property, `throw`).
     Runtime,
 }
@@ -282,10 +299,7 @@ pub(crate) fn explain(err: &EvalAltResult) -> ScriptFailure {
         EvalAltResult::ErrorTerminated(v, _)
             if v.clone().into_string().ok().as_deref() == Some(DEADLINE_MARK) =>
         {
-            (
-                FailureKind::Limit,
-                "evaluation deadline exceeded (the script ran too long)".to_owned(),
-            )
+            (FailureKind::Deadline, DEADLINE_MESSAGE.to_owned())
         }
         EvalAltResult::ErrorTooManyOperations(_) => (
             FailureKind::Limit,
@@ -348,7 +362,7 @@ mod tests {
         });
         let started = Instant::now();
         let e = eval(&s, "loop { }").unwrap_err();
-        assert_eq!(e.kind, FailureKind::Limit);
+        assert_eq!(e.kind, FailureKind::Deadline);
         assert!(e.message.contains("deadline"), "{}", e.message);
         assert!(started.elapsed() < Duration::from_secs(5));
     }

@@ -16,6 +16,7 @@ use super::message::{check_rule_id, RuleMessage, RuleStatus, Topics};
 use super::metrics::ControlMetrics;
 use super::sync::InitialSync;
 use super::{ControlError, ControlEvent};
+use linewatch_runtime::{Backoff, BackoffPolicy, Jitter};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS, Request,
     Subscribe, SubscribeReasonCode,
@@ -52,10 +53,12 @@ pub struct ControlHandle {
 /// subscribing and reconnecting happen in the background and are reported as events.
 /// `client_id` is used unless the config sets `client_id`. Fails only on configuration
 /// (bad keys, unreadable TLS files, an unset password variable).
+/// `rng` draws the reconnect jitter.
 pub async fn start(
     cfg: &ControlConfig,
     client_id: String,
     metrics: ControlMetrics,
+    rng: fastrand::Rng,
 ) -> Result<(ControlHandle, mpsc::Receiver<ControlEvent>), ControlError> {
     let client_id = cfg.client_id.clone().unwrap_or(client_id);
     let mut opts = cfg.mqtt_options(&client_id)?;
@@ -68,7 +71,13 @@ pub async fn start(
     let (stop_tx, stop_rx) = watch::channel(false);
     info!(%broker, %client_id, filter = %topics.rules_filter(), "control topic: connecting");
 
-    let poller = tokio::spawn(poll_loop(eventloop, topics.rules_filter(), raw_tx, stop_rx));
+    let poller = tokio::spawn(poll_loop(
+        eventloop,
+        topics.rules_filter(),
+        raw_tx,
+        stop_rx,
+        Reconnect::new(rng),
+    ));
     let dispatcher = Dispatcher {
         topics: topics.clone(),
         metrics: metrics.clone(),
@@ -164,12 +173,12 @@ async fn poll_loop(
     filter: String,
     tx: mpsc::Sender<Raw>,
     mut stop: watch::Receiver<bool>,
+    mut reconnect: Reconnect,
 ) {
-    let mut backoff = BACKOFF_MIN;
     loop {
         let raw = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = BACKOFF_MIN;
+                reconnect.reset();
                 // Subscribe on every connection, ahead of anything queued: a new broker
                 // (or an expired session) knows nothing of us, and even with a session
                 // a fresh SUBSCRIBE re-delivers the retained rules, which is harmless
@@ -196,8 +205,7 @@ async fn poll_loop(
                 if *stop.borrow() {
                     return;
                 }
-                let retry_in = jitter(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let retry_in = reconnect.next_delay();
                 if tx
                     .send(Raw::Error {
                         error: e.to_string(),
@@ -221,9 +229,33 @@ async fn poll_loop(
     }
 }
 
-/// ±25 % so that many instances do not reconnect in lock-step after a broker restart.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+/// Reconnect delays: doubling from [`BACKOFF_MIN`] to [`BACKOFF_MAX`], each ±25 % so
+/// that many instances do not reconnect in lock-step after a broker restart.
+struct Reconnect {
+    backoff: Backoff,
+    rng: fastrand::Rng,
+}
+
+impl Reconnect {
+    fn new(rng: fastrand::Rng) -> Self {
+        Reconnect {
+            backoff: Backoff::new(BackoffPolicy::new(
+                BACKOFF_MIN,
+                BACKOFF_MAX,
+                Jitter::Proportional(0.25),
+            )),
+            rng,
+        }
+    }
+
+    /// Connected: the next failure waits the minimum again.
+    fn reset(&mut self) {
+        self.backoff.reset();
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.backoff.next_delay(&mut self.rng)
+    }
 }
 
 struct Dispatcher {
@@ -353,5 +385,35 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delays(seed: u64, n: usize) -> Vec<Duration> {
+        let mut r = Reconnect::new(fastrand::Rng::with_seed(seed));
+        (0..n).map(|_| r.next_delay()).collect()
+    }
+
+    #[test]
+    fn reconnect_delays_follow_the_seed_and_stay_within_25_percent() {
+        assert_eq!(delays(7, 12), delays(7, 12));
+        assert_ne!(delays(7, 12), delays(8, 12));
+        let mut ceiling = BACKOFF_MIN;
+        for d in delays(7, 12) {
+            assert!(
+                d >= ceiling.mul_f64(0.75) && d <= ceiling.mul_f64(1.25),
+                "{d:?} vs {ceiling:?}"
+            );
+            ceiling = (ceiling * 2).min(BACKOFF_MAX);
+        }
+        let mut r = Reconnect::new(fastrand::Rng::with_seed(1));
+        for _ in 0..5 {
+            r.next_delay();
+        }
+        r.reset();
+        assert!(r.next_delay() <= BACKOFF_MIN.mul_f64(1.25));
     }
 }

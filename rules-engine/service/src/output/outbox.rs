@@ -1,11 +1,13 @@
-//! Events waiting for delivery: one FIFO per target, shared by the engine (which pushes)
-//! and the delivery tasks (which take the head and complete it).
+//! Events waiting for delivery: one FIFO per target (of any kind), shared by the engine
+//! (which pushes) and the delivery tasks (which take a batch from the head and complete
+//! it).
 //!
 //! An event leaves a target's queue only when it was delivered or written to the
 //! dead-letter store. The queues are part of the engine's checkpoint ([`Outbox::snapshot`] /
 //! [`Outbox::restore`]), so what was not delivered before a crash is sent again, with the
 //! same ids. [`Queues`] is the pure logic; [`Outbox`] adds a lock and the wake-ups.
 
+use super::target::QueueSpec;
 use linewatch_rules_core::transition::{EventSource, Transition};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -158,6 +160,14 @@ impl Queues {
         self.target(target)?.queue.front().cloned()
     }
 
+    /// Up to `max` events from the head of `target`'s queue, oldest first (they stay
+    /// queued until [`complete`](Self::complete)d).
+    pub fn batch(&self, target: &str, max: usize) -> Vec<Arc<PendingEvent>> {
+        self.target(target)
+            .map(|t| t.queue.iter().take(max).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// `id` was delivered or dead-lettered for `target`: it leaves the queue (or the
     /// evicted list). Returns whether it was there.
     pub fn complete(&mut self, target: &str, id: Uuid) -> bool {
@@ -268,28 +278,18 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Every target bounded by the same `max_pending`.
-    pub fn new(targets: &[String], max_pending: usize) -> Self {
-        let t: Vec<(String, usize)> = targets.iter().map(|n| (n.clone(), max_pending)).collect();
-        Self::with_limits(&t)
-    }
-
-    /// Each target with its own `max_pending`.
-    pub fn from_webhooks(webhooks: &[crate::output::config::WebhookConfig]) -> Self {
-        let t: Vec<(String, usize)> = webhooks
-            .iter()
-            .map(|w| (w.name.clone(), w.max_pending))
+    /// One queue per target, of any kind, each with its own bound.
+    pub fn new<Q: Into<QueueSpec>>(targets: impl IntoIterator<Item = Q>) -> Self {
+        let t: Vec<(String, usize)> = targets
+            .into_iter()
+            .map(|q| {
+                let q = q.into();
+                (q.name, q.max_pending)
+            })
             .collect();
-        Self::with_limits(&t)
-    }
-
-    pub fn with_limits(targets: &[(String, usize)]) -> Self {
         Outbox {
-            queues: Mutex::new(Queues::new(targets)),
-            wakers: targets
-                .iter()
-                .map(|(n, _)| (n.clone(), Notify::new()))
-                .collect(),
+            wakers: t.iter().map(|(n, _)| (n.clone(), Notify::new())).collect(),
+            queues: Mutex::new(Queues::new(&t)),
         }
     }
 
@@ -334,6 +334,11 @@ impl Outbox {
 
     pub fn head(&self, target: &str) -> Option<Arc<PendingEvent>> {
         self.lock().head(target)
+    }
+
+    /// See [`Queues::batch`].
+    pub fn batch(&self, target: &str, max: usize) -> Vec<Arc<PendingEvent>> {
+        self.lock().batch(target, max)
     }
 
     /// See [`Queues::complete`].
@@ -503,6 +508,24 @@ mod tests {
         assert_eq!(r.pending("kept"), 2);
         assert_eq!(r.head("kept").unwrap().id, Uuid::from_u128(1));
         assert_eq!(r.evicted("kept")[0].id, Uuid::from_u128(0));
+    }
+
+    #[test]
+    fn batch_hands_out_the_oldest_events_and_leaves_them_queued() {
+        let mut q = Queues::new(&[("t".into(), 10)]);
+        assert!(q.batch("t", 3).is_empty());
+        for n in 1..=5 {
+            q.push(ev(n));
+        }
+        let ids = |b: Vec<Arc<PendingEvent>>| b.iter().map(|e| e.id.as_u128()).collect::<Vec<_>>();
+        assert_eq!(ids(q.batch("t", 3)), vec![1, 2, 3]);
+        assert_eq!(ids(q.batch("t", 99)), vec![1, 2, 3, 4, 5]);
+        assert_eq!(q.pending("t"), 5);
+        for e in q.batch("t", 2) {
+            assert!(q.complete("t", e.id));
+        }
+        assert_eq!(ids(q.batch("t", 3)), vec![3, 4, 5]);
+        assert!(q.batch("unknown", 3).is_empty());
     }
 
     #[test]

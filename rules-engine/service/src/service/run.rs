@@ -15,7 +15,10 @@ use super::metrics::{
     EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabel, StateLabel, StatusLabel,
 };
 use crate::control::{self, ControlEvent, ControlHandle, ControlMetrics, RuleStatus, StatusKind};
-use crate::output::{self, DeadLetterStore, Outbox, OutboxSnapshot, OutputMetrics, PendingEvent};
+use crate::output::{
+    self, DeadLetterStore, DeliveryContext, Outbox, OutboxSnapshot, OutputMetrics, PendingEvent,
+    WebhookTarget,
+};
 use crate::source::{KinesisSource, ShardPositions, SourceBatch, SourceMetrics, SourceRecord};
 use linewatch_rules_core::engine::{
     Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate,
@@ -23,11 +26,12 @@ use linewatch_rules_core::engine::{
 use linewatch_rules_core::eval::{EvalStats, Partition};
 use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::transition::EventSource;
+use linewatch_runtime::{SharedClock, SystemClock};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 type Cp = super::checkpoint::Checkpoint<EngineSnapshot, ShardPositions, OutboxSnapshot>;
@@ -51,17 +55,36 @@ pub enum ServiceError {
     },
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// `--partition I/N`; wins over the config file's `partition`.
     pub partition: Option<Partition>,
+    /// The wall clock every decision of the run loop and the deliveries reads.
+    pub clock: SharedClock,
+    /// Seeds every jitter of the run (delivery retries, MQTT reconnects, Kinesis
+    /// backoff): one seed, one sequence of delays.
+    pub seed: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+impl Default for RunOptions {
+    /// The system clock and a seed from the OS (through fastrand's OS-seeded generator):
+    /// the binary's edge. Tests pass a manual clock or a fixed seed instead.
+    fn default() -> Self {
+        RunOptions {
+            partition: None,
+            clock: Arc::new(SystemClock),
+            seed: fastrand::u64(..),
+        }
+    }
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("partition", &self.partition)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
 }
 
 fn partition_text(p: Partition) -> String {
@@ -74,6 +97,8 @@ pub async fn run(
     opts: RunOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServiceError> {
+    let clock = opts.clock.clone();
+    let mut rng = fastrand::Rng::with_seed(opts.seed);
     let partition = match (opts.partition, cfg.partition.as_deref()) {
         (Some(p), _) => p,
         (None, Some(text)) => parse_partition(text).map_err(ServiceError::Start)?,
@@ -112,7 +137,7 @@ pub async fn run(
             drop(store);
             let aside = cfg
                 .state_dir
-                .join(format!("checkpoint.corrupt-{}", now_ms()));
+                .join(format!("checkpoint.corrupt-{}", clock.now_ms()));
             std::fs::rename(cfg.checkpoint_dir(), &aside).map_err(|source| ServiceError::Io {
                 what: "cannot move aside the unreadable checkpoint",
                 path: cfg.checkpoint_dir(),
@@ -132,7 +157,7 @@ pub async fn run(
         limits: Limits::default(),
         partition,
     };
-    let outbox = Outbox::from_webhooks(&cfg.webhooks);
+    let outbox = Outbox::new(&cfg.webhooks);
     let (engine, positions, outbox) = match loaded {
         Some(cp) => {
             let (engine, problems) = Engine::restore(engine_cfg, cp.engine)?;
@@ -174,12 +199,17 @@ pub async fn run(
         let hook = hook
             .resolve()
             .map_err(|e| ServiceError::Start(format!("webhooks `{}`: {e}", hook.name)))?;
+        let cx = DeliveryContext {
+            outbox: outbox.clone(),
+            dead: dead.clone(),
+            metrics: output_metrics.clone(),
+            clock: clock.clone(),
+            rng: rng.fork(),
+            shutdown: shutdown.clone(),
+        };
         tasks.push(tokio::spawn(output::run_target(
-            hook,
-            outbox.clone(),
-            dead.clone(),
-            output_metrics.clone(),
-            shutdown.clone(),
+            WebhookTarget::new(hook),
+            cx,
         )));
     }
 
@@ -190,9 +220,10 @@ pub async fn run(
             partition.index, partition.count
         )
     });
-    let (control, mut control_rx) = control::start(&cfg.mqtt, client_id, control_metrics)
-        .await
-        .map_err(|e| ServiceError::Start(format!("control topic: {e}")))?;
+    let (control, mut control_rx) =
+        control::start(&cfg.mqtt, client_id, control_metrics, rng.fork())
+            .await
+            .map_err(|e| ServiceError::Start(format!("control topic: {e}")))?;
 
     let mut lp = Loop {
         engine,
@@ -203,6 +234,7 @@ pub async fn run(
         events: cfg.event_source(),
         instance,
         dead_points: PointDeadLetters::new(cfg.points_dead_letter_file()),
+        clock: clock.clone(),
         last_stats: EvalStats::default(),
         idle_timeout: cfg.watermark.idle_timeout.as_millis() as u64,
         last_checkpoint: None,
@@ -247,7 +279,7 @@ pub async fn run(
             lp.publish(RuleStatus::from_outcome(
                 outcome,
                 lp.instance.clone(),
-                now_ms(),
+                lp.clock.now_ms(),
             ))
             .await;
         }
@@ -261,7 +293,8 @@ pub async fn run(
         let mut positions = positions;
         // Shards trimmed from the stream are dropped from the positions at checkpoints.
         let listed = source.listed_shards();
-        let source_task = tokio::spawn(source.run(positions.clone(), tx, shutdown.clone()));
+        let source_task =
+            tokio::spawn(source.run(positions.clone(), tx, shutdown.clone(), rng.fork()));
 
         let mut advance = tokio::time::interval(cfg.watermark.advance_interval);
         advance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -333,6 +366,7 @@ struct Loop {
     last_stats: EvalStats,
     idle_timeout: u64,
     last_checkpoint: Option<u64>,
+    clock: SharedClock,
 }
 
 impl Loop {
@@ -383,7 +417,7 @@ impl Loop {
                         None,
                         error,
                         self.instance.clone(),
-                        now_ms(),
+                        self.clock.now_ms(),
                     );
                     self.metrics
                         .rule_changes
@@ -403,7 +437,7 @@ impl Loop {
         message: Option<(u64, &str)>,
     ) -> Result<(), ServiceError> {
         let update = self.engine.on_rule(rule_id, message)?;
-        let at = now_ms();
+        let at = self.clock.now_ms();
         let status = match update {
             RuleUpdate::NotOwned | RuleUpdate::Unchanged { .. } => None,
             RuleUpdate::Applied(o) | RuleUpdate::Stale(o) | RuleUpdate::NotFound(o) => {
@@ -444,7 +478,16 @@ impl Loop {
     }
 
     fn on_batch(&mut self, batch: &SourceBatch) -> Result<(), ServiceError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
+        for p in &batch.poisoned {
+            // The source has moved past it; keep its bytes for a look.
+            self.dead_points
+                .put(now, &batch.shard_id, &p.record, "poisoned", &p.reason);
+            self.metrics
+                .dead_letters
+                .get_or_create(&ReasonLabel { reason: "poisoned" })
+                .inc();
+        }
         for rec in &batch.records {
             let outcome = self.engine.on_record(&rec.data, now)?;
             let label = match &outcome {
@@ -461,7 +504,7 @@ impl Loop {
             match outcome {
                 RecordOutcome::Invalid(e) => {
                     self.dead_points
-                        .put(&batch.shard_id, rec, "invalid", &e.to_string());
+                        .put(now, &batch.shard_id, rec, "invalid", &e.to_string());
                     self.metrics
                         .dead_letters
                         .get_or_create(&ReasonLabel { reason: "invalid" })
@@ -483,7 +526,8 @@ impl Loop {
                         let why = format!(
                             "late: timestamp {timestamp} at or below the watermark {watermark} (sender {sender})"
                         );
-                        self.dead_points.put(&batch.shard_id, rec, "late", &why);
+                        self.dead_points
+                            .put(now, &batch.shard_id, rec, "late", &why);
                         self.metrics
                             .dead_letters
                             .get_or_create(&ReasonLabel { reason: "late" })
@@ -499,7 +543,7 @@ impl Loop {
 
     /// Advance the watermark, hand transitions to the outbox, refresh metrics.
     fn tick(&mut self) -> Result<(), ServiceError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let out = self.engine.tick(now)?;
         for t in &out.transitions {
             tracing::debug!(transition = %t.transition_id, state = %t.state, "transition");
@@ -589,7 +633,7 @@ impl Loop {
         let started = Instant::now();
         let snapshot = self.engine.snapshot()?;
         let outbox = self.outbox.snapshot();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match store.save(&snapshot, positions, &outbox, now) {
             Ok(bytes) => {
                 self.metrics
@@ -629,13 +673,13 @@ impl PointDeadLetters {
         }
     }
 
-    fn put(&mut self, shard: &str, rec: &SourceRecord, reason: &str, error: &str) {
+    fn put(&mut self, at: u64, shard: &str, rec: &SourceRecord, reason: &str, error: &str) {
         let data = match std::str::from_utf8(&rec.data) {
             Ok(text) => serde_json::json!({ "data": text }),
             Err(_) => serde_json::json!({ "dataHex": hex::encode(&rec.data) }),
         };
         let mut line = serde_json::json!({
-            "at": now_ms(), "reason": reason, "error": error, "shardId": shard,
+            "at": at, "reason": reason, "error": error, "shardId": shard,
             "sequenceNumber": rec.sequence_number, "subSequence": rec.sub_sequence,
             "partitionKey": rec.partition_key,
         });

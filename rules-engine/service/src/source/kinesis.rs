@@ -9,7 +9,7 @@
 use super::config::{KinesisSourceConfig, MIN_POLL_INTERVAL};
 use super::metrics::{ShardLabel, SourceMetrics};
 use super::shards::{plan, readable, Plan, ReadFrom, ShardInfo, ShardPosition, ShardPositions};
-use super::{SourceBatch, SourceRecord};
+use super::{PoisonedRecord, SourceBatch, SourceRecord};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
@@ -18,6 +18,7 @@ use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
+use linewatch_runtime::{BackoffPolicy, Jitter};
 use linewatch_schemas::kpl;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -122,11 +123,13 @@ impl KinesisSource {
     /// Reads until `shutdown` turns true (or its sender is dropped) or `tx` is closed.
     /// `start` holds checkpointed positions; they win over `cfg.start`. Kinesis errors
     /// are logged, counted and retried, never returned: a missing stream is waited for.
+    /// `rng` draws the backoff jitter (each shard reader gets a fork of it).
     pub async fn run(
         self,
         start: ShardPositions,
         tx: mpsc::Sender<SourceBatch>,
         mut shutdown: watch::Receiver<bool>,
+        mut rng: fastrand::Rng,
     ) -> Result<(), SourceError> {
         let stream = self.cfg.stream.clone();
         let fresh = start.is_empty();
@@ -153,7 +156,7 @@ impl KinesisSource {
                         if e.kind == ErrorKind::Throttled {
                             self.metrics.throttled("ListShards");
                         }
-                        let wait = backoff(list_failures, fastrand::f64());
+                        let wait = backoff(list_failures, rng.f64());
                         list_failures = list_failures.saturating_add(1);
                         if e.kind == ErrorKind::NotFound {
                             warn!(stream = %stream, retry_in = ?wait, "kinesis stream not found; waiting for it: {}", e.message);
@@ -197,6 +200,7 @@ impl KinesisSource {
                                         let batch = SourceBatch {
                                             shard_id: shard.id.clone(),
                                             records: Vec::new(),
+                                            poisoned: Vec::new(),
                                             position: ShardPosition::Finished,
                                             millis_behind_latest: None,
                                         };
@@ -221,6 +225,7 @@ impl KinesisSource {
                                             tx: tx.clone(),
                                             stop: stop_rx.clone(),
                                             events: event_tx.clone(),
+                                            rng: rng.fork(),
                                         };
                                         let handle = tasks.spawn(reader.run());
                                         task_shard.insert(handle.id(), shard.id.clone());
@@ -304,10 +309,9 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 /// Full-jitter exponential back-off: uniform in `[0, min(CAP, BASE * 2^attempt))`, but
 /// never below the 200 ms a shard's call rate allows. `unit` is a random number in [0, 1).
 pub fn backoff(attempt: u32, unit: f64) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
-        .min(BACKOFF_CAP);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0)).max(MIN_POLL_INTERVAL)
+    BackoffPolicy::new(BACKOFF_BASE, BACKOFF_CAP, Jitter::Full)
+        .with_floor(MIN_POLL_INTERVAL)
+        .delay_at(attempt, unit)
 }
 
 /// What went wrong with a call, as far as retrying is concerned.
@@ -417,6 +421,7 @@ struct Reader {
     tx: mpsc::Sender<SourceBatch>,
     stop: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<ReaderEvent>,
+    rng: fastrand::Rng,
 }
 
 /// Counts the shard as open while a reader holds it (also when the task is aborted).
@@ -435,7 +440,7 @@ impl Drop for OpenShard {
 }
 
 impl Reader {
-    async fn run(self) {
+    async fn run(mut self) {
         // A copy: `self` stays borrowed by the calls raced against it.
         let mut stop = self.stop.clone();
         // The last delivered sequence number: a new iterator (after expiry) starts after it.
@@ -532,27 +537,16 @@ impl Reader {
                     })
                     .set(ms);
             }
-            let mut records = Vec::with_capacity(n);
-            for r in out.records {
-                self.metrics.kinesis_records.inc();
-                expand(&self.stream, &self.shard_id, r, &mut records, &self.metrics);
-            }
-            if let Some(last) = records.last() {
-                last_seq = Some(last.sequence_number.clone());
-            }
-            if n > 0 || finished {
-                let position = match (&last_seq, finished) {
-                    (_, true) => ShardPosition::Finished,
-                    (Some(s), false) => ShardPosition::After(s.clone()),
-                    (None, false) => unreachable!("records were read, so there is a last one"),
-                };
-                let count = records.len() as u64;
-                let batch = SourceBatch {
-                    shard_id: self.shard_id.clone(),
-                    records,
-                    position,
-                    millis_behind_latest: millis_behind,
-                };
+            if let Some(batch) = page_batch(
+                &self.stream,
+                &self.shard_id,
+                out.records,
+                &mut last_seq,
+                finished,
+                millis_behind,
+                &self.metrics,
+            ) {
+                let count = batch.records.len() as u64;
                 // Counted before the send, so a consumer never sees a batch the metrics miss.
                 self.metrics.batches.inc();
                 self.metrics.records.inc_by(count);
@@ -582,12 +576,12 @@ impl Reader {
     }
 
     /// Counts a failed call and returns how long to wait before the next one.
-    fn failed(&self, operation: &str, kind: ErrorKind, failures: &mut u32) -> Duration {
+    fn failed(&mut self, operation: &str, kind: ErrorKind, failures: &mut u32) -> Duration {
         self.metrics.error(operation, kind.label());
         if kind == ErrorKind::Throttled {
             self.metrics.throttled(operation);
         }
-        let wait = backoff(*failures, fastrand::f64());
+        let wait = backoff(*failures, self.rng.f64());
         *failures = failures.saturating_add(1);
         wait
     }
@@ -613,12 +607,55 @@ impl Reader {
     }
 }
 
-/// Appends the user records of one Kinesis record (several if it is KPL-aggregated).
+/// One GetRecords page as the batch to hand on, `None` when there is nothing to send
+/// (an empty page of an open shard). `last_seq` is the last sequence number handed on
+/// (a new iterator starts after it). The batch's position is after the page's last
+/// Kinesis record, whether it yielded user records or was poisoned: a record that
+/// yields nothing is dead-lettered once and never read again.
+#[allow(clippy::too_many_arguments)]
+fn page_batch(
+    stream: &str,
+    shard: &str,
+    page: Vec<aws_sdk_kinesis::types::Record>,
+    last_seq: &mut Option<String>,
+    finished: bool,
+    millis_behind_latest: Option<i64>,
+    metrics: &SourceMetrics,
+) -> Option<SourceBatch> {
+    if page.is_empty() && !finished {
+        return None;
+    }
+    let mut records = Vec::with_capacity(page.len());
+    let mut poisoned = Vec::new();
+    for r in page {
+        metrics.kinesis_records.inc();
+        *last_seq = Some(r.sequence_number.clone());
+        expand(stream, shard, r, &mut records, &mut poisoned, metrics);
+    }
+    let position = match (&*last_seq, finished) {
+        (_, true) => ShardPosition::Finished,
+        (Some(s), false) => ShardPosition::After(s.clone()),
+        // Not reached: a non-empty page set `last_seq`. Should it be, the shard reads on
+        // from where it was rather than stopping.
+        (None, false) => return None,
+    };
+    Some(SourceBatch {
+        shard_id: shard.to_owned(),
+        records,
+        poisoned,
+        position,
+        millis_behind_latest,
+    })
+}
+
+/// Appends the user records of one Kinesis record (several if it is KPL-aggregated);
+/// a record that yields none goes to `poisoned`.
 fn expand(
     stream: &str,
     shard: &str,
     r: aws_sdk_kinesis::types::Record,
     out: &mut Vec<SourceRecord>,
+    poisoned: &mut Vec<PoisonedRecord>,
     metrics: &SourceMetrics,
 ) {
     let arrival_ms = r
@@ -628,7 +665,23 @@ fn expand(
     let partition_key = r.partition_key.unwrap_or_default();
     let data = r.data.into_inner();
     let sequence_number = r.sequence_number;
+    let raw = |partition_key, data| SourceRecord {
+        sequence_number: sequence_number.clone(),
+        sub_sequence: 0,
+        partition_key,
+        arrival_ms,
+        data,
+    };
     match kpl::deaggregate(&data, &partition_key) {
+        Ok(users) if users.is_empty() => {
+            metrics.poisoned_records.inc();
+            let reason = "KPL aggregated record holds no user record".to_owned();
+            warn!(stream, shard, sequence_number = %sequence_number, "{reason}; dead-lettering it and reading on");
+            poisoned.push(PoisonedRecord {
+                record: raw(partition_key, data),
+                reason,
+            });
+        }
         Ok(users) => out.extend(users.into_iter().map(|u| SourceRecord {
             sequence_number: sequence_number.clone(),
             sub_sequence: u.sub_sequence,
@@ -640,13 +693,7 @@ fn expand(
             // Delivered raw: the engine dead-letters it (as not a data point) with the bytes kept.
             metrics.kpl_errors.inc();
             warn!(stream, shard, sequence_number = %sequence_number, "KPL record does not de-aggregate; delivering it as one raw record: {e}");
-            out.push(SourceRecord {
-                sequence_number,
-                sub_sequence: 0,
-                partition_key,
-                arrival_ms,
-                data,
-            });
+            out.push(raw(partition_key, data));
         }
     }
 }
@@ -664,6 +711,16 @@ mod tests {
         for a in 0..20 {
             assert!(backoff(a, 0.25) <= backoff(a + 1, 0.25));
         }
+    }
+
+    #[test]
+    fn backoff_delays_follow_the_seed() {
+        let delays = |seed| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            (0..10).map(|a| backoff(a, rng.f64())).collect::<Vec<_>>()
+        };
+        assert_eq!(delays(42), delays(42));
+        assert_ne!(delays(42), delays(43));
     }
 
     #[test]
@@ -687,6 +744,74 @@ mod tests {
         assert_eq!(ErrorKind::of_code(None), ErrorKind::Other);
     }
 
+    fn record(seq: &str, data: Vec<u8>) -> aws_sdk_kinesis::types::Record {
+        aws_sdk_kinesis::types::Record::builder()
+            .sequence_number(seq)
+            .partition_key("k")
+            .data(aws_sdk_kinesis::primitives::Blob::new(data))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_page_of_only_an_empty_kpl_record_is_dead_lettered_and_passed() {
+        // Magic + MD5 of an empty body: a valid aggregate of zero user records.
+        let empty = kpl::frame(&[]);
+        assert_eq!(kpl::deaggregate(&empty, "k"), Ok(vec![]));
+        let metrics = SourceMetrics::new();
+        let mut last = None;
+        let batch = page_batch(
+            "s",
+            "shard-0",
+            vec![record("100", empty.clone())],
+            &mut last,
+            false,
+            Some(0),
+            &metrics,
+        )
+        .expect("a batch carries the poisoned record");
+        assert!(batch.records.is_empty());
+        assert_eq!(batch.poisoned.len(), 1);
+        assert_eq!(batch.poisoned[0].record.sequence_number, "100");
+        assert_eq!(batch.poisoned[0].record.data, empty);
+        assert!(
+            batch.poisoned[0].reason.contains("no user record"),
+            "{}",
+            batch.poisoned[0].reason
+        );
+        // The checkpoint moves past it, and so does a new iterator.
+        assert_eq!(batch.position, ShardPosition::After("100".into()));
+        assert_eq!(last.as_deref(), Some("100"));
+        assert_eq!(metrics.poisoned_records.get(), 1);
+
+        // Between good records, the position is after the last Kinesis record.
+        let good = |n: u8| record(&format!("20{n}"), format!("{{\"n\":{n}}}").into_bytes());
+        let batch = page_batch(
+            "s",
+            "shard-0",
+            vec![
+                good(1),
+                record("202", empty),
+                good(3),
+                record("204", kpl::frame(&[])),
+            ],
+            &mut last,
+            false,
+            None,
+            &metrics,
+        )
+        .unwrap();
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(batch.poisoned.len(), 2);
+        assert_eq!(batch.position, ShardPosition::After("204".into()));
+        assert_eq!(metrics.poisoned_records.get(), 3);
+
+        // An empty page of an open shard sends nothing; of a closed one, `Finished`.
+        assert!(page_batch("s", "shard-0", vec![], &mut last, false, None, &metrics).is_none());
+        let done = page_batch("s", "shard-0", vec![], &mut last, true, None, &metrics).unwrap();
+        assert_eq!(done.position, ShardPosition::Finished);
+    }
+
     #[test]
     fn expand_deaggregates_and_keeps_bad_kpl_raw() {
         use aws_sdk_kinesis::primitives::Blob;
@@ -702,7 +827,14 @@ mod tests {
         };
         let mut out = Vec::new();
         let packed = kpl::aggregate(&[("a", None, b"1"), ("b", None, b"2")]);
-        expand("s", "shard", rec(packed), &mut out, &metrics);
+        expand(
+            "s",
+            "shard",
+            rec(packed),
+            &mut out,
+            &mut Vec::new(),
+            &metrics,
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(
             (out[1].sub_sequence, out[1].partition_key.as_str()),
@@ -714,7 +846,14 @@ mod tests {
         // Magic + good MD5 + a body that does not decode.
         let bad = kpl::frame(&[0x1a, 0x64, 0x08, 0x00]);
         out.clear();
-        expand("s", "shard", rec(bad.clone()), &mut out, &metrics);
+        expand(
+            "s",
+            "shard",
+            rec(bad.clone()),
+            &mut out,
+            &mut Vec::new(),
+            &metrics,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data, bad);
         assert_eq!(metrics.kpl_errors.get(), 1);

@@ -39,6 +39,9 @@ pub struct SourceMetrics {
     pub throttles: Family<OperationLabel, Counter>,
     /// Records with the KPL magic and a good MD5 that did not decode (delivered raw).
     pub kpl_errors: Counter,
+    /// Kinesis records that yield no user record (a KPL aggregate of zero records),
+    /// handed on to be dead-lettered.
+    pub poisoned_records: Counter,
     /// MillisBehindLatest of the last GetRecords, per shard being read.
     pub millis_behind_latest: Family<ShardLabel, Gauge>,
     /// Shards being read (holding an iterator).
@@ -82,6 +85,11 @@ impl SourceMetrics {
             "kpl_errors",
             "KPL aggregated records that did not decode (delivered as one raw record)",
             self.kpl_errors.clone(),
+        );
+        r.register(
+            "poisoned_records",
+            "Kinesis records that yield no user record (dead-lettered, reading goes on)",
+            self.poisoned_records.clone(),
         );
         r.register(
             "millis_behind_latest",

@@ -2,7 +2,7 @@
 //! target's extra headers and its auth. Building is pure (no I/O, the time is passed in)
 //! so the exact request can be checked in tests.
 
-use crate::output::config::{ResolvedAuth, ResolvedWebhook, HMAC_TIMESTAMP_HEADER};
+use super::config::{ResolvedAuth, ResolvedWebhook, HMAC_TIMESTAMP_HEADER};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use sha2::Sha256;
@@ -68,7 +68,7 @@ pub fn build_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::config::{AuthConfig, WebhookConfig};
+    use crate::output::webhook::config::{AuthConfig, WebhookConfig};
 
     fn target(auth: Option<AuthConfig>) -> ResolvedWebhook {
         let mut w = WebhookConfig::new("t", "http://127.0.0.1:9/hook");

@@ -2,6 +2,8 @@
 //! resolved once at start ([`WebhookConfig::resolve`]) so a missing variable is a start-up
 //! error naming the key, not a delivery failure hours later.
 
+use crate::output::retry::RetryPolicy;
+use crate::output::target::QueueSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -161,7 +163,23 @@ pub enum WebhookConfigError {
     },
 }
 
+impl From<&WebhookConfig> for QueueSpec {
+    fn from(w: &WebhookConfig) -> Self {
+        QueueSpec::new(w.name.clone(), w.max_pending)
+    }
+}
+
 impl WebhookConfig {
+    /// The backoff and give-up limits of this target.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.backoff_initial,
+            max: self.backoff_max,
+            max_attempts: self.max_attempts,
+            max_age: self.max_age,
+        }
+    }
+
     /// A target with every default, for code and tests.
     pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
         WebhookConfig {
