@@ -14,7 +14,7 @@ use linewatch_rules_core::eval::Partition;
 use linewatch_rules_core::replay::{load_rule_files, replay, ReplayEvent, ReplayOptions};
 use linewatch_rules_core::{EventSource, LatePolicy, Limits, Sandbox, WatermarkConfig};
 use linewatch_runtime::logging::{self, LogFormat};
-use linewatch_runtime::shutdown::{self, CancellationToken};
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::signals;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -202,7 +202,7 @@ fn run_service(config: &Path, partition: Option<Partition>) -> anyhow::Result<Ex
             partition,
             ..RunOptions::default()
         };
-        let result = run(cfg, opts, shutdown::watch_of(&stop)).await;
+        let result = run(cfg, opts, stop).await;
         signals.abort();
         result
     })?;

@@ -3,16 +3,15 @@
 //! file ties them together and checks what spans sections.
 
 use crate::control::ControlConfig;
-use crate::output::WebhookConfig;
+use crate::output::{self, WebhookConfig};
 use crate::source::KinesisSourceConfig;
 use linewatch_rules_core::eval::Partition;
 use linewatch_rules_core::sequencer::{LatePolicy, SequencerConfig};
 use linewatch_rules_core::transition::EventSource;
 use linewatch_rules_core::watermark::WatermarkConfig;
 use linewatch_rules_core::workers::MAX_WORKERS;
-use linewatch_runtime::problems::{Problem, Problems};
+use linewatch_runtime::problems::Problems;
 use serde::Deserialize;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -145,15 +144,6 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9465))
 }
 
-/// Problems of a section still reported as `key: message` text (the source and the
-/// webhook tables), split back into key and message.
-fn keyed(lines: Vec<String>) -> impl Iterator<Item = Problem> {
-    lines.into_iter().map(|l| match l.split_once(": ") {
-        Some((key, message)) => Problem::new(key, message),
-        None => Problem::new("", l),
-    })
-}
-
 /// `I/N` with `0 <= I < N <= 1024`.
 pub fn parse_partition(s: &str) -> Result<Partition, String> {
     let err = || format!("`{s}` is not a partition `I/N` with 0 <= I < N <= 1024");
@@ -230,18 +220,9 @@ impl ServiceConfig {
         if self.events.region.is_empty() {
             p.push("events.region", "must not be empty");
         }
-        p.extend(keyed(self.kinesis.check()));
+        p.extend(self.kinesis.check());
         p.extend(self.mqtt.check());
-        let mut names = BTreeSet::new();
-        for (i, hook) in self.webhooks.iter().enumerate() {
-            p.extend(keyed(hook.check(i)));
-            if !names.insert(hook.name.as_str()) {
-                p.push(
-                    format!("webhooks[{i}].name"),
-                    format!("`{}` is used twice", hook.name),
-                );
-            }
-        }
+        p.extend(output::check_all(&self.webhooks));
         p
     }
 

@@ -26,13 +26,14 @@ use linewatch_rules_core::engine::{
 use linewatch_rules_core::eval::{EvalStats, Partition};
 use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::transition::EventSource;
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::{SharedClock, SystemClock};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 type Cp = super::checkpoint::Checkpoint<EngineSnapshot, ShardPositions, OutboxSnapshot>;
 
@@ -91,11 +92,11 @@ fn partition_text(p: Partition) -> String {
     format!("{}/{}", p.index, p.count)
 }
 
-/// Run until `shutdown` turns true; then tick, checkpoint and stop the tasks.
+/// Run until `shutdown` is cancelled; then tick, checkpoint and stop the tasks.
 pub async fn run(
     cfg: ServiceConfig,
     opts: RunOptions,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let clock = opts.clock.clone();
     let mut rng = fastrand::Rng::with_seed(opts.seed);
@@ -182,14 +183,7 @@ pub async fn run(
         instance.clone(),
         partition_text(partition),
     )));
-    // Until the run loop takes the runtime's token itself: one that follows `shutdown`.
-    let ops_stop = linewatch_runtime::shutdown::CancellationToken::new();
-    let (mut ops_rx, ops_tx) = (shutdown.clone(), ops_stop.clone());
-    tokio::spawn(async move {
-        let _ = ops_rx.wait_for(|s| *s).await;
-        ops_tx.cancel();
-    });
-    let http_task = http::serve(cfg.http.listen, registry, view.clone(), ops_stop).await?;
+    let http_task = http::serve(cfg.http.listen, registry, view.clone(), shutdown.clone()).await?;
 
     // Webhook targets, each its own task.
     let dead = DeadLetterStore::open(cfg.webhook_dead_letter_dir())
@@ -240,12 +234,11 @@ pub async fn run(
         last_checkpoint: None,
     };
     lp.set_phase(Phase::SyncingRules);
-    let mut shutdown_rx = shutdown.clone();
     let mut present = BTreeSet::new();
     // `Some(timed_out)` once the retained rules are in; `None` on shutdown.
     let synced = loop {
         tokio::select! {
-            _ = shutdown_rx.wait_for(|s| *s) => break None,
+            _ = shutdown.cancelled() => break None,
             ev = control_rx.recv() => match ev {
                 Some(ControlEvent::InitialSyncDone { rules, timed_out }) => {
                     if timed_out {
@@ -305,7 +298,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown_rx.wait_for(|s| *s) => break,
+                _ = shutdown.cancelled() => break,
                 _ = advance.tick() => lp.tick()?,
                 _ = checkpoint.tick() => {
                     let current = listed.borrow().clone();
