@@ -322,4 +322,15 @@ mod tests {
         let err = ServiceConfig::load(file.path()).unwrap_err().to_string();
         assert!(err.contains("has 2 problem(s):\n  kinesis.stream: must not be empty\n  mqtt.port: must be 1 to 65535"), "{err}");
     }
+
+    #[test]
+    fn the_example_config_loads_without_deprecated_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/service.toml");
+        let cfg = ServiceConfig::load(&path).unwrap();
+        assert_eq!(
+            cfg.kinesis.aws.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:4567")
+        );
+        assert!(cfg.kinesis.aws.warnings("kinesis").is_empty());
+    }
 }
