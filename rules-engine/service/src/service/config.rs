@@ -257,6 +257,12 @@ impl ServiceConfig {
     }
 }
 
+/// The keys of `p`, in order, for tests (the runtime's `Problems` has no such view).
+#[cfg(test)]
+pub(crate) fn problem_keys(p: &Problems) -> Vec<&str> {
+    p.iter().map(|p| p.key.as_str()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,9 +302,8 @@ mod tests {
         )
         .unwrap();
         let p = cfg.problems();
-        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
-            keys,
+            problem_keys(&p),
             vec![
                 "workers",
                 "instance_id",

@@ -248,9 +248,8 @@ mod tests {
         c.aws.access_key_id = Some("k".into());
         c.aws.endpoint_url = Some("127.0.0.1:4567".into());
         let p = c.check();
-        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
-            keys,
+            crate::service::config::problem_keys(&p),
             vec![
                 "kinesis.endpoint_url",
                 "kinesis.secret_access_key",
@@ -271,17 +270,11 @@ mod tests {
 
     #[test]
     fn the_aws_keys_are_the_agents() {
-        let c = parse(
-            r#"stream = "s"
-               region = "eu-central-1"
-               endpoint_url = "http://127.0.0.1:4567"
-               access_key_id = "AKID"
-               secret_access_key_env = "LW_SECRET""#,
-        )
-        .unwrap();
-        assert_eq!(c.stream, "s");
+        // Routed by name: the AWS keys to `aws`, the rest to the source's own fields.
+        let c = parse("stream = \"s\"\nregion = \"eu-central-1\"\nendpoint_url = \"http://127.0.0.1:4567\"\npoll_interval = \"500ms\"").unwrap();
         assert_eq!(c.aws.region.as_deref(), Some("eu-central-1"));
         assert_eq!(c.aws.endpoint_url(), Some("http://127.0.0.1:4567"));
+        assert_eq!(c.poll_interval, Duration::from_millis(500));
         assert!(c.check().is_empty(), "{}", c.check());
         assert!(c.aws.warnings("kinesis").is_empty());
         let err = parse("stream = \"s\"\nendpoint_ur = \"http://x\"").unwrap_err();
