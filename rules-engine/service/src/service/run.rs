@@ -286,6 +286,7 @@ pub async fn run(
         let mut positions = positions;
         // Shards trimmed from the stream are dropped from the positions at checkpoints.
         let listed = source.listed_shards();
+        let source_problems = source.problems();
         let source_task =
             tokio::spawn(source.run(positions.clone(), tx, shutdown.clone(), rng.fork()));
 
@@ -299,7 +300,18 @@ pub async fn run(
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = advance.tick() => lp.tick()?,
+                _ = advance.tick() => {
+                    lp.tick()?;
+                    let found: Vec<String> = source_problems
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect();
+                    for p in found {
+                        lp.view_problem(&p);
+                    }
+                }
                 _ = checkpoint.tick() => {
                     let current = listed.borrow().clone();
                     if !current.is_empty() {

@@ -16,47 +16,48 @@ pub const MAX_RECORDS_LIMIT: u32 = 10_000;
 /// The `[kinesis]` section of the service configuration. Deserializing it reads the
 /// whole table (the AWS keys into `aws`, the rest into the source's own fields), every
 /// unknown key still rejected.
-#[derive(Debug, Clone, PartialEq)]
+// `remote = "Self"`: the derive becomes an inherent `deserialize` of the source's own keys
+// (`aws` is skipped, so not among them); the trait impl below adds the AWS keys.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct KinesisSourceConfig {
     /// Region, endpoint and credentials: the same keys as the agent's `[kinesis]`.
+    #[serde(skip)]
     pub aws: AwsConnection,
     pub stream: String,
     /// Where shards without a checkpointed position start.
+    #[serde(default)]
     pub start: StartPosition,
+    /// What to do when the stream rejects a checkpointed position (the stream was deleted
+    /// and recreated, or the checkpoint belongs to another stream).
+    #[serde(default)]
+    pub on_invalid_position: InvalidPositionPolicy,
     /// Pause between GetRecords calls on a shard that is caught up.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
     /// `Limit` of each GetRecords call.
+    #[serde(default = "default_max_records")]
     pub max_records: u32,
     /// How often ListShards looks for new shards (also done whenever a shard finishes).
+    #[serde(default = "default_discovery", with = "humantime_serde")]
     pub shard_discovery_interval: Duration,
 }
 
-/// The source's own keys of the table (the AWS ones are [`AwsConnection`]'s).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OwnKeys {
-    stream: String,
-    #[serde(default)]
-    start: StartPosition,
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
-    poll_interval: Duration,
-    #[serde(default = "default_max_records")]
-    max_records: u32,
-    #[serde(default = "default_discovery", with = "humantime_serde")]
-    shard_discovery_interval: Duration,
+/// The source's own keys, as a type `Split` can learn the field names of.
+struct OwnKeys(KinesisSourceConfig);
+
+impl<'de> Deserialize<'de> for OwnKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        KinesisSourceConfig::deserialize(d).map(OwnKeys)
+    }
 }
 
 impl<'de> Deserialize<'de> for KinesisSourceConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Split { common, specific } = Split::<AwsConnection, OwnKeys>::deserialize(d)?;
-        Ok(KinesisSourceConfig {
-            aws: common,
-            stream: specific.stream,
-            start: specific.start,
-            poll_interval: specific.poll_interval,
-            max_records: specific.max_records,
-            shard_discovery_interval: specific.shard_discovery_interval,
-        })
+        let mut cfg = specific.0;
+        cfg.aws = common;
+        Ok(cfg)
     }
 }
 
@@ -77,6 +78,7 @@ impl KinesisSourceConfig {
             aws: AwsConnection::default(),
             stream: stream.into(),
             start: StartPosition::default(),
+            on_invalid_position: InvalidPositionPolicy::default(),
             poll_interval: default_poll_interval(),
             max_records: default_max_records(),
             shard_discovery_interval: default_discovery(),
@@ -143,6 +145,19 @@ pub enum StartPosition {
     Latest,
     /// Records that arrived at or after this time (AT_TIMESTAMP).
     AtTimestamp(SystemTime),
+}
+
+/// `kinesis.on_invalid_position`. Either way the shard is named in an `error` log line,
+/// counted (`linewatch_rules_source_invalid_positions_total`) and listed in `/healthz`
+/// problems until the service restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidPositionPolicy {
+    /// Read the shard again from `kinesis.start`, as if it had no checkpoint.
+    #[default]
+    Restart,
+    /// Stop reading that shard; an operator decides (e.g. clears the checkpoint).
+    Fail,
 }
 
 impl std::str::FromStr for StartPosition {

@@ -6,7 +6,7 @@
 //! coordinator, which only then starts the children: the child's first batch is
 //! queued behind the parent's last one, so per-key order holds across a reshard.
 
-use super::config::{KinesisSourceConfig, MIN_POLL_INTERVAL};
+use super::config::{InvalidPositionPolicy, KinesisSourceConfig, StartPosition, MIN_POLL_INTERVAL};
 use super::metrics::{ShardLabel, SourceMetrics};
 use super::shards::{plan, readable, Plan, ReadFrom, ShardInfo, ShardPosition, ShardPositions};
 use super::{PoisonedRecord, SourceBatch, SourceRecord};
@@ -48,7 +48,11 @@ pub struct KinesisSource {
     cfg: KinesisSourceConfig,
     metrics: SourceMetrics,
     listing: watch::Sender<Arc<BTreeSet<String>>>,
+    problems: SourceProblems,
 }
+
+/// Problems the readers found that `/healthz` must show (e.g. a rejected checkpoint).
+pub type SourceProblems = Arc<std::sync::Mutex<BTreeSet<String>>>;
 
 impl std::fmt::Debug for KinesisSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,6 +86,7 @@ impl KinesisSource {
             cfg,
             metrics,
             listing: watch::Sender::new(Arc::new(BTreeSet::new())),
+            problems: SourceProblems::default(),
         }
     }
 
@@ -89,6 +94,11 @@ impl KinesisSource {
     /// for [`ShardPositions::forget_unlisted`]. Updated before any new shard is read.
     pub fn listed_shards(&self) -> watch::Receiver<Arc<BTreeSet<String>>> {
         self.listing.subscribe()
+    }
+
+    /// What the readers found wrong so far (shared; read it at any time).
+    pub fn problems(&self) -> SourceProblems {
+        Arc::clone(&self.problems)
     }
 
     /// Reads until `shutdown` is cancelled or `tx` is closed.
@@ -198,6 +208,9 @@ impl KinesisSource {
                                             stop: readers_stop.clone(),
                                             events: event_tx.clone(),
                                             rng: rng.fork(),
+                                            start: self.cfg.start,
+                                            on_invalid: self.cfg.on_invalid_position,
+                                            problems: Arc::clone(&self.problems),
                                         };
                                         let handle = tasks.spawn(reader.run());
                                         task_shard.insert(handle.id(), shard.id.clone());
@@ -287,6 +300,9 @@ pub enum ErrorKind {
     Throttled,
     ExpiredIterator,
     NotFound,
+    /// The request names something the stream does not have, e.g. a sequence number of
+    /// another (deleted and recreated) stream.
+    InvalidArgument,
     Network,
     Service,
     Other,
@@ -298,6 +314,7 @@ impl ErrorKind {
             ErrorKind::Throttled => "throttled",
             ErrorKind::ExpiredIterator => "expired_iterator",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::Network => "network",
             ErrorKind::Service => "service",
             ErrorKind::Other => "other",
@@ -315,6 +332,7 @@ impl ErrorKind {
             ) => ErrorKind::Throttled,
             Some("ExpiredIteratorException") => ErrorKind::ExpiredIterator,
             Some("ResourceNotFoundException") => ErrorKind::NotFound,
+            Some("InvalidArgumentException") => ErrorKind::InvalidArgument,
             Some("InternalFailureException" | "InternalFailure" | "ServiceUnavailable") => {
                 ErrorKind::Service
             }
@@ -389,6 +407,9 @@ struct Reader {
     stop: CancellationToken,
     events: mpsc::UnboundedSender<ReaderEvent>,
     rng: fastrand::Rng,
+    start: StartPosition,
+    on_invalid: InvalidPositionPolicy,
+    problems: SourceProblems,
 }
 
 /// Counts the shard as open while a reader holds it (also when the task is aborted).
@@ -454,6 +475,34 @@ impl Reader {
                         warn!(stream = %self.stream, shard = %self.shard_id, "GetShardIterator returned no iterator; retrying");
                         next_call = Instant::now()
                             + self.failed("GetShardIterator", ErrorKind::Other, &mut failures);
+                    }
+                    Err(e) if e.kind == ErrorKind::InvalidArgument => {
+                        if let ReadFrom::AfterSequence(seq) = &from {
+                            // Retrying cannot help: the stream does not know this position.
+                            self.metrics.invalid_positions.inc();
+                            self.metrics.error("GetShardIterator", e.kind.label());
+                            let restart = self.on_invalid == InvalidPositionPolicy::Restart;
+                            let problem = format!(
+                                "shard {}: the stream rejected the checkpointed position after {seq} ({}); {}",
+                                self.shard_id,
+                                e.message,
+                                if restart { format!("restarted from kinesis.start = {:?}", self.start) } else { "not read (kinesis.on_invalid_position = \"fail\")".to_owned() }
+                            );
+                            error!(stream = %self.stream, shard = %self.shard_id, sequence = %seq, policy = ?self.on_invalid, "{problem}");
+                            self.problems
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(problem);
+                            if !restart {
+                                return;
+                            }
+                            last_seq = None;
+                            self.from = ReadFrom::from_start(self.start);
+                        } else {
+                            let wait = self.failed("GetShardIterator", e.kind, &mut failures);
+                            warn!(stream = %self.stream, shard = %self.shard_id, from = ?from, retry_in = ?wait, "GetShardIterator rejected: {}", e.message);
+                            next_call = Instant::now() + wait;
+                        }
                     }
                     Err(e) => {
                         let wait = self.failed("GetShardIterator", e.kind, &mut failures);

@@ -42,6 +42,8 @@ pub struct SourceMetrics {
     /// Kinesis records that yield no user record (a KPL aggregate of zero records),
     /// handed on to be dead-lettered.
     pub poisoned_records: Counter,
+    /// Checkpointed positions the stream rejected (`kinesis.on_invalid_position` applied).
+    pub invalid_positions: Counter,
     /// MillisBehindLatest of the last GetRecords, per shard being read.
     pub millis_behind_latest: Family<ShardLabel, Gauge>,
     /// Shards being read (holding an iterator).
@@ -90,6 +92,11 @@ impl SourceMetrics {
             "poisoned_records",
             "Kinesis records that yield no user record (dead-lettered, reading goes on)",
             self.poisoned_records.clone(),
+        );
+        r.register(
+            "invalid_positions",
+            "Checkpointed shard positions the stream rejected (e.g. a recreated stream)",
+            self.invalid_positions.clone(),
         );
         r.register(
             "millis_behind_latest",

@@ -111,6 +111,17 @@ pub enum ReadFrom {
     AfterSequence(String),
 }
 
+impl ReadFrom {
+    /// Where a shard starts that has no (usable) checkpointed position.
+    pub fn from_start(start: StartPosition) -> ReadFrom {
+        match start {
+            StartPosition::TrimHorizon => ReadFrom::TrimHorizon,
+            StartPosition::Latest => ReadFrom::Latest,
+            StartPosition::AtTimestamp(t) => ReadFrom::AtTimestamp(t),
+        }
+    }
+}
+
 /// What to do with a readable shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
