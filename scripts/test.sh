@@ -19,8 +19,9 @@ cargo fmt --all -- --check
 echo "== the rule engine's core stays pure"
 # Its contract (docs/architecture.md): no async runtime, HTTP, AWS, MQTT or store in its
 # tree, not even through linewatch-runtime (which it uses without features).
-impure=$(cargo tree -p linewatch-rules-core -e normal,build --prefix none --locked \
-    | awk '{print $1}' | grep -xE 'tokio|axum|aws-.*|reqwest|rumqttc|sled' | sort -u || true)
+# Two steps, so that a failing `cargo tree` fails the run instead of passing empty.
+core_tree=$(cargo tree -p linewatch-rules-core -e normal,build --prefix none --locked)
+impure=$(awk '{print $1}' <<<"$core_tree" | grep -xE 'tokio|axum|aws-.*|reqwest|rumqttc|sled' | sort -u || true)
 if [ -n "$impure" ]; then
     echo "linewatch-rules-core depends on: $impure" >&2
     exit 1
