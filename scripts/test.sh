@@ -16,6 +16,16 @@ done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== the rule engine's core stays pure"
+# Its contract (docs/architecture.md): no async runtime, HTTP, AWS, MQTT or store in its
+# tree, not even through linewatch-runtime (which it uses without features).
+# Two steps, so that a failing `cargo tree` fails the run instead of passing empty.
+core_tree=$(cargo tree -p linewatch-rules-core -e normal,build --prefix none --locked)
+impure=$(awk '{print $1}' <<<"$core_tree" | grep -xE 'tokio|axum|aws-.*|reqwest|rumqttc|sled' | sort -u || true)
+if [ -n "$impure" ]; then
+    echo "linewatch-rules-core depends on: $impure" >&2
+    exit 1
+fi
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The programs under test are built once, here, in the dev profile the tests use: the

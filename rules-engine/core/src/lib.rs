@@ -29,5 +29,7 @@ pub use reading::Reading;
 pub use rule::{Limits, Rule, RuleError, RuleErrorKind, Sandbox};
 pub use sequencer::{Admission, LatePolicy, Sequencer, SequencerConfig};
 pub use transition::{Event, EventSource, GroupExplanation, Transition};
-pub use watermark::{Clock, ManualClock, SystemClock, WatermarkConfig, WatermarkTracker};
+pub use watermark::{
+    Clock, ManualClock, SharedClock, SystemClock, WatermarkConfig, WatermarkTracker,
+};
 pub use workers::WorkerPool;

@@ -17,43 +17,11 @@
 use crate::pairmap::PairMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// A source of "now" in milliseconds, injected wherever time matters.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-/// A clock tests (and replay) move by hand.
-#[derive(Debug, Default)]
-pub struct ManualClock(std::sync::atomic::AtomicU64);
-
-impl ManualClock {
-    pub fn new(ms: u64) -> Self {
-        ManualClock(ms.into())
-    }
-    pub fn set(&self, ms: u64) {
-        self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
+/// The injected clock is the runtime's (one trait for both programs); re-exported here
+/// so `linewatch_rules_core::watermark::Clock` keeps naming it.
+pub use linewatch_runtime::clock::{Clock, ManualClock, SharedClock, SystemClock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

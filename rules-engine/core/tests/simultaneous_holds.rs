@@ -115,7 +115,7 @@ proptest! {
         let got = run(&points(&flips));
         let mut per_time: BTreeMap<u64, usize> = BTreeMap::new();
         for (t, _, _) in &got {
-            if (t - T0) % STEP != 0 {
+            if !(t - T0).is_multiple_of(STEP) {
                 *per_time.entry(*t).or_default() += 1;
             }
         }

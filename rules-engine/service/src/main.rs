@@ -13,6 +13,9 @@ use linewatch_rules::service::run::{run, RunOptions};
 use linewatch_rules_core::eval::Partition;
 use linewatch_rules_core::replay::{load_rule_files, replay, ReplayEvent, ReplayOptions};
 use linewatch_rules_core::{EventSource, LatePolicy, Limits, Sandbox, WatermarkConfig};
+use linewatch_runtime::logging::{self, LogFormat};
+use linewatch_runtime::shutdown::CancellationToken;
+use linewatch_runtime::signals;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,7 +39,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the rule engine: read the Kinesis stream, take rules from the MQTT control
-    /// topic, deliver transitions to the webhooks. Stops cleanly on SIGTERM / Ctrl-C.
+    /// topic, deliver transitions to the webhooks. Stops cleanly on SIGTERM, SIGINT
+    /// (Ctrl-C) or SIGHUP.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -44,9 +48,13 @@ enum Command {
         /// reading the whole stream and control topic, to split the rules between them.
         #[arg(long, value_parser = parse_partition)]
         partition: Option<Partition>,
-        /// Log format on stderr.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        /// Log format on stderr: `text`, or `json` (one object per line, the event's
+        /// fields at the top level, the same shape as the agent's).
+        #[arg(long, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Short for `--log-format json` (the agent's flag).
+        #[arg(long)]
+        log_json: bool,
     },
     /// Publish a rule script on the control topic and print the engine's answer.
     Publish(PublishArgs),
@@ -101,29 +109,10 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum Late {
     DeadLetter,
     Apply,
-}
-
-fn init_logging(default: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -136,8 +125,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Run { log_format, .. } => init_logging("info", *log_format),
-        _ => init_logging("warn", LogFormat::Text),
+        Command::Run {
+            log_format,
+            log_json,
+            ..
+        } => {
+            let format = if *log_json {
+                LogFormat::Json
+            } else {
+                *log_format
+            };
+            logging::init(format, "info");
+        }
+        _ => {
+            logging::init(LogFormat::Text, "warn");
+        }
     }
     let result = match cli.command {
         Command::Run {
@@ -192,39 +194,19 @@ fn run_service(config: &Path, partition: Option<Partition>) -> anyhow::Result<Ex
     let cfg = ServiceConfig::load(config)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("stopping: checkpointing and finishing deliveries in flight");
-            let _ = stop.send(true);
-        });
-        run(
-            cfg,
-            RunOptions {
-                partition,
-                ..RunOptions::default()
-            },
-            stopped,
-        )
-        .await
+        // SIGINT, SIGTERM and SIGHUP each stop cleanly (the run loop then ticks,
+        // checkpoints and finishes deliveries in flight); SIGPIPE is ignored.
+        let stop = CancellationToken::new();
+        let signals = signals::cancel_on_stop_signal(stop.clone());
+        let opts = RunOptions {
+            partition,
+            ..RunOptions::default()
+        };
+        let result = run(cfg, opts, stop).await;
+        signals.abort();
+        result
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the engine");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ use linewatch_rules::source::{
     KinesisSource, KinesisSourceConfig, ShardPosition, ShardPositions, SourceBatch, SourceMetrics,
     SourceRecord, StartPosition,
 };
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_schemas::kpl;
 use linewatch_testkit::kinesis::{self, KinesisPeer};
 use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
@@ -20,7 +21,7 @@ use linewatch_testkit::Scratch;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 const REGION: &str = kinesis::REGION;
@@ -48,10 +49,10 @@ fn start_kinesalite(test: &str) -> (Scratch, Kinesalite) {
 /// The source's config for `stream` on `k`, with quick polls.
 fn source_config(k: &Kinesalite, stream: &str) -> KinesisSourceConfig {
     let mut c = KinesisSourceConfig::new(stream);
-    c.region = Some(REGION.into());
-    c.endpoint = Some(k.endpoint());
-    c.access_key_id = Some(KEY_ID.into());
-    c.secret_access_key = Some(SECRET.into());
+    c.aws.region = Some(REGION.into());
+    c.aws.endpoint_url = Some(k.endpoint());
+    c.aws.access_key_id = Some(KEY_ID.into());
+    c.aws.secret_access_key = Some(SECRET.into());
     c.poll_interval = Duration::from_millis(200);
     c.shard_discovery_interval = Duration::from_secs(1);
     c
@@ -105,7 +106,7 @@ fn seq_key(seq: &str) -> (usize, &str) {
 
 struct Running {
     rx: mpsc::Receiver<SourceBatch>,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     task: JoinHandle<()>,
     metrics: SourceMetrics,
 }
@@ -116,7 +117,8 @@ async fn run_source(cfg: KinesisSourceConfig, start: ShardPositions) -> Running 
         .await
         .expect("source builds");
     let (tx, rx) = mpsc::channel(4);
-    let (stop, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let stop_rx = stop.clone();
     let task = tokio::spawn(async move {
         source
             .run(start, tx, stop_rx, fastrand::Rng::with_seed(7))
@@ -154,7 +156,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.stop.send(true).unwrap();
+        self.stop.cancel();
         drop(self.rx);
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
@@ -629,11 +631,16 @@ async fn throttling_and_expired_iterators_are_retried() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let mut cfg = KinesisSourceConfig::new("scripted");
-    cfg.region = Some(REGION.into());
-    cfg.endpoint = Some(format!("http://{addr}"));
-    cfg.access_key_id = Some(KEY_ID.into());
-    cfg.secret_access_key = Some(SECRET.into());
+    // The deprecated key (the rule engine's old `endpoint`) still reaches the endpoint.
+    let mut cfg: KinesisSourceConfig = toml::from_str(&format!(
+        r#"stream = "scripted"
+           region = "{REGION}"
+           endpoint = "http://{addr}"
+           access_key_id = "{KEY_ID}"
+           secret_access_key = "{SECRET}""#
+    ))
+    .unwrap();
+    assert_eq!(cfg.aws.warnings("kinesis").len(), 1);
     cfg.poll_interval = Duration::from_millis(200);
     let mut src = run_source(cfg, ShardPositions::new()).await;
     let mut batches = Vec::new();

@@ -9,10 +9,10 @@ use linewatch_rules::output::{
 };
 use linewatch_rules_core::transition::transition_id;
 use linewatch_rules_core::{EventSource, Transition};
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_testkit::peers::webhook_receiver::{Answer, Receiver, Request};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 // ---------- the receiver (the test kit's) ----------
@@ -77,13 +77,13 @@ async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool
 }
 
 struct Running {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
     async fn stop(self, within: Duration) {
-        self.stop.send(true).unwrap();
+        self.stop.cancel();
         for t in self.tasks {
             tokio::time::timeout(within, t)
                 .await
@@ -99,7 +99,7 @@ fn start(
     store: &DeadLetterStore,
     metrics: &OutputMetrics,
 ) -> Running {
-    let (stop, rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let tasks = targets
         .iter()
         .enumerate()
@@ -110,7 +110,7 @@ fn start(
                 metrics: metrics.clone(),
                 clock: Arc::new(linewatch_runtime::clock::SystemClock),
                 rng: fastrand::Rng::with_seed(i as u64),
-                shutdown: rx.clone(),
+                shutdown: stop.clone(),
             };
             tokio::spawn(run_target(WebhookTarget::new(t.resolve().unwrap()), cx))
         })

@@ -259,9 +259,8 @@ pub fn connection_config(args: &ConnectionArgs) -> anyhow::Result<ControlConfig>
         cfg.password = None;
         cfg.password_env = Some(v.clone());
     }
-    let problems = cfg.check();
-    if !problems.is_empty() {
-        bail!("{}", problems.join("; "));
+    if let Err(problems) = cfg.check().into_result() {
+        bail!("{problems}");
     }
     Ok(cfg)
 }

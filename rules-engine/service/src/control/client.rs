@@ -16,6 +16,7 @@ use super::message::{check_rule_id, RuleMessage, RuleStatus, Topics};
 use super::metrics::ControlMetrics;
 use super::sync::InitialSync;
 use super::{ControlError, ControlEvent};
+use linewatch_runtime::shutdown::{CancellationToken, DropGuard};
 use linewatch_runtime::{Backoff, BackoffPolicy, Jitter};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS, Request,
@@ -23,7 +24,7 @@ use rumqttc::{
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -45,7 +46,9 @@ pub struct ControlHandle {
     client: AsyncClient,
     topics: Topics,
     metrics: ControlMetrics,
-    stop: Arc<watch::Sender<bool>>,
+    stop: CancellationToken,
+    /// The last handle dropped stops the tasks too.
+    _stop_on_drop: Arc<DropGuard>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -68,14 +71,14 @@ pub async fn start(
     let broker = format!("{}:{}", cfg.host, cfg.port);
     let (raw_tx, raw_rx) = mpsc::channel(64);
     let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     info!(%broker, %client_id, filter = %topics.rules_filter(), "control topic: connecting");
 
     let poller = tokio::spawn(poll_loop(
         eventloop,
         topics.rules_filter(),
         raw_tx,
-        stop_rx,
+        stop.clone(),
         Reconnect::new(rng),
     ));
     let dispatcher = Dispatcher {
@@ -91,7 +94,8 @@ pub async fn start(
         client,
         topics,
         metrics,
-        stop: Arc::new(stop_tx),
+        _stop_on_drop: Arc::new(stop.clone().drop_guard()),
+        stop,
         tasks: Arc::new(Mutex::new(vec![poller, dispatcher])),
     };
     Ok((handle, events_rx))
@@ -135,7 +139,7 @@ impl ControlHandle {
     /// tasks; the event receiver then ends. Bounded: tasks still running after a
     /// couple of seconds are aborted.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         if tokio::time::timeout(PUBLISH_TIMEOUT, self.client.disconnect())
             .await
             .is_err()
@@ -172,7 +176,7 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     filter: String,
     tx: mpsc::Sender<Raw>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     mut reconnect: Reconnect,
 ) {
     loop {
@@ -202,7 +206,7 @@ async fn poll_loop(
             Ok(_) => continue,
             Err(ConnectionError::RequestsDone) => return, // every handle dropped
             Err(e) => {
-                if *stop.borrow() {
+                if stop.is_cancelled() {
                     return;
                 }
                 let retry_in = reconnect.next_delay();
@@ -218,7 +222,7 @@ async fn poll_loop(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(retry_in) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.cancelled() => return,
                 }
                 continue;
             }

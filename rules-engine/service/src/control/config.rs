@@ -1,6 +1,7 @@
 //! `[mqtt]`: where the control topic lives and how to log in.
 
 use super::ControlError;
+use linewatch_runtime::problems::Problems;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -92,62 +93,71 @@ impl fmt::Debug for ControlConfig {
 impl ControlConfig {
     /// Every problem, each naming its key (`mqtt.port: ...`). Does not touch files or
     /// the environment; [`ControlConfig::mqtt_options`] does.
-    pub fn check(&self) -> Vec<String> {
-        let mut errs = Vec::new();
+    pub fn check(&self) -> Problems {
+        let mut p = Problems::new();
         if self.host.trim().is_empty() {
-            errs.push("mqtt.host: must not be empty".to_string());
+            p.push("mqtt.host", "must not be empty");
         }
         if self.port == 0 {
-            errs.push("mqtt.port: must be 1 to 65535".to_string());
+            p.push("mqtt.port", "must be 1 to 65535");
         }
         if let Some(id) = &self.client_id {
             if id.is_empty() || id.len() > 65535 {
-                errs.push("mqtt.client_id: must have 1 to 65535 bytes".to_string());
+                p.push("mqtt.client_id", "must have 1 to 65535 bytes");
             }
         }
         if let Err(e) = check_prefix(&self.topic_prefix) {
-            errs.push(format!("mqtt.topic_prefix: {e}"));
+            p.push("mqtt.topic_prefix", e);
         }
         if self.password.is_some() && self.password_env.is_some() {
-            errs.push("mqtt.password: give either password or password_env, not both".to_string());
+            p.push(
+                "mqtt.password",
+                "give either password or password_env, not both",
+            );
         }
         if (self.password.is_some() || self.password_env.is_some()) && self.username.is_none() {
-            errs.push("mqtt.username: required when a password is set (MQTT 3.1.1)".to_string());
+            p.push(
+                "mqtt.username",
+                "required when a password is set (MQTT 3.1.1)",
+            );
         }
         if let Some(var) = &self.password_env {
             if var.is_empty() || var.contains('=') || var.contains('\0') {
-                errs.push(format!(
-                    "mqtt.password_env: {var:?} is not an environment variable name"
-                ));
+                p.push(
+                    "mqtt.password_env",
+                    format!("{var:?} is not an environment variable name"),
+                );
             }
         }
         if !self.keep_alive.is_zero() && self.keep_alive < Duration::from_secs(1) {
-            errs.push(format!(
-                "mqtt.keep_alive: {} is below 1s (0 disables keep-alive)",
-                humantime::format_duration(self.keep_alive)
-            ));
+            p.push(
+                "mqtt.keep_alive",
+                format!(
+                    "{} is below 1s (0 disables keep-alive)",
+                    humantime::format_duration(self.keep_alive)
+                ),
+            );
         }
         if self.keep_alive > Duration::from_secs(u16::MAX as u64) {
-            errs.push("mqtt.keep_alive: at most 65535s".to_string());
+            p.push("mqtt.keep_alive", "at most 65535s");
         }
         if self.retained_quiet.is_zero() {
-            errs.push("mqtt.retained_quiet: must be above 0".to_string());
+            p.push("mqtt.retained_quiet", "must be above 0");
         }
         if let Some(tls) = &self.tls {
             if tls.client_cert.is_some() != tls.client_key.is_some() {
-                errs.push("mqtt.tls: client_cert and client_key go together".to_string());
+                p.push("mqtt.tls", "client_cert and client_key go together");
             }
         }
-        errs
+        p
     }
 
     /// The rumqttc options: credentials (reading `password_env`), TLS (reading the
     /// PEM files), keep-alive, packet size. Clean session is the caller's choice.
     pub fn mqtt_options(&self, client_id: &str) -> Result<MqttOptions, ControlError> {
-        let problems = self.check();
-        if !problems.is_empty() {
-            return Err(ControlError::Config(problems.join("; ")));
-        }
+        self.check()
+            .into_result()
+            .map_err(|p| ControlError::Config(p.to_string()))?;
         let mut opts = MqttOptions::new(client_id, self.host.clone(), self.port);
         // check() bounds keep_alive to 0 or 1s..=65535s, where rumqttc does not panic.
         opts.set_keep_alive(self.keep_alive);
@@ -253,20 +263,21 @@ mod tests {
         .unwrap();
         let errs = c.check();
         for key in [
-            "mqtt.host:",
-            "mqtt.port:",
-            "mqtt.topic_prefix:",
-            "mqtt.password:",
-            "mqtt.username:",
-            "mqtt.keep_alive:",
-            "mqtt.retained_quiet:",
-            "mqtt.tls:",
+            "mqtt.host",
+            "mqtt.port",
+            "mqtt.topic_prefix",
+            "mqtt.password",
+            "mqtt.username",
+            "mqtt.keep_alive",
+            "mqtt.retained_quiet",
+            "mqtt.tls",
         ] {
             assert!(
-                errs.iter().any(|e| e.starts_with(key)),
+                errs.iter().any(|e| e.key == key),
                 "{key} missing in {errs:?}"
             );
         }
+        assert_eq!(errs.len(), 8, "every problem, each once: {errs}");
         assert!(matches!(c.mqtt_options("x"), Err(ControlError::Config(_))));
     }
 

@@ -14,10 +14,10 @@ use super::metrics::{target as labels, DeadLabels, OutputMetrics};
 use super::outbox::{Outbox, PendingEvent};
 use super::retry::{self, DeadReason, Decision, RetryPolicy};
 use super::target::Target;
-use linewatch_runtime::SharedClock;
+use linewatch_runtime::shutdown::CancellationToken;
+use linewatch_runtime::{LogGate, SharedClock};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 /// How often gauges are refreshed while a task waits.
@@ -35,35 +35,8 @@ pub struct DeliveryContext {
     pub clock: SharedClock,
     /// Backoff jitter; seed it from the OS at the binary's edge, from a constant in tests.
     pub rng: fastrand::Rng,
-    /// Delivery stops when this turns true (or its sender is dropped).
-    pub shutdown: watch::Receiver<bool>,
-}
-
-/// Rate limit for repeated log lines.
-struct LogLimit {
-    last_ms: Option<u64>,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    fn new() -> Self {
-        LogLimit {
-            last_ms: None,
-            suppressed: 0,
-        }
-    }
-    /// `Some(suppressed since the last line)` if a line may be logged at `now_ms`.
-    fn allow(&mut self, now_ms: u64) -> Option<u64> {
-        if self
-            .last_ms
-            .is_some_and(|l| now_ms.saturating_sub(l) < LOG_EVERY_MS)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last_ms = Some(now_ms);
-        Some(std::mem::take(&mut self.suppressed))
-    }
+    /// Delivery stops when this is cancelled.
+    pub shutdown: CancellationToken,
 }
 
 /// The in-memory attempt state of the head batch.
@@ -89,30 +62,14 @@ impl<O> Current<O> {
     }
 }
 
-fn shutting_down(rx: &watch::Receiver<bool>) -> bool {
-    *rx.borrow() || rx.has_changed().is_err()
-}
-
-/// Resolves when shutdown is requested (or its sender is gone).
-async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 struct Task<T: Target> {
     target: T,
     name: String,
     policy: RetryPolicy,
     cx: DeliveryContext,
     current: Option<Current<T::Outcome>>,
-    fail_log: LogLimit,
-    evict_log: LogLimit,
+    fail_log: LogGate,
+    evict_log: LogGate,
 }
 
 /// Delivers `target`'s queue of the outbox until shutdown. Undelivered events stay in
@@ -125,8 +82,8 @@ pub async fn run_target<T: Target>(target: T, cx: DeliveryContext) {
         name,
         cx,
         current: None,
-        fail_log: LogLimit::new(),
-        evict_log: LogLimit::new(),
+        fail_log: LogGate::new(LOG_EVERY_MS),
+        evict_log: LogGate::new(LOG_EVERY_MS),
     };
     let kind = task.target.kind();
     tracing::info!(target_name = %task.name, kind, destination = %task.target.destination(), "delivery started");
@@ -154,8 +111,8 @@ impl<T: Target> Task<T> {
     /// Sleeps `d`; `false` if shutdown came first.
     async fn pause(&mut self, d: Duration) -> bool {
         tokio::select! {
-            _ = tokio::time::sleep(d) => !shutting_down(&self.cx.shutdown),
-            _ = shutdown_signal(&mut self.cx.shutdown) => false,
+            _ = tokio::time::sleep(d) => !self.cx.shutdown.is_cancelled(),
+            _ = self.cx.shutdown.cancelled() => false,
         }
     }
 
@@ -195,7 +152,7 @@ impl<T: Target> Task<T> {
 
     async fn run(&mut self) {
         loop {
-            if shutting_down(&self.cx.shutdown) {
+            if self.cx.shutdown.is_cancelled() {
                 return;
             }
             if !self.drain_evicted().await {
@@ -207,7 +164,7 @@ impl<T: Target> Task<T> {
                 let outbox = self.cx.outbox.clone();
                 tokio::select! {
                     _ = outbox.changed(&self.name) => {}
-                    _ = shutdown_signal(&mut self.cx.shutdown) => return,
+                    _ = self.cx.shutdown.cancelled() => return,
                 }
                 continue;
             }
@@ -253,7 +210,7 @@ impl<T: Target> Task<T> {
                         .retries
                         .get_or_create(&labels(&self.name))
                         .inc();
-                    if let Some(suppressed) = self.fail_log.allow(now) {
+                    if let Some(suppressed) = self.fail_log.check(now) {
                         tracing::warn!(
                             target_name = %self.name,
                             kind = self.target.kind(),
@@ -294,7 +251,7 @@ impl<T: Target> Task<T> {
         let Task { target, cx, .. } = self;
         tokio::select! {
             r = target.deliver(batch, now) => Some(r),
-            _ = shutdown_signal(&mut cx.shutdown) => None,
+            _ = cx.shutdown.cancelled() => None,
         }
     }
 
@@ -312,7 +269,7 @@ impl<T: Target> Task<T> {
                         return true;
                     }
                 }
-                _ = shutdown_signal(&mut self.cx.shutdown) => return false,
+                _ = self.cx.shutdown.cancelled() => return false,
             }
             self.refresh_gauges();
             if tokio::time::Instant::now() >= until {
@@ -324,7 +281,7 @@ impl<T: Target> Task<T> {
     /// Writes events evicted by `max_pending` to the store. `false` on shutdown.
     async fn drain_evicted(&mut self) -> bool {
         for ev in self.cx.outbox.evicted(&self.name) {
-            if let Some(suppressed) = self.evict_log.allow(self.now_ms()) {
+            if let Some(suppressed) = self.evict_log.check(self.now_ms()) {
                 tracing::warn!(
                     target_name = %self.name,
                     event_id = %ev.id,
@@ -526,7 +483,7 @@ mod tests {
         outbox: Arc<Outbox>,
         store: DeadLetterStore,
         calls: Arc<Mutex<Vec<Call>>>,
-        stop: watch::Sender<bool>,
+        stop: CancellationToken,
         task: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,
     }
@@ -552,14 +509,14 @@ mod tests {
                 script: Mutex::new(script.iter().copied().collect()),
                 calls: calls.clone(),
             };
-            let (stop, shutdown) = watch::channel(false);
+            let stop = CancellationToken::new();
             let cx = DeliveryContext {
                 outbox: outbox.clone(),
                 dead: store.clone(),
                 metrics: OutputMetrics::default(),
                 clock,
                 rng: fastrand::Rng::with_seed(seed),
-                shutdown,
+                shutdown: stop.clone(),
             };
             let task = tokio::spawn(run_target(fake, cx));
             Run {
@@ -603,7 +560,7 @@ mod tests {
         }
 
         async fn stop(self) {
-            self.stop.send(true).unwrap();
+            self.stop.cancel();
             tokio::time::timeout(Duration::from_secs(10), self.task)
                 .await
                 .expect("the task stops")

@@ -3,15 +3,15 @@
 //! file ties them together and checks what spans sections.
 
 use crate::control::ControlConfig;
-use crate::output::WebhookConfig;
+use crate::output::{self, WebhookConfig};
 use crate::source::KinesisSourceConfig;
 use linewatch_rules_core::eval::Partition;
 use linewatch_rules_core::sequencer::{LatePolicy, SequencerConfig};
 use linewatch_rules_core::transition::EventSource;
 use linewatch_rules_core::watermark::WatermarkConfig;
 use linewatch_rules_core::workers::MAX_WORKERS;
+use linewatch_runtime::problems::Problems;
 use serde::Deserialize;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,11 +26,8 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
-    #[error("{path} has {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
+    #[error("{path} has {} problem(s):\n  {}", problems.len(), problems.to_strings().join("\n  "))]
+    Invalid { path: PathBuf, problems: Problems },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,25 +166,23 @@ impl ServiceConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
+        cfg.problems()
+            .into_result()
+            .map_err(|problems| ConfigError::Invalid {
                 path: path.to_owned(),
                 problems,
-            })
-        }
+            })?;
+        Ok(cfg)
     }
 
-    /// Everything wrong with the configuration, each naming its key.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
+    /// Everything wrong with the configuration, every problem, each naming its full key.
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
         if self.workers == 0 || self.workers > MAX_WORKERS {
-            p.push(format!(
-                "workers: must be 1 to {MAX_WORKERS}, not {}",
-                self.workers
-            ));
+            p.push(
+                "workers",
+                format!("must be 1 to {MAX_WORKERS}, not {}", self.workers),
+            );
         }
         if let Some(id) = &self.instance_id {
             if id.is_empty()
@@ -196,43 +191,38 @@ impl ServiceConfig {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                p.push(format!(
-                    "instance_id: `{id}` must be 1-64 characters of A-Z a-z 0-9 - _ ."
-                ));
+                p.push(
+                    "instance_id",
+                    format!("`{id}` must be 1-64 characters of A-Z a-z 0-9 - _ ."),
+                );
             }
         }
         if self.checkpoint_interval < Duration::from_millis(10) {
-            p.push("checkpoint_interval: must be at least 10ms".into());
+            p.push("checkpoint_interval", "must be at least 10ms");
         }
         if let Some(part) = &self.partition {
             if let Err(e) = parse_partition(part) {
-                p.push(format!("partition: {e}"));
+                p.push("partition", e);
             }
         }
         let w = &self.watermark;
         if w.idle_timeout.is_zero() {
-            p.push("watermark.idle_timeout: must be more than 0".into());
+            p.push("watermark.idle_timeout", "must be more than 0");
         }
         if w.advance_interval < Duration::from_millis(1)
             || w.advance_interval > Duration::from_secs(60)
         {
-            p.push("watermark.advance_interval: must be between 1ms and 60s".into());
+            p.push("watermark.advance_interval", "must be between 1ms and 60s");
         }
         if self.events.account.is_empty() {
-            p.push("events.account: must not be empty".into());
+            p.push("events.account", "must not be empty");
         }
         if self.events.region.is_empty() {
-            p.push("events.region: must not be empty".into());
+            p.push("events.region", "must not be empty");
         }
         p.extend(self.kinesis.check());
         p.extend(self.mqtt.check());
-        let mut names = BTreeSet::new();
-        for (i, hook) in self.webhooks.iter().enumerate() {
-            p.extend(hook.check(i));
-            if !names.insert(hook.name.as_str()) {
-                p.push(format!("webhooks[{i}].name: `{}` is used twice", hook.name));
-            }
-        }
+        p.extend(output::check_all(&self.webhooks));
         p
     }
 
@@ -267,6 +257,12 @@ impl ServiceConfig {
     }
 }
 
+/// The keys of `p`, in order, for tests (the runtime's `Problems` has no such view).
+#[cfg(test)]
+pub(crate) fn problem_keys(p: &Problems) -> Vec<&str> {
+    p.iter().map(|p| p.key.as_str()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +273,69 @@ mod tests {
         for bad in ["3/3", "1", "a/2", "0/0", "-1/2", "0/2000"] {
             assert!(parse_partition(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_full_key() {
+        let cfg: ServiceConfig = toml::from_str(
+            r#"
+            workers = 0
+            instance_id = "a b"
+            state_dir = "/tmp/x"
+            checkpoint_interval = "1ms"
+            partition = "2/2"
+            [watermark]
+            idle_timeout = "0s"
+            [events]
+            account = ""
+            [kinesis]
+            stream = ""
+            [mqtt]
+            port = 0
+            [[webhooks]]
+            name = "a"
+            url = "ftp://x"
+            [[webhooks]]
+            name = "a"
+            url = "http://x"
+            "#,
+        )
+        .unwrap();
+        let p = cfg.problems();
+        assert_eq!(
+            problem_keys(&p),
+            vec![
+                "workers",
+                "instance_id",
+                "checkpoint_interval",
+                "partition",
+                "watermark.idle_timeout",
+                "events.account",
+                "kinesis.stream",
+                "mqtt.port",
+                "webhooks[0].url",
+                "webhooks[1].name",
+            ]
+        );
+        assert!(p.iter().all(|p| !p.message.is_empty()), "{p}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"\"\n[mqtt]\nport = 0\n",
+        )
+        .unwrap();
+        let err = ServiceConfig::load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("has 2 problem(s):\n  kinesis.stream: must not be empty\n  mqtt.port: must be 1 to 65535"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_loads_without_deprecated_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/service.toml");
+        let cfg = ServiceConfig::load(&path).unwrap();
+        assert_eq!(
+            cfg.kinesis.aws.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:4567")
+        );
+        assert!(cfg.kinesis.aws.warnings("kinesis").is_empty());
     }
 }

@@ -1,17 +1,21 @@
-//! Operations endpoints: `/metrics` (Prometheus), `/healthz`, `/rules`, `/states`.
-//! The run loop publishes an [`OpsView`] after every tick; handlers only read it.
+//! Operations endpoints: the runtime's ops server (`/metrics`, `/healthz`) with the
+//! engine's own routes, `/rules` and `/states`, merged in. The run loop publishes an
+//! [`OpsView`] after every tick; `/healthz` and the routes only read it.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use linewatch_rules_core::engine::StateView;
+use linewatch_runtime::ops::{self, Health};
+use linewatch_runtime::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+
+pub use linewatch_runtime::ops::BindError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -89,48 +93,35 @@ impl OpsView {
 
 pub type SharedView = Arc<RwLock<OpsView>>;
 
-struct AppState {
-    registry: Registry,
-    view: SharedView,
+/// `/healthz`: 200 while running with nothing wrong; 503 otherwise. The view (phase,
+/// problems, watermark, ...) is the body either way.
+struct ViewHealth(SharedView);
+
+impl Health for ViewHealth {
+    fn check(&self) -> (bool, serde_json::Value) {
+        let view = read(&self.0);
+        let ok = view.phase == Phase::Running && view.problems.is_empty();
+        let details = serde_json::to_value(&*view)
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+        (ok, details)
+    }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} for /metrics and /healthz: {source}")]
-pub struct BindError {
-    pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Bind now (a taken port is a start-up error), serve until `shutdown` turns true.
+/// Binds now (a taken port is a start-up error), serves until `shutdown` is cancelled.
+/// The task ends once requests in flight are answered.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
     view: SharedView,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BindError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })?;
-    let state = Arc::new(AppState { registry, view });
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+    let routes = Router::new()
         .route("/rules", get(rules))
         .route("/states", get(states))
-        .with_state(state);
-    tracing::info!(%addr, "serving /metrics /healthz /rules /states");
-    Ok(tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "operations server stopped");
-        }
-    }))
+        .with_state(view.clone());
+    let health: Arc<dyn Health> = Arc::new(ViewHealth(view));
+    let serving = ops::serve(addr, registry, health, routes, shutdown).await?;
+    Ok(serving.task)
 }
 
 fn read(view: &SharedView) -> std::sync::RwLockReadGuard<'_, OpsView> {
@@ -138,41 +129,10 @@ fn read(view: &SharedView) -> std::sync::RwLockReadGuard<'_, OpsView> {
     view.read().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            format!("encoding metrics failed: {e}"),
-        ),
-    }
+async fn rules(State(view): State<SharedView>) -> impl IntoResponse {
+    Json(read(&view).rules.clone())
 }
 
-/// 200 while running with nothing wrong; 503 with the reasons otherwise.
-async fn healthz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let view = read(&s.view).clone();
-    let ok = view.phase == Phase::Running && view.problems.is_empty();
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(view))
-}
-
-async fn rules(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    Json(read(&s.view).rules.clone())
-}
-
-async fn states(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    Json(read(&s.view).states.clone())
+async fn states(State(view): State<SharedView>) -> impl IntoResponse {
+    Json(read(&view).states.clone())
 }

@@ -26,13 +26,14 @@ use linewatch_rules_core::engine::{
 use linewatch_rules_core::eval::{EvalStats, Partition};
 use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::transition::EventSource;
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::{SharedClock, SystemClock};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 type Cp = super::checkpoint::Checkpoint<EngineSnapshot, ShardPositions, OutboxSnapshot>;
 
@@ -91,11 +92,11 @@ fn partition_text(p: Partition) -> String {
     format!("{}/{}", p.index, p.count)
 }
 
-/// Run until `shutdown` turns true; then tick, checkpoint and stop the tasks.
+/// Run until `shutdown` is cancelled; then tick, checkpoint and stop the tasks.
 pub async fn run(
     cfg: ServiceConfig,
     opts: RunOptions,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let clock = opts.clock.clone();
     let mut rng = fastrand::Rng::with_seed(opts.seed);
@@ -233,12 +234,11 @@ pub async fn run(
         last_checkpoint: None,
     };
     lp.set_phase(Phase::SyncingRules);
-    let mut shutdown_rx = shutdown.clone();
     let mut present = BTreeSet::new();
     // `Some(timed_out)` once the retained rules are in; `None` on shutdown.
     let synced = loop {
         tokio::select! {
-            _ = shutdown_rx.wait_for(|s| *s) => break None,
+            _ = shutdown.cancelled() => break None,
             ev = control_rx.recv() => match ev {
                 Some(ControlEvent::InitialSyncDone { rules, timed_out }) => {
                     if timed_out {
@@ -299,7 +299,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown_rx.wait_for(|s| *s) => break,
+                _ = shutdown.cancelled() => break,
                 _ = advance.tick() => {
                     lp.tick()?;
                     let found: Vec<String> = source_problems

@@ -1,5 +1,10 @@
-//! `[kinesis]`: which stream to read, where to start, and how often to poll.
+//! `[kinesis]`: which stream to read, where to start, and how often to poll, next to the
+//! AWS connection keys both programs share (`region`, `endpoint_url`, credentials; see
+//! `linewatch_runtime::aws`). The old `endpoint` key still works and warns.
 
+use linewatch_runtime::aws::AwsConnection;
+use linewatch_runtime::config::Split;
+use linewatch_runtime::problems::Problems;
 use serde::{Deserialize, Deserializer};
 use std::time::{Duration, SystemTime};
 
@@ -8,17 +13,18 @@ pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// GetRecords returns at most this many records.
 pub const MAX_RECORDS_LIMIT: u32 = 10_000;
 
-/// The `[kinesis]` section of the service configuration.
+/// The `[kinesis]` section of the service configuration. Deserializing it reads the
+/// whole table (the AWS keys into `aws`, the rest into the source's own fields), every
+/// unknown key still rejected.
+// `remote = "Self"`: the derive becomes an inherent `deserialize` of the source's own keys
+// (`aws` is skipped, so not among them); the trait impl below adds the AWS keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct KinesisSourceConfig {
+    /// Region, endpoint and credentials: the same keys as the agent's `[kinesis]`.
+    #[serde(skip)]
+    pub aws: AwsConnection,
     pub stream: String,
-    /// Else `AWS_REGION` / the AWS profile.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// e.g. `http://127.0.0.1:4567` for kinesalite.
-    #[serde(default)]
-    pub endpoint: Option<String>,
     /// Where shards without a checkpointed position start.
     #[serde(default)]
     pub start: StartPosition,
@@ -35,11 +41,24 @@ pub struct KinesisSourceConfig {
     /// How often ListShards looks for new shards (also done whenever a shard finishes).
     #[serde(default = "default_discovery", with = "humantime_serde")]
     pub shard_discovery_interval: Duration,
-    /// Static credentials (both or neither); else the standard AWS chain.
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
+}
+
+/// The source's own keys, as a type `Split` can learn the field names of.
+struct OwnKeys(KinesisSourceConfig);
+
+impl<'de> Deserialize<'de> for OwnKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        KinesisSourceConfig::deserialize(d).map(OwnKeys)
+    }
+}
+
+impl<'de> Deserialize<'de> for KinesisSourceConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Split { common, specific } = Split::<AwsConnection, OwnKeys>::deserialize(d)?;
+        let mut cfg = specific.0;
+        cfg.aws = common;
+        Ok(cfg)
+    }
 }
 
 fn default_poll_interval() -> Duration {
@@ -53,77 +72,64 @@ fn default_discovery() -> Duration {
 }
 
 impl KinesisSourceConfig {
-    /// A configuration for `stream` with every default.
+    /// Defaults for everything but the stream name.
     pub fn new(stream: impl Into<String>) -> Self {
         KinesisSourceConfig {
+            aws: AwsConnection::default(),
             stream: stream.into(),
-            region: None,
-            endpoint: None,
             start: StartPosition::default(),
             on_invalid_position: InvalidPositionPolicy::default(),
             poll_interval: default_poll_interval(),
             max_records: default_max_records(),
             shard_discovery_interval: default_discovery(),
-            access_key_id: None,
-            secret_access_key: None,
         }
     }
 
-    /// Problems with the values, each naming its key; empty when the section is usable.
-    pub fn check(&self) -> Vec<String> {
-        let mut p = Vec::new();
+    /// Every problem with the values, each naming its full key (`kinesis.…`); empty when
+    /// the section is usable.
+    pub fn check(&self) -> Problems {
+        let mut p = Problems::new();
         if self.stream.trim().is_empty() {
-            p.push("kinesis.stream: must not be empty".to_owned());
+            p.push("kinesis.stream", "must not be empty");
         } else if self.stream.len() > 128
             || !self
                 .stream
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         {
-            p.push(format!(
-                "kinesis.stream: {:?} is not a Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -)",
-                self.stream
-            ));
+            p.push(
+                "kinesis.stream",
+                format!(
+                    "{:?} is not a Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -)",
+                    self.stream
+                ),
+            );
         }
-        if self.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            p.push("kinesis.region: must not be empty (leave it out to use the AWS chain)".into());
-        }
-        if let Some(e) = &self.endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                p.push(format!(
-                    "kinesis.endpoint: {e:?} must start with http:// or https://"
-                ));
-            }
-        }
+        p.extend(self.aws.validate("kinesis"));
         if self.poll_interval < MIN_POLL_INTERVAL {
-            p.push(format!(
-                "kinesis.poll_interval: must be at least {} (Kinesis allows 5 GetRecords/s per shard), got {}",
-                humantime::format_duration(MIN_POLL_INTERVAL),
-                humantime::format_duration(self.poll_interval)
-            ));
+            p.push(
+                "kinesis.poll_interval",
+                format!(
+                    "must be at least {} (Kinesis allows 5 GetRecords/s per shard), got {}",
+                    humantime::format_duration(MIN_POLL_INTERVAL),
+                    humantime::format_duration(self.poll_interval)
+                ),
+            );
         }
         if self.max_records == 0 || self.max_records > MAX_RECORDS_LIMIT {
-            p.push(format!(
-                "kinesis.max_records: must be 1..={MAX_RECORDS_LIMIT}, got {}",
-                self.max_records
-            ));
+            p.push(
+                "kinesis.max_records",
+                format!("must be 1..={MAX_RECORDS_LIMIT}, got {}", self.max_records),
+            );
         }
         if self.shard_discovery_interval < Duration::from_secs(1) {
-            p.push(format!(
-                "kinesis.shard_discovery_interval: must be at least 1s (ListShards allows 1000 calls/s per account, shared), got {}",
-                humantime::format_duration(self.shard_discovery_interval)
-            ));
-        }
-        match (&self.access_key_id, &self.secret_access_key) {
-            (Some(_), None) => p.push(
-                "kinesis.secret_access_key: missing (access_key_id is set; give both or neither)"
-                    .into(),
-            ),
-            (None, Some(_)) => p.push(
-                "kinesis.access_key_id: missing (secret_access_key is set; give both or neither)"
-                    .into(),
-            ),
-            _ => {}
+            p.push(
+                "kinesis.shard_discovery_interval",
+                format!(
+                    "must be at least 1s (ListShards allows 1000 calls/s per account, shared), got {}",
+                    humantime::format_duration(self.shard_discovery_interval)
+                ),
+            );
         }
         p
     }
@@ -221,7 +227,7 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_secs(1));
         assert_eq!(c.max_records, 10_000);
         assert_eq!(c.shard_discovery_interval, Duration::from_secs(10));
-        assert!(c.check().is_empty(), "{:?}", c.check());
+        assert!(c.check().is_empty(), "{}", c.check());
     }
 
     #[test]
@@ -254,18 +260,58 @@ mod tests {
         let mut c = KinesisSourceConfig::new("s");
         c.poll_interval = Duration::from_millis(100);
         c.max_records = 20_000;
-        c.access_key_id = Some("k".into());
-        c.endpoint = Some("127.0.0.1:4567".into());
+        c.aws.access_key_id = Some("k".into());
+        c.aws.endpoint_url = Some("127.0.0.1:4567".into());
         let p = c.check();
-        assert_eq!(p.len(), 4, "{p:?}");
-        assert!(
-            p[1].starts_with("kinesis.poll_interval: must be at least 200ms"),
-            "{p:?}"
+        assert_eq!(
+            crate::service::config::problem_keys(&p),
+            vec![
+                "kinesis.endpoint_url",
+                "kinesis.secret_access_key",
+                "kinesis.poll_interval",
+                "kinesis.max_records"
+            ],
+            "{p}"
         );
-        assert!(p.iter().any(|m| m.starts_with("kinesis.max_records")));
-        assert!(p.iter().any(|m| m.starts_with("kinesis.secret_access_key")));
-        assert!(p.iter().any(|m| m.starts_with("kinesis.endpoint")));
+        assert!(
+            p.as_slice()[2]
+                .message
+                .starts_with("must be at least 200ms"),
+            "{p}"
+        );
         c = KinesisSourceConfig::new("no spaces allowed");
-        assert!(c.check()[0].starts_with("kinesis.stream"));
+        assert_eq!(c.check().as_slice()[0].key, "kinesis.stream");
+    }
+
+    #[test]
+    fn the_aws_keys_are_the_agents() {
+        // Routed by name: the AWS keys to `aws`, the rest to the source's own fields.
+        let c = parse("stream = \"s\"\nregion = \"eu-central-1\"\nendpoint_url = \"http://127.0.0.1:4567\"\npoll_interval = \"500ms\"").unwrap();
+        assert_eq!(c.aws.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(c.aws.endpoint_url(), Some("http://127.0.0.1:4567"));
+        assert_eq!(c.poll_interval, Duration::from_millis(500));
+        assert!(c.check().is_empty(), "{}", c.check());
+        assert!(c.aws.warnings("kinesis").is_empty());
+        let err = parse("stream = \"s\"\nendpoint_ur = \"http://x\"").unwrap_err();
+        assert!(err.to_string().contains("endpoint_ur"), "{err}");
+        let err = parse("stream = \"s\"\npoll_interval = 3").unwrap_err();
+        assert!(err.to_string().contains("poll_interval"), "{err}");
+    }
+
+    #[test]
+    fn the_old_endpoint_key_still_works_and_warns() {
+        let c = parse("stream = \"s\"\nendpoint = \"http://127.0.0.1:4567\"").unwrap();
+        assert_eq!(c.aws.endpoint_url(), Some("http://127.0.0.1:4567"));
+        assert!(c.check().is_empty(), "{}", c.check());
+        let w = c.aws.warnings("kinesis");
+        assert_eq!(w.as_slice()[0].key, "kinesis.endpoint");
+        assert!(w.to_string().contains("deprecated"), "{w}");
+        let both =
+            parse("stream = \"s\"\nendpoint = \"http://a\"\nendpoint_url = \"http://b\"").unwrap();
+        assert_eq!(
+            both.check().as_slice()[0].key,
+            "kinesis.endpoint",
+            "giving both is a problem"
+        );
     }
 }

@@ -10,14 +10,13 @@ use super::config::{InvalidPositionPolicy, KinesisSourceConfig, StartPosition, M
 use super::metrics::{ShardLabel, SourceMetrics};
 use super::shards::{plan, readable, Plan, ReadFrom, ShardInfo, ShardPosition, ShardPositions};
 use super::{PoisonedRecord, SourceBatch, SourceRecord};
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
-use aws_sdk_kinesis::config::{Credentials, Region};
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
+use linewatch_runtime::aws::{AwsError, AwsTimeouts};
+use linewatch_runtime::problems::Problems;
+use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::{BackoffPolicy, Jitter};
 use linewatch_schemas::kpl;
 use std::collections::{BTreeSet, HashMap};
@@ -28,21 +27,19 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-/// Each call gets this long (a full GetRecords page is up to 10 MiB).
+/// Each call gets this long (a full GetRecords page is up to 10 MiB); connecting at
+/// most 3 s of it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Back-off after a failed call: full jitter over `BASE * 2^attempt`, at most `CAP`.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("kinesis source configuration: {}", .0.join("; "))]
-    Config(Vec<String>),
-    #[error(
-        "no AWS region for Kinesis: set kinesis.region, AWS_REGION, or a region in the AWS profile"
-    )]
-    NoRegion,
+    #[error("kinesis source configuration: {0}")]
+    Config(Problems),
+    #[error("kinesis source: {0}")]
+    Aws(#[from] AwsError),
 }
 
 /// Reads a Kinesis stream; see the module documentation.
@@ -51,11 +48,11 @@ pub struct KinesisSource {
     cfg: KinesisSourceConfig,
     metrics: SourceMetrics,
     listing: watch::Sender<Arc<BTreeSet<String>>>,
-    problems: Problems,
+    problems: SourceProblems,
 }
 
 /// Problems the readers found that `/healthz` must show (e.g. a rejected checkpoint).
-pub type Problems = Arc<std::sync::Mutex<BTreeSet<String>>>;
+pub type SourceProblems = Arc<std::sync::Mutex<BTreeSet<String>>>;
 
 impl std::fmt::Debug for KinesisSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,39 +69,13 @@ impl KinesisSource {
         cfg: &KinesisSourceConfig,
         metrics: SourceMetrics,
     ) -> Result<Self, SourceError> {
-        let problems = cfg.check();
-        if !problems.is_empty() {
-            return Err(SourceError::Config(problems));
-        }
-        // SDK retries off: the source backs off itself, and counts and logs every failure.
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(CALL_TIMEOUT)
-                    .operation_attempt_timeout(CALL_TIMEOUT)
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .build(),
-            );
-        if let Some(region) = &cfg.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(url) = &cfg.endpoint {
-            loader = loader.endpoint_url(url.clone());
-        }
-        if let (Some(key), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(
-                key,
-                secret,
-                None,
-                None,
-                "linewatch-config",
-            ));
-        }
-        let sdk = loader.load().await;
-        if sdk.region().is_none() {
-            return Err(SourceError::NoRegion);
-        }
+        cfg.check().into_result().map_err(SourceError::Config)?;
+        // The runtime's loader: SDK retries off (the source backs off itself, and counts
+        // and logs every failure), a timeout on every call, the deprecated key warned of.
+        let sdk = cfg
+            .aws
+            .load("kinesis", AwsTimeouts::per_call(CALL_TIMEOUT))
+            .await?;
         Ok(Self::from_client(Client::new(&sdk), cfg.clone(), metrics))
     }
 
@@ -115,7 +86,7 @@ impl KinesisSource {
             cfg,
             metrics,
             listing: watch::Sender::new(Arc::new(BTreeSet::new())),
-            problems: Problems::default(),
+            problems: SourceProblems::default(),
         }
     }
 
@@ -126,11 +97,11 @@ impl KinesisSource {
     }
 
     /// What the readers found wrong so far (shared; read it at any time).
-    pub fn problems(&self) -> Problems {
+    pub fn problems(&self) -> SourceProblems {
         Arc::clone(&self.problems)
     }
 
-    /// Reads until `shutdown` turns true (or its sender is dropped) or `tx` is closed.
+    /// Reads until `shutdown` is cancelled or `tx` is closed.
     /// `start` holds checkpointed positions; they win over `cfg.start`. Kinesis errors
     /// are logged, counted and retried, never returned: a missing stream is waited for.
     /// `rng` draws the backoff jitter (each shard reader gets a fork of it).
@@ -138,13 +109,14 @@ impl KinesisSource {
         self,
         start: ShardPositions,
         tx: mpsc::Sender<SourceBatch>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
         mut rng: fastrand::Rng,
     ) -> Result<(), SourceError> {
         let stream = self.cfg.stream.clone();
         let fresh = start.is_empty();
         let mut positions = start;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        // The readers stop with the coordinator, whyever it stops.
+        let readers_stop = shutdown.child_token();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel::<ReaderEvent>();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<String, AbortHandle> = HashMap::new();
@@ -158,7 +130,7 @@ impl KinesisSource {
             if Instant::now() >= next_list {
                 let listed = tokio::select! {
                     r = list_shards(&self.client, &stream) => r,
-                    _ = stopped(&mut shutdown) => break 'outer,
+                    _ = shutdown.cancelled() => break 'outer,
                 };
                 match listed {
                     Err(e) => {
@@ -217,7 +189,7 @@ impl KinesisSource {
                                         self.metrics.batches.inc();
                                         tokio::select! {
                                             r = tx.send(batch) => if r.is_err() { break 'outer },
-                                            _ = stopped(&mut shutdown) => break 'outer,
+                                            _ = shutdown.cancelled() => break 'outer,
                                         }
                                         positions.set(shard.id.clone(), ShardPosition::Finished);
                                         skipped = true;
@@ -233,7 +205,7 @@ impl KinesisSource {
                                             poll_interval: self.cfg.poll_interval,
                                             metrics: self.metrics.clone(),
                                             tx: tx.clone(),
-                                            stop: stop_rx.clone(),
+                                            stop: readers_stop.clone(),
                                             events: event_tx.clone(),
                                             rng: rng.fork(),
                                             start: self.cfg.start,
@@ -257,7 +229,7 @@ impl KinesisSource {
             }
 
             tokio::select! {
-                _ = stopped(&mut shutdown) => break,
+                _ = shutdown.cancelled() => break,
                 ev = event_rx.recv() => match ev {
                     Some(ReaderEvent::Finished(id)) => {
                         info!(stream = %stream, shard = %id, "shard finished");
@@ -290,7 +262,7 @@ impl KinesisSource {
             }
         }
 
-        let _ = stop_tx.send(true);
+        readers_stop.cancel();
         while tasks.join_next().await.is_some() {}
         info!(stream = %stream, "kinesis source stopped");
         Ok(())
@@ -306,16 +278,11 @@ enum ReaderEvent {
     ConsumerGone,
 }
 
-/// Resolves once `rx` holds `true` or its sender is gone.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
 /// Sleeps `d` unless stopped first; true when stopped.
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = stopped(stop) => true,
+        _ = tokio::time::sleep(d) => stop.is_cancelled(),
+        _ = stop.cancelled() => true,
     }
 }
 
@@ -437,12 +404,12 @@ struct Reader {
     poll_interval: Duration,
     metrics: SourceMetrics,
     tx: mpsc::Sender<SourceBatch>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     events: mpsc::UnboundedSender<ReaderEvent>,
     rng: fastrand::Rng,
     start: StartPosition,
     on_invalid: InvalidPositionPolicy,
-    problems: Problems,
+    problems: SourceProblems,
 }
 
 /// Counts the shard as open while a reader holds it (also when the task is aborted).
@@ -463,7 +430,7 @@ impl Drop for OpenShard {
 impl Reader {
     async fn run(mut self) {
         // A copy: `self` stays borrowed by the calls raced against it.
-        let mut stop = self.stop.clone();
+        let stop = self.stop.clone();
         // The last delivered sequence number: a new iterator (after expiry) starts after it.
         let mut last_seq: Option<String> = match &self.from {
             ReadFrom::AfterSequence(s) => Some(s.clone()),
@@ -475,15 +442,10 @@ impl Reader {
         // Never more than 5 calls per second on this shard.
         let mut next_call = Instant::now();
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 return;
             }
-            if sleep_or_stop(
-                next_call.saturating_duration_since(Instant::now()),
-                &mut stop,
-            )
-            .await
-            {
+            if sleep_or_stop(next_call.saturating_duration_since(Instant::now()), &stop).await {
                 return;
             }
             next_call = Instant::now() + MIN_POLL_INTERVAL;
@@ -495,7 +457,7 @@ impl Reader {
                 };
                 let res = tokio::select! {
                     r = self.get_iterator(&from) => r,
-                    _ = stopped(&mut stop) => return,
+                    _ = stop.cancelled() => return,
                 };
                 match res {
                     Ok(Some(it)) => {
@@ -553,7 +515,7 @@ impl Reader {
 
             let res = tokio::select! {
                 r = self.client.get_records().shard_iterator(&it).limit(self.max_records as i32).send() => r,
-                _ = stopped(&mut stop) => return,
+                _ = stop.cancelled() => return,
             };
             let out = match res {
                 Ok(out) => out,
@@ -602,7 +564,7 @@ impl Reader {
                 // Bounded channel: waiting here is the back-pressure.
                 let sent = tokio::select! {
                     r = self.tx.send(batch) => r.is_ok(),
-                    _ = stopped(&mut stop) => return,
+                    _ = stop.cancelled() => return,
                 };
                 if !sent {
                     let _ = self.events.send(ReaderEvent::ConsumerGone);

@@ -4,6 +4,7 @@
 
 use crate::output::retry::RetryPolicy;
 use crate::output::target::QueueSpec;
+use linewatch_runtime::problems::{Problem, Problems};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -108,24 +109,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "transfer-encoding",
 ];
 
-/// A secret resolved at start; `Debug` does not print it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+/// A secret resolved at start; `Debug` does not print it (the runtime's, shared with
+/// the AWS and agent configuration).
+pub use linewatch_runtime::config::Secret;
 
 /// [`AuthConfig`] with its secret in hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,11 +136,8 @@ impl ResolvedWebhook {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WebhookConfigError {
-    #[error("webhook {target:?}: {problems}", problems = .problems.join("; "))]
-    Invalid {
-        target: String,
-        problems: Vec<String>,
-    },
+    #[error("webhook {target:?}: {problems}")]
+    Invalid { target: String, problems: Problems },
     #[error("webhook {target:?}: {key}: environment variable {var} is not set (or not UTF-8)")]
     MissingEnv {
         target: String,
@@ -196,49 +179,55 @@ impl WebhookConfig {
         }
     }
 
-    /// Problems with this table, each naming its key (`webhooks[0].url: …`).
-    pub fn check(&self, index: usize) -> Vec<String> {
+    /// Every problem with this table, each naming its full key (`webhooks[0].url`).
+    pub fn check(&self, index: usize) -> Problems {
         let k = |key: &str| format!("webhooks[{index}].{key}");
-        let mut p = Vec::new();
+        let mut p = Problems::new();
         if !valid_name(&self.name) {
-            p.push(format!(
-                "{}: {:?} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+            p.push(
                 k("name"),
-                self.name
-            ));
+                format!(
+                    "{:?} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                    self.name
+                ),
+            );
         }
         match reqwest::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            Ok(u) => p.push(format!(
-                "{}: {:?} must be an http:// or https:// URL with a host (scheme is {:?})",
+            Ok(u) => p.push(
                 k("url"),
-                self.url,
-                u.scheme()
-            )),
-            Err(e) => p.push(format!("{}: {:?} is not a URL: {e}", k("url"), self.url)),
+                format!(
+                    "{:?} must be an http:// or https:// URL with a host (scheme is {:?})",
+                    self.url,
+                    u.scheme()
+                ),
+            ),
+            Err(e) => p.push(k("url"), format!("{:?} is not a URL: {e}", self.url)),
         }
         if self.timeout.is_zero() {
-            p.push(format!("{}: must be more than 0", k("timeout")));
+            p.push(k("timeout"), "must be more than 0");
         }
         if self.max_age.is_zero() {
-            p.push(format!("{}: must be more than 0", k("max_age")));
+            p.push(k("max_age"), "must be more than 0");
         }
         if self.max_attempts == 0 {
-            p.push(format!("{}: must be at least 1", k("max_attempts")));
+            p.push(k("max_attempts"), "must be at least 1");
         }
         if self.backoff_initial.is_zero() {
-            p.push(format!("{}: must be more than 0", k("backoff_initial")));
+            p.push(k("backoff_initial"), "must be more than 0");
         }
         if self.backoff_max < self.backoff_initial {
-            p.push(format!(
-                "{}: {} is less than backoff_initial ({})",
+            p.push(
                 k("backoff_max"),
-                humantime::format_duration(self.backoff_max),
-                humantime::format_duration(self.backoff_initial)
-            ));
+                format!(
+                    "{} is less than backoff_initial ({})",
+                    humantime::format_duration(self.backoff_max),
+                    humantime::format_duration(self.backoff_initial)
+                ),
+            );
         }
         if self.max_pending == 0 {
-            p.push(format!("{}: must be at least 1", k("max_pending")));
+            p.push(k("max_pending"), "must be at least 1");
         }
         let auth_headers: Vec<String> = match &self.auth {
             Some(AuthConfig::ApiKey { header, .. }) => vec![header.to_ascii_lowercase()],
@@ -251,26 +240,27 @@ impl WebhookConfig {
         for (name, value) in &self.headers {
             let key = k(&format!("headers.{name}"));
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                p.push(format!("{key}: not a valid header name"));
+                p.push(key.clone(), "not a valid header name");
             } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str())
                 || auth_headers.contains(&name.to_ascii_lowercase())
             {
-                p.push(format!(
-                    "{key}: set by the delivery itself, cannot be overridden"
-                ));
+                p.push(
+                    key.clone(),
+                    "set by the delivery itself, cannot be overridden",
+                );
             }
             if reqwest::header::HeaderValue::from_str(value).is_err() {
-                p.push(format!("{key}: not a valid header value"));
+                p.push(key, "not a valid header value");
             }
         }
         if let Some(auth) = &self.auth {
             let mut header_ok = |key: &str, header: &str| {
                 if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    p.push(format!("{}: {header:?} is not a valid header name", k(key)));
+                    p.push(k(key), format!("{header:?} is not a valid header name"));
                 } else if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str())
                     || header.eq_ignore_ascii_case(HMAC_TIMESTAMP_HEADER)
                 {
-                    p.push(format!("{}: {header:?} is reserved", k(key)));
+                    p.push(k(key), format!("{header:?} is reserved"));
                 }
             };
             let (secret, env, names) = match auth {
@@ -288,7 +278,7 @@ impl WebhookConfig {
                     password_env,
                 } => {
                     if username.contains(':') {
-                        p.push(format!("{}: may not contain ':'", k("auth.username")));
+                        p.push(k("auth.username"), "may not contain ':'");
                     }
                     (password, password_env, ("password", "password_env"))
                 }
@@ -302,24 +292,20 @@ impl WebhookConfig {
                 }
             };
             match (secret, env) {
-                (Some(_), Some(_)) => p.push(format!(
-                    "{}: set either {} or {}, not both",
+                (Some(_), Some(_)) => p.push(
                     k("auth"),
-                    names.0,
-                    names.1
-                )),
-                (None, None) => p.push(format!(
-                    "{}: one of {} or {} is required",
+                    format!("set either {} or {}, not both", names.0, names.1),
+                ),
+                (None, None) => p.push(
                     k("auth"),
-                    names.0,
-                    names.1
-                )),
-                (None, Some(var)) if var.is_empty() || var.contains('=') => p.push(format!(
-                    "{}: {var:?} is not an environment variable name",
-                    k(&format!("auth.{}", names.1))
-                )),
+                    format!("one of {} or {} is required", names.0, names.1),
+                ),
+                (None, Some(var)) if var.is_empty() || var.contains('=') => p.push(
+                    k(&format!("auth.{}", names.1)),
+                    format!("{var:?} is not an environment variable name"),
+                ),
                 (Some(s), None) if s.is_empty() && !matches!(auth, AuthConfig::Basic { .. }) => {
-                    p.push(format!("{}: is empty", k(&format!("auth.{}", names.0))))
+                    p.push(k(&format!("auth.{}", names.0)), "is empty")
                 }
                 _ => {}
             }
@@ -337,13 +323,12 @@ impl WebhookConfig {
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ResolvedWebhook, WebhookConfigError> {
-        let problems = self.check(0);
-        if !problems.is_empty() {
-            return Err(WebhookConfigError::Invalid {
+        self.check(0)
+            .into_result()
+            .map_err(|problems| WebhookConfigError::Invalid {
                 target: self.name.clone(),
                 problems,
-            });
-        }
+            })?;
         let secret = |inline: &Option<String>, var: &Option<String>, key: &str| match (inline, var)
         {
             (Some(s), _) => Ok(Secret::new(s.clone())),
@@ -390,9 +375,10 @@ impl WebhookConfig {
             if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
                 return Err(WebhookConfigError::Invalid {
                     target: self.name.clone(),
-                    problems: vec![
-                        "auth.value: not a valid header value (control characters?)".into()
-                    ],
+                    problems: Problems::from(vec![Problem::new(
+                        "auth.value",
+                        "not a valid header value (control characters?)",
+                    )]),
                 });
             }
         }
@@ -404,18 +390,18 @@ impl WebhookConfig {
 }
 
 /// Problems with the whole `[[webhooks]]` list: each table, and unique names.
-pub fn check_all(webhooks: &[WebhookConfig]) -> Vec<String> {
-    let mut p: Vec<String> = webhooks
+pub fn check_all(webhooks: &[WebhookConfig]) -> Problems {
+    let mut p: Problems = webhooks
         .iter()
         .enumerate()
         .flat_map(|(i, w)| w.check(i))
         .collect();
     for (i, w) in webhooks.iter().enumerate() {
         if let Some(j) = webhooks[..i].iter().position(|o| o.name == w.name) {
-            p.push(format!(
-                "webhooks[{i}].name: {:?} is already used by webhooks[{j}]",
-                w.name
-            ));
+            p.push(
+                format!("webhooks[{i}].name"),
+                format!("{:?} is already used by webhooks[{j}]", w.name),
+            );
         }
     }
     p
@@ -514,6 +500,7 @@ auth = { type = "basic", username = "u", password_env = "P" }"#,
             header: "x-sig".into(),
         });
         let p = w.check(3);
+        let p = p.to_strings();
         let has = |prefix: &str| p.iter().any(|m| m.starts_with(prefix));
         assert!(has("webhooks[3].name:"), "{p:?}");
         assert!(has("webhooks[3].url:"), "{p:?}");
@@ -527,7 +514,7 @@ auth = { type = "basic", username = "u", password_env = "P" }"#,
         assert_eq!(p.len(), 6, "{p:?}");
 
         let w = WebhookConfig::new("ok", "not a url");
-        assert!(w.check(0)[0].starts_with("webhooks[0].url:"));
+        assert_eq!(w.check(0).as_slice()[0].key, "webhooks[0].url");
     }
 
     #[test]
@@ -535,7 +522,7 @@ auth = { type = "basic", username = "u", password_env = "P" }"#,
         let a = WebhookConfig::new("a", "http://h/1");
         let p = check_all(&[a.clone(), WebhookConfig::new("b", "http://h/2"), a]);
         assert_eq!(
-            p,
+            p.to_strings(),
             vec!["webhooks[2].name: \"a\" is already used by webhooks[0]".to_string()]
         );
     }
