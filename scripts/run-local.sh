@@ -104,7 +104,7 @@ idle_timeout = "10s"
 [kinesis]
 stream = "$STREAM"
 region = "local-1"
-endpoint = "http://127.0.0.1:$KINESIS_PORT"
+endpoint_url = "http://127.0.0.1:$KINESIS_PORT"
 access_key_id = "local"
 secret_access_key = "local"
 poll_interval = "500ms"

@@ -46,7 +46,7 @@ pub struct Events {
 pub struct Kinesis {
     pub stream: String,
     pub region: String,
-    pub endpoint: String,
+    pub endpoint_url: String,
     pub start: String,
     pub poll_interval: String,
     /// How often the shard list is re-read (children of a split appear then).
@@ -114,7 +114,7 @@ impl RulesConfig {
             kinesis: Kinesis {
                 stream: stream.to_owned(),
                 region: linewatch_testkit::kinesis::REGION.into(),
-                endpoint: kinesis_endpoint.to_owned(),
+                endpoint_url: kinesis_endpoint.to_owned(),
                 start: "trim_horizon".into(),
                 poll_interval: "200ms".into(),
                 shard_discovery_interval: Some("1s".into()),

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use linewatch_rules_core::replay::{replay, ReplayOptions};
+use linewatch_rules_core::replay::ReplayOptions;
 use linewatch_rules_core::{EventSource, WatermarkConfig};
 use linewatch_schemas::STATE_CHANGE_EVENT_V1_SCHEMA;
 use std::time::Duration;
@@ -25,30 +25,18 @@ fn events() -> Vec<serde_json::Value> {
         .into_iter()
         .map(|(_, l)| l)
         .collect();
-    let mut out = Vec::new();
-    replay(
-        rules,
-        input.join("\n").as_bytes(),
-        &mut out,
-        ReplayOptions {
-            watermark: WatermarkConfig {
-                max_out_of_orderness: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(30),
-            },
-            events: Some(EventSource {
-                account: "123456789012".into(),
-                region: "eu-central-1".into(),
-            }),
-            ..ReplayOptions::default()
+    let opts = ReplayOptions {
+        watermark: WatermarkConfig {
+            max_out_of_orderness: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(30),
         },
-        &mut |_| {},
-    )
-    .expect("replay runs");
-    String::from_utf8(out)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("an event per line"))
-        .collect()
+        events: Some(EventSource {
+            account: "123456789012".into(),
+            region: "eu-central-1".into(),
+        }),
+        ..ReplayOptions::default()
+    };
+    replay_json(rules, &input.join("\n"), opts)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use linewatch_rules_core::replay::{replay, ReplayOptions};
+use linewatch_rules_core::replay::ReplayOptions;
 use linewatch_rules_core::WatermarkConfig;
 use std::time::Duration;
 
@@ -20,33 +20,27 @@ fn run(flush: bool) -> Vec<(u64, String)> {
         point_json("gw", "s", "eq", "pressure", T0 + 1_000, "2.7"),
         point_json("gw", "s", "eq", "pressure", T0 + 3_000, "2.8"),
     ];
-    let mut out = Vec::new();
-    replay(
-        vec![compile(&krones_rule("r", "eq", 1, "5s"))],
-        lines.join("\n").as_bytes(),
-        &mut out,
-        ReplayOptions {
-            watermark: WatermarkConfig {
-                max_out_of_orderness: Duration::ZERO,
-                idle_timeout: Duration::from_secs(3600),
-            },
-            flush,
-            ..ReplayOptions::default()
+    let opts = ReplayOptions {
+        watermark: WatermarkConfig {
+            max_out_of_orderness: Duration::ZERO,
+            idle_timeout: Duration::from_secs(3600),
         },
-        &mut |_| {},
+        flush,
+        ..ReplayOptions::default()
+    };
+    replay_json(
+        vec![compile(&krones_rule("r", "eq", 1, "5s"))],
+        &lines.join("\n"),
+        opts,
     )
-    .expect("replay runs");
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let t: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                t["eventTime"].as_u64().unwrap(),
-                t["state"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    .into_iter()
+    .map(|t| {
+        (
+            t["eventTime"].as_u64().unwrap(),
+            t["state"].as_str().unwrap().to_owned(),
+        )
+    })
+    .collect()
 }
 
 #[test]

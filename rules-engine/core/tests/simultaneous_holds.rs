@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use linewatch_rules_core::replay::{replay, ReplayOptions};
+use linewatch_rules_core::replay::ReplayOptions;
 use linewatch_rules_core::WatermarkConfig;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -34,26 +34,16 @@ fn run(lines: &[String]) -> Vec<(u64, Option<String>, String)> {
     // A heartbeat far ahead brings the watermark past every pending deadline.
     input.push('\n');
     input.push_str(&heartbeat_json("gw", "src", T0 + 1_000 * STEP));
-    let mut out = Vec::new();
-    replay(
-        vec![compile(&rule())],
-        input.as_bytes(),
-        &mut out,
-        ReplayOptions {
-            watermark: WatermarkConfig {
-                max_out_of_orderness: Duration::ZERO,
-                idle_timeout: Duration::from_secs(3600),
-            },
-            ..ReplayOptions::default()
+    let opts = ReplayOptions {
+        watermark: WatermarkConfig {
+            max_out_of_orderness: Duration::ZERO,
+            idle_timeout: Duration::from_secs(3600),
         },
-        &mut |_| {},
-    )
-    .expect("replay runs");
-    String::from_utf8(out)
-        .expect("utf-8")
-        .lines()
-        .map(|l| {
-            let t: serde_json::Value = serde_json::from_str(l).expect("a transition per line");
+        ..ReplayOptions::default()
+    };
+    replay_json(vec![compile(&rule())], &input, opts)
+        .into_iter()
+        .map(|t| {
             (
                 t["eventTime"].as_u64().expect("eventTime"),
                 t["previousState"].as_str().map(str::to_owned),

@@ -106,6 +106,12 @@ enum Command {
         /// A progress line on stderr every this many input lines (0: none).
         #[arg(long, default_value_t = 1_000_000)]
         progress_every: u64,
+        /// Treat the end of input as the end of time: every pending hold fires at its
+        /// deadline. Off by default, which is what the live service would have emitted
+        /// by the last point (a backtest of a stream that goes on); on, for "what would
+        /// the rules say once everything in this file has played out".
+        #[arg(long)]
+        flush: bool,
     },
 }
 
@@ -161,6 +167,7 @@ fn main() -> ExitCode {
             account,
             region,
             progress_every,
+            flush,
         } => run_replay(ReplayArgs {
             rules,
             input,
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
                 },
                 workers,
                 progress_every,
+                flush,
                 events: events.then_some(EventSource { account, region }),
                 ..ReplayOptions::default()
             },

@@ -168,3 +168,41 @@ fn replay_events_mode_writes_eventbridge_envelopes() {
     assert_eq!(e["account"], "123456789012");
     assert_eq!(e["detail"]["state"], "ACTIVE");
 }
+
+#[test]
+fn replay_flush_fires_holds_due_after_the_last_point() {
+    let eq = "84068f2f-3f39-4b9c-a995-d2a84d878689";
+    let t0 = 1_732_180_000_000u64;
+    let input = [
+        point_json("gw", "s", eq, "machine_state", t0, "\"RUNNING\""),
+        point_json("gw", "s", eq, "product", t0, "\"1L\""),
+        point_json("gw", "s", eq, "water_temperature", t0, "70.0"),
+        point_json("gw", "s", eq, "pressure", t0, "2.0"),
+        point_json("gw", "s", eq, "water_temperature", t0 + 1_000, "85.0"),
+        point_json("gw", "s", eq, "pressure", t0 + 1_000, "2.7"),
+    ]
+    .join("\n");
+    let states = |out: &Output| -> Vec<String> {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| {
+                let t: serde_json::Value = serde_json::from_str(l).expect("JSON");
+                format!("{}@{}", t["state"].as_str().unwrap(), t["eventTime"])
+            })
+            .collect()
+    };
+    let plain = states(&run_replay(&["--max-out-of-orderness", "0s"], &input));
+    assert_eq!(plain, vec![format!("ACTIVE@{t0}")]);
+    let flushed = states(&run_replay(
+        &["--max-out-of-orderness", "0s", "--flush"],
+        &input,
+    ));
+    assert_eq!(
+        flushed,
+        vec![
+            format!("ACTIVE@{t0}"),
+            format!("WARNING@{}", t0 + 1_000 + 300_000)
+        ]
+    );
+}

@@ -681,3 +681,88 @@ async fn throttling_and_expired_iterators_are_retried() {
     );
     src.stop().await;
 }
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A checkpoint whose positions belong to another stream (a second kinesalite, as after a
+/// stream was deleted and recreated): the stream rejects them. `restart` reads the shard
+/// again from `kinesis.start` and says so; `fail` leaves it unread; both report it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_position_the_stream_rejects_is_reported_and_handled_by_policy() {
+    use linewatch_rules::source::config::InvalidPositionPolicy;
+    let (_s1, old) = start_kinesalite("rejected_position_old");
+    let created = unix_secs();
+    old.create_stream("points", 1).await;
+    let (shard, seq) = put(&old.client(), "points", "k", b"old").await;
+    let mut positions = ShardPositions::new();
+    positions.set(shard.clone(), ShardPosition::After(seq));
+    drop(old);
+    // kinesalite encodes the shard's creation second in its sequence numbers: a stream
+    // created in the same second would take the old position as its own.
+    let deadline = Instant::now() + DEADLINE;
+    while unix_secs() < created + 2 {
+        assert!(Instant::now() < deadline, "the clock does not advance");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for policy in [InvalidPositionPolicy::Restart, InvalidPositionPolicy::Fail] {
+        let (_s2, k) = start_kinesalite("rejected_position_new");
+        k.create_stream("points", 1).await;
+        put(&k.client(), "points", "k", b"new-1").await;
+        put(&k.client(), "points", "k", b"new-2").await;
+        let mut cfg = source_config(&k, "points");
+        cfg.start = StartPosition::TrimHorizon;
+        cfg.on_invalid_position = policy;
+        let metrics = SourceMetrics::new();
+        let source = KinesisSource::new(&cfg, metrics.clone()).await.unwrap();
+        let problems = source.problems();
+        let (tx, mut rx) = mpsc::channel(4);
+        let stop = linewatch_runtime::shutdown::CancellationToken::new();
+        let task = tokio::spawn(source.run(
+            positions.clone(),
+            tx,
+            stop.clone(),
+            fastrand::Rng::with_seed(3),
+        ));
+        let deadline = Instant::now() + DEADLINE;
+        while problems.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "{policy:?}: no problem reported");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reported: Vec<String> = problems.lock().unwrap().iter().cloned().collect();
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert!(
+            reported[0].contains(&shard),
+            "names the shard: {reported:?}"
+        );
+        assert_eq!(metrics.invalid_positions.get(), 1);
+        match policy {
+            InvalidPositionPolicy::Restart => {
+                assert!(reported[0].contains("restarted from kinesis.start"));
+                let mut got = Vec::new();
+                while datas(&got).len() < 2 {
+                    let b = tokio::time::timeout_at(deadline.into(), rx.recv())
+                        .await
+                        .expect("the restarted shard delivers")
+                        .expect("source runs");
+                    got.push(b);
+                }
+                assert_eq!(datas(&got), vec!["new-1".to_owned(), "new-2".to_owned()]);
+            }
+            InvalidPositionPolicy::Fail => {
+                assert!(reported[0].contains("on_invalid_position"));
+                // The shard is not read: nothing arrives within a few polls.
+                let r = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+                assert!(r.is_err(), "nothing read from a rejected shard: {r:?}");
+            }
+        }
+        stop.cancel();
+        drop(rx);
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+}

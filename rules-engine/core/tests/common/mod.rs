@@ -55,6 +55,22 @@ pub fn krones_rule(id: &str, equipment: &str, version: u64, hold: &str) -> Strin
     )
 }
 
+/// Replays `input` (NDJSON) and returns each output line (a transition or an event) as JSON.
+pub fn replay_json(
+    rules: Vec<Arc<Rule>>,
+    input: &str,
+    opts: linewatch_rules_core::replay::ReplayOptions,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    linewatch_rules_core::replay::replay(rules, input.as_bytes(), &mut out, opts, &mut |_| {})
+        .expect("replay runs");
+    String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON value per line"))
+        .collect()
+}
+
 pub fn compile(src: &str) -> Arc<Rule> {
     Arc::new(Rule::compile(&Sandbox::new(Limits::default()), src, "test").expect("rule compiles"))
 }
