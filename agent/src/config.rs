@@ -157,9 +157,10 @@ impl Config {
 
     /// Parse and validate configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // Never toml's own text: it quotes the line, which may hold a secret.
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
-            message: e.to_string(),
+            message: linewatch_runtime::config::describe_toml_error(text, &e),
         })?;
         cfg.validate()
             .into_result()

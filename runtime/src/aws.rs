@@ -10,13 +10,14 @@
 //! | `endpoint` | deprecated old name of `endpoint_url` (the rule engine's); warns |
 //! | `access_key_id`, `secret_access_key` | static credentials, both or neither; else the standard AWS chain |
 //! | `secret_access_key_env` | the secret from this environment variable instead (the file then holds none) |
+//! | `secret_access_key_file` | the secret from this file (e.g. `/run/secrets/aws`), its trailing newline dropped |
 //!
 //! The loader turns SDK retries off (both programs retry per record or per call
 //! themselves, and count and log every failure) and gives each call a timeout with at
 //! most 3 s of it for connecting, so a dead endpoint is noticed (and known not written)
 //! quickly.
 
-use crate::config::Secret;
+use crate::config::{Secret, SecretError, SecretKeys};
 use crate::problems::{join_key, Problems};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -46,6 +47,8 @@ pub struct AwsConnection {
     pub secret_access_key: Option<Secret>,
     #[serde(default)]
     pub secret_access_key_env: Option<String>,
+    #[serde(default)]
+    pub secret_access_key_file: Option<std::path::PathBuf>,
 }
 
 /// Timeouts of every SDK call.
@@ -72,14 +75,22 @@ pub enum AwsError {
     Invalid(Problems),
     #[error("no AWS region: set {key}, AWS_REGION, or a region in the AWS profile")]
     NoRegion { key: String },
-    #[error("{key}: environment variable {var} is not set (or not Unicode)")]
-    MissingEnv { key: String, var: String },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 impl AwsConnection {
     /// The endpoint to use: `endpoint_url`, else the deprecated `endpoint`.
     pub fn endpoint_url(&self) -> Option<&str> {
         self.endpoint_url.as_deref().or(self.endpoint.as_deref())
+    }
+
+    fn secret_keys(&self) -> SecretKeys<'_> {
+        SecretKeys::new(
+            self.secret_access_key.as_ref().map(Secret::expose),
+            self.secret_access_key_env.as_deref(),
+            self.secret_access_key_file.as_deref(),
+        )
     }
 
     /// Every problem with the values, keys under `prefix` (e.g. `kinesis`). Reads no
@@ -112,21 +123,9 @@ impl AwsConnection {
                 "give endpoint_url only (endpoint is its deprecated old name)",
             );
         }
-        let has_secret = self.secret_access_key.is_some() || self.secret_access_key_env.is_some();
-        if self.secret_access_key.is_some() && self.secret_access_key_env.is_some() {
-            p.push(
-                k("secret_access_key"),
-                "give either secret_access_key or secret_access_key_env, not both",
-            );
-        }
-        if let Some(var) = &self.secret_access_key_env {
-            if var.is_empty() || var.contains('=') || var.contains('\0') {
-                p.push(
-                    k("secret_access_key_env"),
-                    format!("{var:?} is not an environment variable name"),
-                );
-            }
-        }
+        let secret = self.secret_keys();
+        let has_secret = secret.is_given();
+        p.extend_prefixed(prefix, secret.check("", "secret_access_key"));
         match (self.access_key_id.is_some(), has_secret) {
             (true, false) => p.push(
                 k("secret_access_key"),
@@ -159,18 +158,8 @@ impl AwsConnection {
         let Some(id) = &self.access_key_id else {
             return Ok(None);
         };
-        let secret = match (&self.secret_access_key, &self.secret_access_key_env) {
-            (Some(s), _) => s.clone(),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(v) => Secret::new(v),
-                Err(_) => {
-                    return Err(AwsError::MissingEnv {
-                        key: join_key(prefix, "secret_access_key_env"),
-                        var: var.clone(),
-                    })
-                }
-            },
-            (None, None) => return Ok(None),
+        let Some(secret) = self.secret_keys().resolve(prefix, "secret_access_key")? else {
+            return Ok(None);
         };
         Ok(Some((id.clone(), secret)))
     }
@@ -340,6 +329,30 @@ mod tests {
             AwsConnection::default().static_credentials("x").unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn the_secret_may_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("lw-aws-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, "s3cr3t\n").unwrap();
+        let a = AwsConnection {
+            access_key_id: Some("k".into()),
+            secret_access_key_file: Some(path.clone()),
+            ..AwsConnection::default()
+        };
+        assert!(a.validate("kinesis").is_empty());
+        let (_, secret) = a.static_credentials("kinesis").unwrap().unwrap();
+        assert_eq!(secret.expose(), "s3cr3t");
+        std::fs::remove_file(&path).unwrap();
+        let err = a.static_credentials("kinesis").unwrap_err().to_string();
+        assert!(
+            err.starts_with("kinesis.secret_access_key_file: cannot read"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t"));
+        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod log_gate;
 pub mod problems;
+pub mod redact;
 
 #[cfg(feature = "aws")]
 pub mod aws;

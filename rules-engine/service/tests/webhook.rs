@@ -285,6 +285,7 @@ async fn a_rejected_event_is_dead_lettered_at_once_and_replay_delivers_it() {
         header: "x-api-key".into(),
         value: Some("k-123".into()),
         value_env: None,
+        value_file: None,
     });
     let outbox = Arc::new(Outbox::new(std::slice::from_ref(&cfg)));
     let metrics = OutputMetrics::new();
@@ -475,18 +476,21 @@ async fn each_auth_kind_is_verified_by_the_receiver() {
         header: "authorization-token".into(),
         value: Some("tok".into()),
         value_env: None,
+        value_file: None,
     });
     let mut basic = target("basic", &rx.url("/events"));
     basic.auth = Some(AuthConfig::Basic {
         username: "user".into(),
         password: Some("pass".into()),
         password_env: None,
+        password_file: None,
     });
     let mut sig = target("sig", &rx.url("/events"));
     sig.headers.insert("x-tenant".into(), "plant-3".into());
     sig.auth = Some(AuthConfig::Hmac {
         secret: Some("s3cret".into()),
         secret_env: None,
+        secret_file: None,
         header: "x-linewatch-signature".into(),
     });
     let targets = [key, basic, sig];

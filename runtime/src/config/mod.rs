@@ -3,7 +3,11 @@
 //! never shows in `Debug` output or logs).
 
 mod secret;
+mod secret_source;
 mod split;
+mod toml_error;
 
 pub use secret::Secret;
+pub use secret_source::{SecretError, SecretKeys};
 pub use split::{field_names, Split};
+pub use toml_error::{describe_toml_error, line_column};

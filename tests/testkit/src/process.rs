@@ -196,6 +196,14 @@ impl ManagedProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Resident memory of the running process in bytes (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.spec.log
     }

@@ -1,6 +1,7 @@
 //! `[mqtt]`: where the control topic lives and how to log in.
 
 use super::ControlError;
+use linewatch_runtime::config::SecretKeys;
 use linewatch_runtime::problems::Problems;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
@@ -27,10 +28,12 @@ pub struct ControlConfig {
     /// Rules on `{topic_prefix}/rules/<ruleId>`, status on `{topic_prefix}/status/<ruleId>`.
     pub topic_prefix: String,
     pub username: Option<String>,
-    /// The password in the file; prefer `password_env`.
+    /// The password in the file; prefer `password_env` or `password_file`.
     pub password: Option<String>,
     /// Name of an environment variable holding the password.
     pub password_env: Option<String>,
+    /// A file holding the password (its trailing newline dropped).
+    pub password_file: Option<PathBuf>,
     pub tls: Option<TlsConfig>,
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
@@ -63,6 +66,7 @@ impl Default for ControlConfig {
             username: None,
             password: None,
             password_env: None,
+            password_file: None,
             tls: None,
             keep_alive: Duration::from_secs(30),
             retained_wait: Duration::from_secs(10),
@@ -82,6 +86,7 @@ impl fmt::Debug for ControlConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
             .field("tls", &self.tls)
             .field("keep_alive", &self.keep_alive)
             .field("retained_wait", &self.retained_wait)
@@ -109,25 +114,13 @@ impl ControlConfig {
         if let Err(e) = check_prefix(&self.topic_prefix) {
             p.push("mqtt.topic_prefix", e);
         }
-        if self.password.is_some() && self.password_env.is_some() {
-            p.push(
-                "mqtt.password",
-                "give either password or password_env, not both",
-            );
-        }
-        if (self.password.is_some() || self.password_env.is_some()) && self.username.is_none() {
+        let password = self.password_keys();
+        p.extend_prefixed("mqtt", password.check("", "password"));
+        if password.is_given() && self.username.is_none() {
             p.push(
                 "mqtt.username",
                 "required when a password is set (MQTT 3.1.1)",
             );
-        }
-        if let Some(var) = &self.password_env {
-            if var.is_empty() || var.contains('=') || var.contains('\0') {
-                p.push(
-                    "mqtt.password_env",
-                    format!("{var:?} is not an environment variable name"),
-                );
-            }
         }
         if !self.keep_alive.is_zero() && self.keep_alive < Duration::from_secs(1) {
             p.push(
@@ -152,7 +145,15 @@ impl ControlConfig {
         p
     }
 
-    /// The rumqttc options: credentials (reading `password_env`), TLS (reading the
+    fn password_keys(&self) -> SecretKeys<'_> {
+        SecretKeys::new(
+            self.password.as_deref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+        )
+    }
+
+    /// The rumqttc options: credentials (reading `password_env`/`_file`), TLS (reading the
     /// PEM files), keep-alive, packet size. Clean session is the caller's choice.
     pub fn mqtt_options(&self, client_id: &str) -> Result<MqttOptions, ControlError> {
         self.check()
@@ -163,16 +164,12 @@ impl ControlConfig {
         opts.set_keep_alive(self.keep_alive);
         opts.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
         if let Some(user) = &self.username {
-            let password = match (&self.password, &self.password_env) {
-                (Some(p), _) => p.clone(),
-                (None, Some(var)) => std::env::var(var).map_err(|e| {
-                    ControlError::Config(format!(
-                        "mqtt.password_env: environment variable {var} is not usable: {e}"
-                    ))
-                })?,
-                (None, None) => String::new(),
-            };
-            opts.set_credentials(user.clone(), password);
+            let password = self
+                .password_keys()
+                .resolve("mqtt", "password")
+                .map_err(|e| ControlError::Config(e.to_string()))?
+                .unwrap_or_default();
+            opts.set_credentials(user.clone(), password.expose());
         }
         if let Some(tls) = &self.tls {
             let ca_path = tls
@@ -318,6 +315,17 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let c = ControlConfig {
+            username: Some("engine".into()),
+            password_file: Some(file),
+            ..Default::default()
+        };
+        let opts = c.mqtt_options("id").unwrap();
+        assert_eq!(opts.credentials().unwrap().password, "from-file");
     }
 
     #[test]

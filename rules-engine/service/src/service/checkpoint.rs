@@ -105,6 +105,12 @@ impl CheckpointStore {
         })
     }
 
+    /// Bytes the store's files take on disk (sled keeps old segments until it
+    /// compacts them, so this can exceed the last checkpoint's size many times).
+    pub fn size_on_disk(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

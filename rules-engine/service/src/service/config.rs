@@ -56,6 +56,18 @@ pub struct ServiceConfig {
     pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub http: HttpSection,
+    /// Largest data point (one user record, after KPL de-aggregation) evaluated; a
+    /// larger one is dead-lettered as `oversized` so a huge value cannot flow into
+    /// rule state, webhook bodies and the saved outbox.
+    #[serde(default = "default_max_point_bytes")]
+    pub max_point_bytes: usize,
+}
+
+/// Far above any real data point (a few hundred bytes), far below Kinesis' 1 MiB.
+pub const DEFAULT_MAX_POINT_BYTES: usize = 64 * 1024;
+
+fn default_max_point_bytes() -> usize {
+    DEFAULT_MAX_POINT_BYTES
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,7 +176,7 @@ impl ServiceConfig {
         })?;
         let cfg: ServiceConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: linewatch_runtime::config::describe_toml_error(&text, &e),
         })?;
         cfg.problems()
             .into_result()
@@ -196,6 +208,15 @@ impl ServiceConfig {
                     format!("`{id}` must be 1-64 characters of A-Z a-z 0-9 - _ ."),
                 );
             }
+        }
+        if !(256..=1024 * 1024).contains(&self.max_point_bytes) {
+            p.push(
+                "max_point_bytes",
+                format!(
+                    "must be 256 to 1048576 (Kinesis' record limit), not {}",
+                    self.max_point_bytes
+                ),
+            );
         }
         if self.checkpoint_interval < Duration::from_millis(10) {
             p.push("checkpoint_interval", "must be at least 10ms");

@@ -51,9 +51,12 @@ pub struct EngineMetrics {
     pub transitions: Counter,
     pub diagnostics: Counter,
     pub dead_letters: Family<ReasonLabel, Counter>,
+    pub dead_letters_suppressed: Family<ReasonLabel, Counter>,
     pub checkpoint_duration: Histogram,
     pub checkpoint_age_seconds: Gauge<f64, AtomicU64>,
     pub checkpoint_bytes: Gauge,
+    pub checkpoint_written_bytes: Counter,
+    pub checkpoint_disk_bytes: Gauge,
     pub checkpoint_failures: Counter,
 }
 
@@ -74,9 +77,12 @@ impl Default for EngineMetrics {
             transitions: Counter::default(),
             diagnostics: Counter::default(),
             dead_letters: Family::default(),
+            dead_letters_suppressed: Family::default(),
             checkpoint_duration: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             checkpoint_age_seconds: Gauge::default(),
             checkpoint_bytes: Gauge::default(),
+            checkpoint_written_bytes: Counter::default(),
+            checkpoint_disk_bytes: Gauge::default(),
             checkpoint_failures: Counter::default(),
         }
     }
@@ -152,8 +158,13 @@ impl EngineMetrics {
         );
         r.register(
             "dead_letters",
-            "Records written to the points dead-letter file, by reason",
+            "Records dead-lettered, by reason (written to the points dead-letter file or, over its budget, suppressed)",
             self.dead_letters.clone(),
+        );
+        r.register(
+            "dead_letters_suppressed",
+            "Dead-lettered records not written to the file because a flood exceeded its budget (1,000 per reason per second), by reason",
+            self.dead_letters_suppressed.clone(),
         );
         r.register(
             "checkpoint_duration_seconds",
@@ -169,6 +180,16 @@ impl EngineMetrics {
             "checkpoint_bytes",
             "Size of the last checkpoint",
             self.checkpoint_bytes.clone(),
+        );
+        r.register(
+            "checkpoint_written_bytes",
+            "Bytes of checkpoints written since start (its rate is the checkpoint's growth)",
+            self.checkpoint_written_bytes.clone(),
+        );
+        r.register(
+            "checkpoint_disk_bytes",
+            "Bytes the checkpoint store takes on disk",
+            self.checkpoint_disk_bytes.clone(),
         );
         r.register(
             "checkpoint_failures",

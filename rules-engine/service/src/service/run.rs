@@ -10,6 +10,7 @@
 
 use super::checkpoint::{CheckpointError, CheckpointStore};
 use super::config::{parse_partition, ServiceConfig};
+use super::dead_points::PointDeadLetters;
 use super::http::{self, OpsView, Phase, RuleView, SharedView};
 use super::metrics::{
     EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabel, StateLabel, StatusLabel,
@@ -29,7 +30,6 @@ use linewatch_rules_core::transition::EventSource;
 use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::{SharedClock, SystemClock};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -228,6 +228,7 @@ pub async fn run(
         events: cfg.event_source(),
         instance,
         dead_points: PointDeadLetters::new(cfg.points_dead_letter_file()),
+        max_point_bytes: cfg.max_point_bytes,
         clock: clock.clone(),
         last_stats: EvalStats::default(),
         idle_timeout: cfg.watermark.idle_timeout.as_millis() as u64,
@@ -368,6 +369,7 @@ struct Loop {
     events: EventSource,
     instance: String,
     dead_points: PointDeadLetters,
+    max_point_bytes: usize,
     last_stats: EvalStats,
     idle_timeout: u64,
     last_checkpoint: Option<u64>,
@@ -486,14 +488,34 @@ impl Loop {
         let now = self.clock.now_ms();
         for p in &batch.poisoned {
             // The source has moved past it; keep its bytes for a look.
-            self.dead_points
-                .put(now, &batch.shard_id, &p.record, "poisoned", &p.reason);
+            self.dead_point(now, &batch.shard_id, &p.record, "poisoned", &p.reason);
             self.metrics
                 .dead_letters
                 .get_or_create(&ReasonLabel { reason: "poisoned" })
                 .inc();
         }
         for rec in &batch.records {
+            if rec.data.len() > self.max_point_bytes {
+                let why = format!(
+                    "{} bytes, over max_point_bytes ({})",
+                    rec.data.len(),
+                    self.max_point_bytes
+                );
+                self.metrics
+                    .records
+                    .get_or_create(&OutcomeLabel {
+                        outcome: "oversized",
+                    })
+                    .inc();
+                self.metrics
+                    .dead_letters
+                    .get_or_create(&ReasonLabel {
+                        reason: "oversized",
+                    })
+                    .inc();
+                self.dead_point(now, &batch.shard_id, rec, "oversized", &why);
+                continue;
+            }
             let outcome = self.engine.on_record(&rec.data, now)?;
             let label = match &outcome {
                 RecordOutcome::Buffered => "point",
@@ -508,8 +530,7 @@ impl Loop {
                 .inc();
             match outcome {
                 RecordOutcome::Invalid(e) => {
-                    self.dead_points
-                        .put(now, &batch.shard_id, rec, "invalid", &e.to_string());
+                    self.dead_point(now, &batch.shard_id, rec, "invalid", &e.to_string());
                     self.metrics
                         .dead_letters
                         .get_or_create(&ReasonLabel { reason: "invalid" })
@@ -531,8 +552,7 @@ impl Loop {
                         let why = format!(
                             "late: timestamp {timestamp} at or below the watermark {watermark} (sender {sender})"
                         );
-                        self.dead_points
-                            .put(now, &batch.shard_id, rec, "late", &why);
+                        self.dead_point(now, &batch.shard_id, rec, "late", &why);
                         self.metrics
                             .dead_letters
                             .get_or_create(&ReasonLabel { reason: "late" })
@@ -546,9 +566,29 @@ impl Loop {
         Ok(())
     }
 
+    /// Dead-letters one record within the file's budget; counts what it leaves out.
+    fn dead_point(
+        &mut self,
+        now: u64,
+        shard: &str,
+        rec: &SourceRecord,
+        reason: &'static str,
+        error: &str,
+    ) {
+        if !self.dead_points.put(now, shard, rec, reason, error) {
+            self.metrics
+                .dead_letters_suppressed
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+        }
+    }
+
     /// Advance the watermark, hand transitions to the outbox, refresh metrics.
     fn tick(&mut self) -> Result<(), ServiceError> {
         let now = self.clock.now_ms();
+        // Records what a dead-letter flood left out once its window is over.
+        self.dead_points.roll(now);
+        self.dead_points.flush();
         let out = self.engine.tick(now)?;
         for t in &out.transitions {
             tracing::debug!(transition = %t.transition_id, state = %t.state, "transition");
@@ -645,6 +685,12 @@ impl Loop {
                     .checkpoint_duration
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.checkpoint_bytes.set(bytes as i64);
+                self.metrics.checkpoint_written_bytes.inc_by(bytes as u64);
+                if let Some(disk) = store.size_on_disk() {
+                    self.metrics
+                        .checkpoint_disk_bytes
+                        .set(i64::try_from(disk).unwrap_or(i64::MAX));
+                }
                 self.metrics.checkpoint_age_seconds.set(0.0);
                 self.last_checkpoint = Some(now);
                 self.view
@@ -658,70 +704,5 @@ impl Loop {
             }
         }
         Ok(())
-    }
-}
-
-/// Invalid and late records, appended as NDJSON with the reason and where they
-/// came from. A failure to write is logged (rate-limited by the caller's flush).
-struct PointDeadLetters {
-    path: PathBuf,
-    out: Option<std::io::BufWriter<std::fs::File>>,
-    failed: bool,
-}
-
-impl PointDeadLetters {
-    fn new(path: PathBuf) -> PointDeadLetters {
-        PointDeadLetters {
-            path,
-            out: None,
-            failed: false,
-        }
-    }
-
-    fn put(&mut self, at: u64, shard: &str, rec: &SourceRecord, reason: &str, error: &str) {
-        let data = match std::str::from_utf8(&rec.data) {
-            Ok(text) => serde_json::json!({ "data": text }),
-            Err(_) => serde_json::json!({ "dataHex": hex::encode(&rec.data) }),
-        };
-        let mut line = serde_json::json!({
-            "at": at, "reason": reason, "error": error, "shardId": shard,
-            "sequenceNumber": rec.sequence_number, "subSequence": rec.sub_sequence,
-            "partitionKey": rec.partition_key,
-        });
-        if let (Some(l), Some(d)) = (line.as_object_mut(), data.as_object()) {
-            l.extend(d.clone());
-        }
-        tracing::warn!(reason, error, shard, sequence = %rec.sequence_number, "record dead-lettered");
-        if self.out.is_none() {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-            {
-                Ok(f) => self.out = Some(std::io::BufWriter::new(f)),
-                Err(e) => {
-                    if !self.failed {
-                        tracing::error!(path = %self.path.display(), error = %e, "cannot open the points dead-letter file");
-                        self.failed = true;
-                    }
-                    return;
-                }
-            }
-        }
-        if let Some(out) = &mut self.out {
-            if let Err(e) = writeln!(out, "{line}") {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot write the points dead-letter file");
-                self.out = None;
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(out) = &mut self.out {
-            if let Err(e) = out.flush() {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot write the points dead-letter file");
-                self.out = None;
-            }
-        }
     }
 }

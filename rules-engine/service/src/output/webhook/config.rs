@@ -1,12 +1,14 @@
-//! `[[webhooks]]`: one table per target. Secrets may come from the environment; they are
-//! resolved once at start ([`WebhookConfig::resolve`]) so a missing variable is a start-up
-//! error naming the key, not a delivery failure hours later.
+//! `[[webhooks]]`: one table per target. Secrets may come from the environment or a file;
+//! they are resolved once at start ([`WebhookConfig::resolve`]) so a missing variable or
+//! file is a start-up error naming the key, not a delivery failure hours later.
 
 use crate::output::retry::RetryPolicy;
 use crate::output::target::QueueSpec;
+use linewatch_runtime::config::{SecretError, SecretKeys};
 use linewatch_runtime::problems::{Problem, Problems};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// One webhook target.
@@ -52,6 +54,8 @@ pub enum AuthConfig {
         value: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         value_env: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value_file: Option<PathBuf>,
     },
     /// `Authorization: Basic …`.
     Basic {
@@ -60,6 +64,8 @@ pub enum AuthConfig {
         password: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_env: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
     },
     /// HMAC-SHA256 over `"{timestamp}.{body}"`, sent as `<header>: v1=<hex>` with
     /// `x-linewatch-timestamp: <unix seconds>`.
@@ -68,9 +74,58 @@ pub enum AuthConfig {
         secret: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret_env: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_file: Option<PathBuf>,
         #[serde(default = "default_hmac_header")]
         header: String,
     },
+}
+
+impl AuthConfig {
+    /// Where this method's one secret comes from, and the secret's key name.
+    fn secret_keys(&self) -> (SecretKeys<'_>, &'static str) {
+        match self {
+            AuthConfig::ApiKey {
+                value,
+                value_env,
+                value_file,
+                ..
+            } => (
+                SecretKeys::new(
+                    value.as_deref(),
+                    value_env.as_deref(),
+                    value_file.as_deref(),
+                ),
+                "value",
+            ),
+            AuthConfig::Basic {
+                password,
+                password_env,
+                password_file,
+                ..
+            } => (
+                SecretKeys::new(
+                    password.as_deref(),
+                    password_env.as_deref(),
+                    password_file.as_deref(),
+                ),
+                "password",
+            ),
+            AuthConfig::Hmac {
+                secret,
+                secret_env,
+                secret_file,
+                ..
+            } => (
+                SecretKeys::new(
+                    secret.as_deref(),
+                    secret_env.as_deref(),
+                    secret_file.as_deref(),
+                ),
+                "secret",
+            ),
+        }
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -138,12 +193,8 @@ impl ResolvedWebhook {
 pub enum WebhookConfigError {
     #[error("webhook {target:?}: {problems}")]
     Invalid { target: String, problems: Problems },
-    #[error("webhook {target:?}: {key}: environment variable {var} is not set (or not UTF-8)")]
-    MissingEnv {
-        target: String,
-        key: String,
-        var: String,
-    },
+    #[error("webhook {target:?}: {source}")]
+    Secret { target: String, source: SecretError },
 }
 
 impl From<&WebhookConfig> for QueueSpec {
@@ -198,11 +249,17 @@ impl WebhookConfig {
                 k("url"),
                 format!(
                     "{:?} must be an http:// or https:// URL with a host (scheme is {:?})",
-                    self.url,
+                    linewatch_runtime::redact::url(&self.url),
                     u.scheme()
                 ),
             ),
-            Err(e) => p.push(k("url"), format!("{:?} is not a URL: {e}", self.url)),
+            Err(e) => p.push(
+                k("url"),
+                format!(
+                    "{:?} is not a URL: {e}",
+                    linewatch_runtime::redact::url(&self.url)
+                ),
+            ),
         }
         if self.timeout.is_zero() {
             p.push(k("timeout"), "must be more than 0");
@@ -263,51 +320,25 @@ impl WebhookConfig {
                     p.push(k(key), format!("{header:?} is reserved"));
                 }
             };
-            let (secret, env, names) = match auth {
-                AuthConfig::ApiKey {
-                    header,
-                    value,
-                    value_env,
-                } => {
-                    header_ok("auth.header", header);
-                    (value, value_env, ("value", "value_env"))
+            if let AuthConfig::ApiKey { header, .. } | AuthConfig::Hmac { header, .. } = auth {
+                header_ok("auth.header", header);
+            }
+            if let AuthConfig::Basic { username, .. } = auth {
+                if username.contains(':') {
+                    p.push(k("auth.username"), "may not contain ':'");
                 }
-                AuthConfig::Basic {
-                    username,
-                    password,
-                    password_env,
-                } => {
-                    if username.contains(':') {
-                        p.push(k("auth.username"), "may not contain ':'");
-                    }
-                    (password, password_env, ("password", "password_env"))
-                }
-                AuthConfig::Hmac {
-                    secret,
-                    secret_env,
-                    header,
-                } => {
-                    header_ok("auth.header", header);
-                    (secret, secret_env, ("secret", "secret_env"))
-                }
-            };
-            match (secret, env) {
-                (Some(_), Some(_)) => p.push(
+            }
+            let (keys, name) = auth.secret_keys();
+            p.extend_prefixed(&k("auth"), keys.check("", name));
+            if !keys.is_given() {
+                p.push(
                     k("auth"),
-                    format!("set either {} or {}, not both", names.0, names.1),
-                ),
-                (None, None) => p.push(
-                    k("auth"),
-                    format!("one of {} or {} is required", names.0, names.1),
-                ),
-                (None, Some(var)) if var.is_empty() || var.contains('=') => p.push(
-                    k(&format!("auth.{}", names.1)),
-                    format!("{var:?} is not an environment variable name"),
-                ),
-                (Some(s), None) if s.is_empty() && !matches!(auth, AuthConfig::Basic { .. }) => {
-                    p.push(k(&format!("auth.{}", names.0)), "is empty")
-                }
-                _ => {}
+                    format!("one of {name}, {name}_env or {name}_file is required"),
+                );
+            }
+            // An empty Basic password is legal; an empty key or HMAC secret is a mistake.
+            if keys.inline == Some("") && !matches!(auth, AuthConfig::Basic { .. }) {
+                p.push(k(&format!("auth.{name}")), "is empty");
             }
         }
         p
@@ -329,46 +360,31 @@ impl WebhookConfig {
                 target: self.name.clone(),
                 problems,
             })?;
-        let secret = |inline: &Option<String>, var: &Option<String>, key: &str| match (inline, var)
-        {
-            (Some(s), _) => Ok(Secret::new(s.clone())),
-            (None, Some(var)) => {
-                env(var)
-                    .map(Secret::new)
-                    .ok_or_else(|| WebhookConfigError::MissingEnv {
-                        target: self.name.clone(),
-                        key: format!("auth.{key}"),
-                        var: var.clone(),
-                    })
-            }
-            // `check` rules this out.
-            (None, None) => Ok(Secret::new("")),
+        let secret = |auth: &AuthConfig| {
+            let (keys, name) = auth.secret_keys();
+            keys.resolve_with("auth", name, &env, |path| {
+                std::fs::read_to_string(path).map_err(|e| e.to_string())
+            })
+            .map_err(|source| WebhookConfigError::Secret {
+                target: self.name.clone(),
+                source,
+            })
+            // `check` makes sure one of the three is given.
+            .map(Option::unwrap_or_default)
         };
         let auth = match &self.auth {
             None => None,
-            Some(AuthConfig::ApiKey {
-                header,
-                value,
-                value_env,
-            }) => Some(ResolvedAuth::ApiKey {
+            Some(a @ AuthConfig::ApiKey { header, .. }) => Some(ResolvedAuth::ApiKey {
                 header: header.clone(),
-                value: secret(value, value_env, "value_env")?,
+                value: secret(a)?,
             }),
-            Some(AuthConfig::Basic {
-                username,
-                password,
-                password_env,
-            }) => Some(ResolvedAuth::Basic {
+            Some(a @ AuthConfig::Basic { username, .. }) => Some(ResolvedAuth::Basic {
                 username: username.clone(),
-                password: secret(password, password_env, "password_env")?,
+                password: secret(a)?,
             }),
-            Some(AuthConfig::Hmac {
-                secret: s,
-                secret_env,
-                header,
-            }) => Some(ResolvedAuth::Hmac {
+            Some(a @ AuthConfig::Hmac { header, .. }) => Some(ResolvedAuth::Hmac {
                 header: header.clone(),
-                secret: secret(s, secret_env, "secret_env")?,
+                secret: secret(a)?,
             }),
         };
         if let Some(ResolvedAuth::ApiKey { value, .. }) = &auth {
@@ -450,7 +466,8 @@ value_env = "KEY""#,
             Some(AuthConfig::ApiKey {
                 header: "x-api-key".into(),
                 value: None,
-                value_env: Some("KEY".into())
+                value_env: Some("KEY".into()),
+                value_file: None,
             })
         );
         let w = parse(
@@ -464,6 +481,7 @@ auth = { type = "hmac", secret = "s" }"#,
             Some(AuthConfig::Hmac {
                 secret: Some("s".into()),
                 secret_env: None,
+                secret_file: None,
                 header: "x-linewatch-signature".into()
             })
         );
@@ -497,6 +515,7 @@ auth = { type = "basic", username = "u", password_env = "P" }"#,
         w.auth = Some(AuthConfig::Hmac {
             secret: Some("s".into()),
             secret_env: Some("S".into()),
+            secret_file: None,
             header: "x-sig".into(),
         });
         let p = w.check(3);
@@ -508,13 +527,21 @@ auth = { type = "basic", username = "u", password_env = "P" }"#,
         assert!(has("webhooks[3].backoff_max:"), "{p:?}");
         assert!(has("webhooks[3].headers.content-type:"), "{p:?}");
         assert!(
-            has("webhooks[3].auth: set either secret or secret_env"),
+            has("webhooks[3].auth.secret: give only one of secret, secret_env"),
             "{p:?}"
         );
         assert_eq!(p.len(), 6, "{p:?}");
 
         let w = WebhookConfig::new("ok", "not a url");
         assert_eq!(w.check(0).as_slice()[0].key, "webhooks[0].url");
+        // A problem names the URL without the credentials in it.
+        let w = WebhookConfig::new("ok", "ftp://ops:hunter2@h/x?token=t0k3n");
+        let shown = w.check(0).to_strings().join(" ");
+        assert!(shown.contains("ftp://ops:***@h/x?token=***"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("t0k3n"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -533,6 +560,7 @@ auth = { type = "basic", username = "u", password_env = "P" }"#,
         w.auth = Some(AuthConfig::Hmac {
             secret: None,
             secret_env: Some("OPS_SECRET".into()),
+            secret_file: None,
             header: "x-linewatch-signature".into(),
         });
         let r = w
@@ -550,6 +578,26 @@ auth = { type = "basic", username = "u", password_env = "P" }"#,
         assert_eq!(
             e.to_string(),
             "webhook \"ops\": auth.secret_env: environment variable OPS_SECRET is not set (or not UTF-8)"
+        );
+        // From a file: its trailing newline is not part of the secret.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hmac");
+        std::fs::write(&path, "from-file\n").unwrap();
+        w.auth = Some(AuthConfig::Hmac {
+            secret: None,
+            secret_env: None,
+            secret_file: Some(path.clone()),
+            header: "x-linewatch-signature".into(),
+        });
+        let r = w.resolve_with(|_| None).unwrap();
+        assert!(
+            matches!(&r.auth, Some(ResolvedAuth::Hmac { secret, .. }) if secret.expose() == "from-file")
+        );
+        std::fs::remove_file(&path).unwrap();
+        let e = w.resolve_with(|_| None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("webhook \"ops\": auth.secret_file: cannot read"),
+            "{e}"
         );
         w.url = "nope".into();
         assert!(matches!(

@@ -114,6 +114,7 @@ mod tests {
                 header: "x-api-key".into(),
                 value: Some("k1".into()),
                 value_env: None,
+                value_file: None,
             })),
             "{}",
             5,
@@ -128,6 +129,7 @@ mod tests {
                 username: "user".into(),
                 password: Some("pass".into()),
                 password_env: None,
+                password_file: None,
             })),
             "{}",
             5,
@@ -140,6 +142,7 @@ mod tests {
             &target(Some(AuthConfig::Hmac {
                 secret: Some("key".into()),
                 secret_env: None,
+                secret_file: None,
                 header: "x-linewatch-signature".into(),
             })),
             "{}",

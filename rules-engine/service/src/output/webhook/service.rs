@@ -92,6 +92,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The most of an answer's body that is read. Only the status matters; a small body is
+/// read so the connection can be reused, a larger one (a receiver answering with a
+/// gigabyte) is cut off there and its connection dropped, so an answer can never cost
+/// more memory than this.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Reads at most `limit` bytes of the body, chunk by chunk, and drops the rest with the
+/// connection. Returns how many bytes were read.
+async fn drain_bounded(mut resp: reqwest::Response, limit: usize) -> usize {
+    let mut read = 0;
+    while read < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    read
+}
+
 /// One POST of `body` to the target; never fails, the outcome says how it went.
 pub async fn attempt(
     client: &reqwest::Client,
@@ -101,7 +120,12 @@ pub async fn attempt(
 ) -> AttemptResult {
     let req = match build_request(client, target, body, now_unix_s) {
         Ok(r) => r,
-        Err(e) => return AttemptResult::Network(format!("building the request: {e}")),
+        Err(e) => {
+            return AttemptResult::Network(format!(
+                "building the request: {}",
+                error_chain(&e.without_url())
+            ))
+        }
     };
     match client.execute(req).await {
         Ok(resp) => {
@@ -111,15 +135,15 @@ pub async fn attempt(
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            // Read the (small) answer so the connection can be reused; bounded by the timeout.
-            let _ = resp.bytes().await;
+            drain_bounded(resp, MAX_ANSWER_BYTES).await;
             AttemptResult::Status {
                 status,
                 retry_after,
             }
         }
         Err(e) if e.is_timeout() => AttemptResult::Timeout,
-        Err(e) => AttemptResult::Network(error_chain(&e)),
+        // Without the URL: it may carry credentials, and the target's name says which it is.
+        Err(e) => AttemptResult::Network(error_chain(&e.without_url())),
     }
 }
 

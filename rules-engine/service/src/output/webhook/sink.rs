@@ -37,7 +37,7 @@ impl Target for WebhookTarget {
     }
 
     fn destination(&self) -> String {
-        self.cfg.config.url.clone()
+        linewatch_runtime::redact::url(&self.cfg.config.url)
     }
 
     fn max_pending(&self) -> usize {
