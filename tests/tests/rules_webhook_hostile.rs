@@ -1,7 +1,8 @@
 //! Webhook targets and URLs that try to hurt the engine: a receiver answering with an
 //! endless body must not take its memory (only the first 64 KiB of an answer is read),
 //! and credentials in a target's URL or in its secret file never show in a log line, a
-//! metric, a dead-letter entry or the `dead-letters` CLI.
+//! metric, an ops endpoint, a dead-letter entry or the `dead-letters` CLI; the ops
+//! endpoints listen on the configured address only.
 
 mod rules_common;
 
@@ -234,6 +235,17 @@ async fn credentials_in_urls_and_secret_files_never_show() {
         svc.log_tail(40)
     );
     let (_, metrics) = svc.get("/metrics").unwrap();
+    let mut endpoints = String::new();
+    for path in ["/healthz", "/rules", "/states"] {
+        endpoints.push_str(&svc.get(path).map(|(_, b)| b).unwrap_or_default());
+    }
+    // The ops server listens on the configured address only: another loopback address of
+    // the same port is refused.
+    let port = svc.config().http_addr().port();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.2", port)).is_err(),
+        "the ops port answers on 127.0.0.2 too"
+    );
     let mut stored = String::new();
     for entry in walk(&svc.config().state_dir) {
         stored.push_str(&String::from_utf8_lossy(
@@ -243,6 +255,7 @@ async fn credentials_in_urls_and_secret_files_never_show() {
     for (what, text) in [
         ("the log", &log),
         ("/metrics", &metrics),
+        ("/healthz, /rules and /states", &endpoints),
         ("dead-letters list", &listed),
         ("the state directory", &stored),
     ] {
@@ -267,4 +280,80 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A target that accepts connections and never answers, next to a healthy one: the
+/// healthy one gets every event on time, the hanging one's queue stays at its
+/// `max_pending` (the oldest beyond it dead-lettered as `outbox_full`, counted), and the
+/// engine's memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_answers_is_bounded_and_holds_back_nobody() {
+    const MAX_PENDING: i64 = 20;
+    let env = Env::start("rules-hanging-target", 1).await;
+    // Accepts and reads, never writes: every attempt runs into the target's timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            open.push(sock);
+        }
+    });
+    let mut config = env.config();
+    let mut hang = config.webhooks[0].clone();
+    hang.name = "hang".into();
+    hang.url = format!("http://127.0.0.1:{hang_port}/events");
+    hang.extra
+        .insert("max_pending".into(), toml::Value::Integer(MAX_PENDING));
+    hang.extra
+        .insert("timeout".into(), toml::Value::String("30s".into()));
+    config.webhooks.push(hang);
+    let machines = scenario::machines("hang", 4);
+    let script = machine_rule("hang-rule", 1, &machines, 80.0, "1s");
+    let rule_file = env.rule_file("rule.rhai", &script);
+    let mut svc = linewatch_e2e::rules::RulesService::start(config, env.dir());
+    svc.publish_text("rule.rhai", &script, 1).await;
+    let base = base_time();
+    let mut feed = Feed::new();
+    machine_cycle(&mut feed, &machines, base, 0, 400);
+    feed.heartbeats(&machines, step_time(base, 400) + 3000);
+    env.put(&mut feed).await;
+    let want = env.oracle(&feed, &[rule_file], "all").await;
+    assert!(
+        want.len() as i64 > 2 * MAX_PENDING,
+        "oracle: {} transitions",
+        want.len()
+    );
+    // The healthy target is not held back by the hanging one.
+    env.receiver
+        .wait_ids(&ids_of(&want), Duration::from_secs(30))
+        .await;
+    let overflow = want.len() as f64 - MAX_PENDING as f64;
+    let m = svc
+        .wait_metrics(
+            "the hanging target's overflow dead-lettered",
+            Duration::from_secs(30),
+            |m| {
+                let dead = m.sum(
+                    "linewatch_rules_webhook_dead_letters_total",
+                    &[("target", "hang"), ("reason", "outbox_full")],
+                );
+                // One more may be in flight (taken off the queue, not yet timed out).
+                if dead >= overflow - 1.0 {
+                    Ok((
+                        m.sum("linewatch_rules_webhook_pending", &[("target", "hang")]),
+                        m.sum("linewatch_rules_webhook_pending", &[("target", "recv")]),
+                    ))
+                } else {
+                    Err(format!("{dead} of {overflow} dead-lettered"))
+                }
+            },
+        )
+        .await;
+    let (pending, healthy_pending) = m;
+    assert!(pending <= MAX_PENDING as f64, "{pending} pending");
+    assert_eq!(healthy_pending, 0.0);
+    let rss = svc.rss_bytes().expect("the engine's RSS");
+    assert!(rss < 200 << 20, "{} MiB", rss >> 20);
+    held.abort();
 }
