@@ -104,7 +104,8 @@ pub(crate) fn normalise(s: &str) -> String {
     while i < b.len() {
         let c = b[i];
         // Closure names also appear quoted (`Fn*("anon$…")`): strip them everywhere.
-        if s[i..].starts_with("anon$") {
+        // Bytes, not `str` slices: `i` may sit inside a multi-byte character.
+        if b[i..].starts_with(b"anon$") {
             let mut k = i + 5;
             while k < b.len() && b[k].is_ascii_hexdigit() {
                 k += 1;
@@ -129,11 +130,14 @@ pub(crate) fn normalise(s: &str) -> String {
             i += 1;
             continue;
         }
-        if s[i..].starts_with("hash: ") {
+        if b[i..].starts_with(b"hash: ") {
             let mut k = i + 6;
             if b.get(k) == Some(&b'(') {
                 // A pair of hashes: `hash: (N, M)`.
-                k = s[k..].find(')').map_or(b.len(), |j| k + j + 1);
+                k = b[k..]
+                    .iter()
+                    .position(|&x| x == b')')
+                    .map_or(b.len(), |j| k + j + 1);
             }
             while k < b.len() && b[k].is_ascii_digit() {
                 k += 1;
@@ -191,5 +195,15 @@ mod tests {
             r#"FnCallExpr {  (native only), name: "anon$" }, anon$(v)"#
         );
         assert_eq!(normalise("hash: (12, 34), name"), ", name");
+        // Found by the rule-loader fuzz test: a multi-byte character in a string literal.
+        assert_eq!(normalise(r#""\€" @ 1:2"#), r#""\€" @ "#);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_normalises_without_panicking(s in r#"(\PC|anon\$|hash: |[0-9:@\\"( )-])*"#) {
+            let n = normalise(&s);
+            proptest::prop_assert!(n.len() <= s.len());
+        }
     }
 }
