@@ -158,6 +158,34 @@ pub fn deaggregate(data: &[u8], outer_partition_key: &str) -> Result<Vec<UserRec
     Ok(out)
 }
 
+/// Bytes of a protobuf varint holding `v`.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes of one length-delimited field of `len` bytes (tag + length + payload).
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// Exact size of the aggregated record [`aggregate`] builds for sub-records of
+/// `data_lens` bytes, all under one partition key of `key_len` bytes (index 0) and no
+/// explicit hash key: what a producer needs to stay under the 1 MiB record limit
+/// without encoding first. `sub_record_len` is one record's share.
+pub fn single_key_size(key_len: usize, data_lens: impl IntoIterator<Item = usize>) -> usize {
+    KPL_MAGIC.len()
+        + field_len(key_len)
+        + data_lens.into_iter().map(sub_record_len).sum::<usize>()
+        + KPL_DIGEST_LEN
+}
+
+/// Bytes one sub-record of `data_len` bytes adds to an aggregated record whose
+/// partition key has index 0: `records` field around `{partition_key_index: 0, data}`.
+pub fn sub_record_len(data_len: usize) -> usize {
+    // partition_key_index = 0 is written (required field): tag + one varint byte.
+    field_len(2 + field_len(data_len))
+}
+
 /// Packs `(partition key, explicit hash key, data)` records into one KPL aggregated
 /// record (keys are stored once each in the tables). The caller keeps the result under
 /// Kinesis' 1 MiB record limit; the outer partition key is the caller's choice too

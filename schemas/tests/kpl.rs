@@ -142,6 +142,22 @@ fn empty_aggregate_has_no_records() {
 }
 
 proptest! {
+    /// The size a producer computes up front is the size `aggregate` builds.
+    #[test]
+    fn single_key_size_is_exact(
+        key in "[a-z0-9-]{1,300}",
+        lens in proptest::collection::vec(0usize..70_000, 0..20),
+    ) {
+        let datas: Vec<Vec<u8>> = lens.iter().map(|&n| vec![b'x'; n]).collect();
+        let refs: Vec<(&str, Option<&str>, &[u8])> =
+            datas.iter().map(|d| (key.as_str(), None, d.as_slice())).collect();
+        let built = if refs.is_empty() { 0 } else { aggregate(&refs).len() };
+        let expected = if refs.is_empty() { 0 } else {
+            linewatch_schemas::kpl::single_key_size(key.len(), lens.iter().copied())
+        };
+        prop_assert_eq!(built, expected);
+    }
+
     #[test]
     fn round_trip(records in proptest::collection::vec(
         ("[a-z0-9]{1,8}", proptest::option::of("[0-9]{1,38}"), proptest::collection::vec(any::<u8>(), 0..64)),

@@ -21,15 +21,12 @@ fn edit() -> impl Strategy<Value = Edit> {
     // Positions are taken modulo the input's length when applied.
     let at = any::<usize>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(at, bit)| Edit::Flip { at, bit }),
-        (at.clone(), interesting_byte()).prop_map(|(at, byte)| Edit::Set { at, byte }),
-        (
-            at.clone(),
-            proptest::collection::vec(interesting_byte(), 1..16)
-        )
+        (at, 0u8..8).prop_map(|(at, bit)| Edit::Flip { at, bit }),
+        (at, interesting_byte()).prop_map(|(at, byte)| Edit::Set { at, byte }),
+        (at, proptest::collection::vec(interesting_byte(), 1..16))
             .prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
-        (at.clone(), 1usize..64).prop_map(|(at, len)| Edit::Delete { at, len }),
-        (at.clone(), 1usize..256).prop_map(|(at, len)| Edit::Duplicate { at, len }),
+        (at, 1usize..64).prop_map(|(at, len)| Edit::Delete { at, len }),
+        (at, 1usize..256).prop_map(|(at, len)| Edit::Duplicate { at, len }),
         at.prop_map(|at| Edit::Truncate { at }),
     ]
 }

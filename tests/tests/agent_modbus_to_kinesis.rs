@@ -223,6 +223,19 @@ async fn modbus_values_arrive_in_kinesis_typed_scaled_and_in_order() {
         .iter()
         .find(|p| p.seq() == 1)
         .expect("sequence number 1");
+    // KPL aggregation (the default): the points travel many to a Kinesis record, each
+    // record under one equipment's key, and unpack to the same points in order.
+    let records: std::collections::BTreeSet<(&str, &str)> = pts
+        .iter()
+        .map(|p| (p.shard_id.as_str(), p.kinesis_seq.as_str()))
+        .collect();
+    assert!(
+        records.len() < pts.len() && pts.iter().any(|p| p.sub_sequence > 0),
+        "{} points in {} Kinesis records: not aggregated",
+        pts.len(),
+        records.len()
+    );
+    assert!(pts.iter().all(|p| p.partition_key == p.point.equipment_id));
     assert!(
         first.point.meta.flags.contains(Flag::Fst),
         "first point: {}",

@@ -34,6 +34,9 @@ pub struct KinesisConfig {
     pub stream: String,
     #[serde(default)]
     pub partition_key: PartitionKey,
+    /// How points are packed into Kinesis records.
+    #[serde(default)]
+    pub aggregation: Aggregation,
     /// How long a batch may wait to fill before it is sent.
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
@@ -81,6 +84,18 @@ pub enum PartitionKey {
     EquipmentId,
     /// Spread load over shards; order is left to the consumer's watermark.
     Random,
+}
+
+/// `aggregation`: many points per Kinesis record, or one each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// KPL aggregated records, one per partition key per call: fewer records against
+    /// the shard's 1,000 records/s, the points of a key together and in order.
+    #[default]
+    Kpl,
+    /// One point per Kinesis record, its JSON as stored (consumers that cannot unpack KPL).
+    None,
 }
 
 fn default_linger() -> Duration {

@@ -1,7 +1,8 @@
 //! Kinesis shipper: reads durable points from the buffer, sends them with
 //! PutRecords, and removes them from the buffer only once Kinesis accepted them.
 //!
-//! `queue` decides what goes into a call, `request` packs it into entries, `kinesis`
+//! `queue` decides what goes into a call, `request` packs it into entries (`aggregate`:
+//! KPL aggregated records), `kinesis`
 //! talks to the SDK, `shipper` is the I/O loop around them. `config` is the
 //! `[kinesis]` table.
 
@@ -23,6 +24,7 @@ pub trait RecordStore: Send + Sync + 'static {
     fn committed(&self) -> Arc<tokio::sync::Notify>;
 }
 
+pub mod aggregate;
 pub mod config;
 pub mod dead_letter;
 pub mod kinesis;
@@ -32,7 +34,8 @@ pub mod shipper;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use config::{KinesisConfig, PartitionKey};
+pub use aggregate::KplAggregator;
+pub use config::{Aggregation, KinesisConfig, PartitionKey};
 pub use dead_letter::{DeadLetter, DeadLetterError};
 pub use kinesis::{KinesisClient, PutRecordsApi};
 pub use queue::{

@@ -3,6 +3,8 @@
 //! backs off on failures. Decisions live in the queue and the backoff; this is the
 //! I/O loop around them.
 
+use super::aggregate::KplAggregator;
+use super::config::Aggregation;
 use super::config::KinesisConfig;
 use super::dead_letter::DeadLetter;
 use super::kinesis::{queued_record, PutRecordsApi};
@@ -10,7 +12,7 @@ use super::queue::{
     Applied, Batch, CallOutcome, CallStatus, DeadLetterRecord, QueueCapacity, Readiness,
     RecordResult, ShipQueue,
 };
-use super::request::{BatchLimits, OnePerRecord};
+use super::request::{BatchLimits, Encoder, OnePerRecord};
 use super::RecordStore;
 use crate::telemetry::metrics::Metrics;
 use linewatch_runtime::clock::SharedClock;
@@ -63,7 +65,10 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
     let limits = BatchLimits::from_config(&cfg);
     let shipper = Shipper {
         queue: ShipQueue::new(QueueCapacity::for_limits(&limits)),
-        encoder: OnePerRecord::default(),
+        encoder: match cfg.aggregation {
+            Aggregation::Kpl => Box::<KplAggregator>::default(),
+            Aggregation::None => Box::<OnePerRecord>::default() as Box<dyn Encoder + Send>,
+        },
         // Full jitter: uniform in [0, step]. Many gateways that lost the uplink together
         // must not come back in lock-step.
         backoff: Backoff::new(BackoffPolicy::new(
@@ -95,8 +100,8 @@ struct Shipper<S, K> {
     cfg: KinesisConfig,
     limits: BatchLimits,
     queue: ShipQueue,
-    /// Packs records into entries; the aggregating (KPL) encoder goes here.
-    encoder: OnePerRecord,
+    /// Packs records into entries: KPL aggregated records or one point each.
+    encoder: Box<dyn Encoder + Send>,
     backoff: Backoff,
     rng: fastrand::Rng,
     dead_letter: DeadLetter,
@@ -404,10 +409,12 @@ mod tests {
     use std::collections::HashSet;
     use std::time::Instant;
 
-    /// Test defaults (short linger and backoff), overridden by `extra` lines.
+    /// Test defaults (short linger and backoff; one point per record, which the
+    /// per-record tests below count), overridden by `extra` lines.
     fn config(extra: &str) -> KinesisConfig {
         let mut text = String::from("stream = \"s\"\n");
         for (key, value) in [
+            ("aggregation", "\"none\""),
             ("linger", "\"20ms\""),
             ("backoff_initial", "\"1ms\""),
             ("backoff_max", "\"5ms\""),
@@ -489,6 +496,48 @@ mod tests {
 
     fn system() -> SharedClock {
         Arc::new(SystemClock)
+    }
+
+    /// KPL: a call carries one aggregated record per key; a throttled record resends
+    /// all of its points, before anything later of its key; every point is written
+    /// once and leaves the buffer only once accepted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kpl_packs_each_key_into_one_record_and_resends_a_failed_one_whole() {
+        let store = FakeStore::new();
+        let kinesis = FakeKinesis::new();
+        // The record holding point 5 (key "b") is throttled twice.
+        kinesis.fail_record(5, 2, RecordResult::Throttled);
+        let r = start(
+            Arc::clone(&store),
+            kinesis,
+            config("aggregation = \"kpl\""),
+            system(),
+        );
+        store.append(&points(&["a", "b", "c"], 300));
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
+        let mut written = r.kinesis.written();
+        written.sort_unstable();
+        assert_eq!(written, (1..=300).collect::<Vec<_>>(), "each point once");
+        assert!(r.store.bad_removals().is_empty());
+        for call in r.kinesis.call_log() {
+            let mut keys = call.keys.clone();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), call.keys.len(), "one entry per key per call");
+        }
+        // Fewer Kinesis records than points: 300 points in a handful of records.
+        let entries: usize = r.kinesis.call_log().iter().map(|c| c.keys.len()).sum();
+        assert!(entries < 30, "{entries} records for 300 points");
+        // Key "b" (ids 2, 5, 8, ...) is written in id order despite the throttling.
+        let b: Vec<u64> = r
+            .kinesis
+            .written()
+            .into_iter()
+            .filter(|i| i % 3 == 2)
+            .collect();
+        let mut sorted = b.clone();
+        sorted.sort_unstable();
+        assert_eq!(b, sorted);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,8 @@ pub fn client(endpoint: &str) -> Client {
 pub struct StreamRecord {
     pub shard_id: String,
     pub sequence_number: String,
+    /// Index of this user record inside a KPL aggregated record (0 for a plain one).
+    pub sub_sequence: u32,
     pub partition_key: String,
     pub data: Vec<u8>,
 }
@@ -201,12 +203,26 @@ impl StreamReader {
                     .map_err(|e| call_err("GetRecords", &self.endpoint, e))?;
                 let n = res.records.len();
                 for r in res.records {
-                    out.push(StreamRecord {
-                        shard_id: shard.clone(),
-                        sequence_number: r.sequence_number,
-                        partition_key: r.partition_key.unwrap_or_default(),
-                        data: r.data.into_inner(),
-                    });
+                    // The user records, as a KCL consumer sees them: an aggregated record
+                    // unpacked (one that does not unpack is kept whole, for the test to see).
+                    let key = r.partition_key.unwrap_or_default();
+                    let data = r.data.into_inner();
+                    match linewatch_schemas::kpl::deaggregate(&data, &key) {
+                        Ok(users) => out.extend(users.into_iter().map(|u| StreamRecord {
+                            shard_id: shard.clone(),
+                            sequence_number: r.sequence_number.clone(),
+                            sub_sequence: u.sub_sequence,
+                            partition_key: u.partition_key,
+                            data: u.data,
+                        })),
+                        Err(_) => out.push(StreamRecord {
+                            shard_id: shard.clone(),
+                            sequence_number: r.sequence_number,
+                            sub_sequence: 0,
+                            partition_key: key,
+                            data,
+                        }),
+                    }
                 }
                 *iterator = res.next_shard_iterator;
                 if n == 0 || res.millis_behind_latest.unwrap_or(0) == 0 && n < 10_000 {

@@ -14,6 +14,8 @@ pub struct Shipped {
     pub partition_key: String,
     /// The record's position in its shard (Kinesis sequence number).
     pub kinesis_seq: String,
+    /// Its index inside a KPL aggregated record (0 for a plain record).
+    pub sub_sequence: u32,
     pub raw: Vec<u8>,
     pub json: Json,
     pub point: DataPoint,
@@ -86,6 +88,7 @@ fn decode_one(r: &StreamRecord) -> Result<Shipped, String> {
         shard_id: r.shard_id.clone(),
         partition_key: r.partition_key.clone(),
         kinesis_seq: r.sequence_number.clone(),
+        sub_sequence: r.sub_sequence,
         raw: r.data.clone(),
         json,
         point,
@@ -289,6 +292,7 @@ mod tests {
         StreamRecord {
             shard_id: shard.into(),
             sequence_number: seq.to_string(),
+            sub_sequence: 0,
             partition_key: "eq".into(),
             data: p.into_bytes(),
         }
