@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod exception;
 pub mod factory;
 pub mod link;
 pub mod modbus;

@@ -1,0 +1,356 @@
+//! Report by exception for polled tags: send a reading only when it says something new.
+//! Pure and per tag; the clock reading is passed in.
+//!
+//! A reading passes when
+//! - it must (the driver's `Fst`, `Syn` and `Lst` points: a consumer reads gaps and
+//!   stops from them), or it is the tag's first;
+//! - its quality differs from the last one sent;
+//! - it is a number and moved more than the deadband from the last value sent
+//!   (`deadband`, in the tag's units, or `deadband_percent` of the tag's `range`, the way
+//!   OPC UA servers apply a percent deadband to a variable's EURange);
+//! - it is not a number (boolean, string, null) and differs at all from the last sent;
+//! - `max_silence` has passed since the last one sent, so a consumer can tell
+//!   "unchanged" from "gone".
+//!
+//! `on_change = true` asks for this without a deadband (booleans, strings, exact
+//! numbers); a deadband or `max_silence` implies it. With none of the keys set every
+//! reading passes (the default: nothing changes for a configuration that does not ask).
+
+use linewatch_runtime::problems::{join_key, Problems};
+use linewatch_schemas::{Quality, Value};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The report-by-exception keys of a tag (or, as defaults, of its group).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    /// Send a reading only when it changed (implied by the other keys).
+    #[serde(default)]
+    pub on_change: bool,
+    /// Absolute deadband in the tag's (scaled) units.
+    #[serde(default)]
+    pub deadband: Option<f64>,
+    /// Deadband in percent of `range`.
+    #[serde(default)]
+    pub deadband_percent: Option<f64>,
+    /// `[low, high]` of the tag's engineering range; needed by `deadband_percent`.
+    #[serde(default)]
+    pub range: Option<[f64; 2]>,
+    /// Longest time without a point for an unchanged value.
+    #[serde(default, with = "humantime_serde")]
+    pub max_silence: Option<Duration>,
+}
+
+impl ExceptionConfig {
+    /// Whether the filter does anything.
+    pub fn is_active(&self) -> bool {
+        self.on_change
+            || self.deadband.is_some()
+            || self.deadband_percent.is_some()
+            || self.max_silence.is_some()
+    }
+
+    /// The absolute change a number must exceed, if a deadband is configured.
+    pub fn threshold(&self) -> Option<f64> {
+        match (self.deadband, self.deadband_percent, self.range) {
+            (Some(d), _, _) => Some(d),
+            (None, Some(p), Some([lo, hi])) => Some(p / 100.0 * (hi - lo).abs()),
+            _ => None,
+        }
+    }
+
+    /// Keys `self` overrides win over `defaults` (a tag's over its group's).
+    pub fn or(self, defaults: ExceptionConfig) -> ExceptionConfig {
+        let has_deadband = self.deadband.is_some() || self.deadband_percent.is_some();
+        ExceptionConfig {
+            on_change: self.on_change || defaults.on_change,
+            deadband: if has_deadband {
+                self.deadband
+            } else {
+                defaults.deadband
+            },
+            deadband_percent: if has_deadband {
+                self.deadband_percent
+            } else {
+                defaults.deadband_percent
+            },
+            range: self.range.or(defaults.range),
+            max_silence: self.max_silence.or(defaults.max_silence),
+        }
+    }
+
+    /// Problems, keys under `prefix` (e.g. `sources[0].groups[1].tags[2]`).
+    pub fn check(&self, prefix: &str) -> Problems {
+        let mut p = Problems::new();
+        let k = |key: &str| join_key(prefix, key);
+        if self.deadband.is_some() && self.deadband_percent.is_some() {
+            p.push(k("deadband"), "give deadband or deadband_percent, not both");
+        }
+        if let Some(d) = self.deadband {
+            if !(d.is_finite() && d >= 0.0) {
+                p.push(k("deadband"), format!("must be a number ≥ 0, not {d}"));
+            }
+        }
+        if let Some(pct) = self.deadband_percent {
+            if !(pct.is_finite() && (0.0..=100.0).contains(&pct)) {
+                p.push(
+                    k("deadband_percent"),
+                    format!("must be 0 to 100, not {pct}"),
+                );
+            }
+            if self.range.is_none() {
+                p.push(
+                    k("deadband_percent"),
+                    "needs range = [low, high] (the percent is of that span)",
+                );
+            }
+        }
+        if let Some([lo, hi]) = self.range {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                p.push(
+                    k("range"),
+                    format!("must be [low, high] with low < high, not [{lo}, {hi}]"),
+                );
+            }
+        }
+        if self.max_silence.is_some_and(|d| d.is_zero()) {
+            p.push(
+                k("max_silence"),
+                "must be more than 0 (leave it out for no limit)",
+            );
+        }
+        p
+    }
+}
+
+/// Why a reading was sent or held back (counted per source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Suppress,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    value: Value,
+    quality: Quality,
+    at_ms: u64,
+}
+
+/// The filter of one tag: its configuration and the last reading it let through.
+#[derive(Debug, Clone)]
+pub struct ExceptionFilter {
+    cfg: ExceptionConfig,
+    threshold: Option<f64>,
+    last: Option<Sent>,
+}
+
+impl ExceptionFilter {
+    pub fn new(cfg: ExceptionConfig) -> Self {
+        ExceptionFilter {
+            threshold: cfg.threshold(),
+            cfg,
+            last: None,
+        }
+    }
+
+    /// Decides about one reading at `now_ms`; `must_pass` for the driver's `Fst`,
+    /// `Syn` and `Lst` points. A passed reading becomes the one later ones compare with.
+    pub fn decide(
+        &mut self,
+        value: &Value,
+        quality: Quality,
+        must_pass: bool,
+        now_ms: u64,
+    ) -> Verdict {
+        let pass = !self.cfg.is_active()
+            || must_pass
+            || match &self.last {
+                None => true,
+                Some(last) => {
+                    last.quality != quality
+                        || self.cfg.max_silence.is_some_and(|s| {
+                            now_ms.saturating_sub(last.at_ms) >= s.as_millis() as u64
+                        })
+                        || self.changed(&last.value, value)
+                }
+            };
+        if pass {
+            self.last = Some(Sent {
+                value: value.clone(),
+                quality,
+                at_ms: now_ms,
+            });
+            Verdict::Pass
+        } else {
+            Verdict::Suppress
+        }
+    }
+
+    fn changed(&self, last: &Value, now: &Value) -> bool {
+        match (self.threshold, last.as_f64(), now.as_f64()) {
+            (Some(t), Some(a), Some(b)) => (b - a).abs() > t,
+            _ => last != now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn f(v: f64) -> Value {
+        Value::Float(v)
+    }
+
+    fn cfg(text: &str) -> ExceptionConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn without_keys_every_reading_passes() {
+        let mut flt = ExceptionFilter::new(ExceptionConfig::default());
+        for t in 0..5 {
+            assert_eq!(flt.decide(&f(1.0), Quality::Ok, false, t), Verdict::Pass);
+        }
+    }
+
+    #[test]
+    fn a_deadband_holds_small_moves_and_passes_large_ones_and_quality_changes() {
+        let mut flt = ExceptionFilter::new(cfg("deadband = 0.5"));
+        assert_eq!(flt.decide(&f(10.0), Quality::Ok, false, 0), Verdict::Pass);
+        assert_eq!(
+            flt.decide(&f(10.4), Quality::Ok, false, 1),
+            Verdict::Suppress
+        );
+        // Compared with the last one *sent*: drift adds up.
+        assert_eq!(flt.decide(&f(10.6), Quality::Ok, false, 2), Verdict::Pass);
+        assert_eq!(flt.decide(&f(10.6), Quality::Bad, false, 3), Verdict::Pass);
+        assert_eq!(
+            flt.decide(&f(10.6), Quality::Bad, false, 4),
+            Verdict::Suppress
+        );
+        assert_eq!(
+            flt.decide(&f(10.6), Quality::Bad, true, 5),
+            Verdict::Pass,
+            "Fst/Syn/Lst"
+        );
+    }
+
+    #[test]
+    fn percent_is_of_the_range_and_silence_resends() {
+        let c = cfg("deadband_percent = 2.0\nrange = [0.0, 200.0]\nmax_silence = \"10s\"");
+        assert_eq!(c.threshold(), Some(4.0));
+        let mut flt = ExceptionFilter::new(c);
+        assert_eq!(flt.decide(&f(50.0), Quality::Ok, false, 0), Verdict::Pass);
+        assert_eq!(
+            flt.decide(&f(53.0), Quality::Ok, false, 9_999),
+            Verdict::Suppress
+        );
+        assert_eq!(
+            flt.decide(&f(53.0), Quality::Ok, false, 10_000),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn strings_and_booleans_pass_on_any_change() {
+        let mut flt = ExceptionFilter::new(cfg("on_change = true"));
+        let s = |x: &str| Value::String(x.into());
+        assert_eq!(flt.decide(&s("RUN"), Quality::Ok, false, 0), Verdict::Pass);
+        assert_eq!(
+            flt.decide(&s("RUN"), Quality::Ok, false, 1),
+            Verdict::Suppress
+        );
+        assert_eq!(flt.decide(&s("STOP"), Quality::Ok, false, 2), Verdict::Pass);
+        let mut flt = ExceptionFilter::new(cfg("deadband = 1.0"));
+        assert_eq!(
+            flt.decide(&Value::Bool(true), Quality::Ok, false, 0),
+            Verdict::Pass
+        );
+        assert_eq!(
+            flt.decide(&Value::Bool(true), Quality::Ok, false, 1),
+            Verdict::Suppress
+        );
+        assert_eq!(
+            flt.decide(&Value::Bool(false), Quality::Ok, false, 2),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn problems_name_the_key() {
+        let keys = |text: &str| -> Vec<String> {
+            cfg(text).check("t").iter().map(|p| p.key.clone()).collect()
+        };
+        assert_eq!(keys("deadband = -1.0"), vec!["t.deadband"]);
+        assert_eq!(keys("deadband_percent = 5.0"), vec!["t.deadband_percent"]);
+        assert_eq!(
+            keys("deadband = 1.0\ndeadband_percent = 5.0\nrange = [0.0, 1.0]"),
+            vec!["t.deadband"]
+        );
+        assert_eq!(keys("range = [5.0, 1.0]"), vec!["t.range"]);
+        assert_eq!(keys("max_silence = \"0s\""), vec!["t.max_silence"]);
+        assert!(cfg("deadband_percent = 1.0\nrange = [0.0, 10.0]")
+            .check("t")
+            .is_empty());
+        assert!(toml::from_str::<ExceptionConfig>("deadbnd = 1.0").is_err());
+    }
+
+    #[test]
+    fn a_tag_overrides_its_group() {
+        let group = cfg("deadband = 1.0\nmax_silence = \"30s\"");
+        let tag = cfg("deadband_percent = 5.0\nrange = [0.0, 10.0]");
+        let both = tag.or(group);
+        assert_eq!(both.deadband, None);
+        assert_eq!(both.threshold(), Some(0.5));
+        assert_eq!(both.max_silence, Some(Duration::from_secs(30)));
+        assert_eq!(ExceptionConfig::default().or(group), group);
+    }
+
+    proptest! {
+        /// Every held-back number is within the deadband of the last one sent, every
+        /// sent one (not forced, same quality, within max_silence) is beyond it, and no
+        /// reading is held back once max_silence has passed since the last one sent.
+        #[test]
+        fn deadband_and_silence_hold(
+            deadband in 0.0f64..5.0,
+            silence_ms in 1u64..5_000,
+            steps in proptest::collection::vec((-10.0f64..10.0, 0u64..800, 0u8..10, any::<bool>()), 1..300),
+        ) {
+            let c = ExceptionConfig {
+                deadband: Some(deadband),
+                max_silence: Some(Duration::from_millis(silence_ms)),
+                ..ExceptionConfig::default()
+            };
+            let mut flt = ExceptionFilter::new(c);
+            let (mut now, mut value) = (0u64, 0.0f64);
+            let mut last: Option<(f64, Quality, u64)> = None;
+            for (dv, dt, q, forced) in steps {
+                now += dt;
+                value += dv;
+                let quality = if q == 0 { Quality::Bad } else { Quality::Ok };
+                let forced = forced && q == 1;
+                let v = flt.decide(&f(value), quality, forced, now);
+                match (v, last) {
+                    (Verdict::Suppress, Some((lv, lq, lt))) => {
+                        prop_assert!((value - lv).abs() <= deadband);
+                        prop_assert_eq!(lq, quality);
+                        prop_assert!(now - lt < silence_ms);
+                        prop_assert!(!forced);
+                    }
+                    (Verdict::Suppress, None) => prop_assert!(false, "the first reading passes"),
+                    (Verdict::Pass, Some((lv, lq, lt))) => {
+                        prop_assert!(forced || lq != quality || now - lt >= silence_ms || (value - lv).abs() > deadband);
+                    }
+                    (Verdict::Pass, None) => {}
+                }
+                if v == Verdict::Pass {
+                    last = Some((value, quality, now));
+                }
+            }
+        }
+    }
+}
