@@ -18,6 +18,7 @@ pub struct AgentConfig {
     pub telemetry: Telemetry,
     pub buffer: Buffer,
     pub kinesis: Kinesis,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<ModbusSource>,
     /// TOML appended as written (e.g. `[[sources]]` tables of other protocols).
     #[serde(skip)]

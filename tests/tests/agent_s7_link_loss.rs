@@ -62,7 +62,10 @@ fn resumed(pts: &[Shipped], syn_seq: u64, v: f64) -> Result<(), String> {
         .min_by_key(|p| p.seq())
         .ok_or("no good point after the Syn yet")?;
     if !first_after.point.meta.flags.contains(Flag::Fst) {
-        return Err(format!("first point after the outage lacks Fst: {}", first_after.json));
+        return Err(format!(
+            "first point after the outage lacks Fst: {}",
+            first_after.json
+        ));
     }
     match with_value(pts, v) {
         Some(p) if p.seq() > syn_seq => Ok(()),
@@ -82,25 +85,50 @@ async fn s7_server_restart_gives_syn_then_fst_without_restarting_the_agent() {
     let pid = agent.pid();
 
     let before = wait_stream(&k, "temperature 1.5", Duration::from_secs(30), |p| {
-        with_value(p, 1.5).map(Shipped::seq).ok_or("no 1.5 yet".to_owned())
+        with_value(p, 1.5)
+            .map(Shipped::seq)
+            .ok_or("no 1.5 yet".to_owned())
     })
     .await;
 
     sim.stop();
-    let syn = wait_stream(&k, "Syn points for the lost server", Duration::from_secs(30), |p| {
-        let s = syn_after(p, before)?;
-        Ok((s.seq(), s.point.quality, s.json["value"].clone(), s.point.meta.raw_quality.clone()))
-    })
+    let syn = wait_stream(
+        &k,
+        "Syn points for the lost server",
+        Duration::from_secs(30),
+        |p| {
+            let s = syn_after(p, before)?;
+            Ok((
+                s.seq(),
+                s.point.quality,
+                s.json["value"].clone(),
+                s.point.meta.raw_quality.clone(),
+            ))
+        },
+    )
     .await;
     assert_eq!(syn.1, Quality::Bad);
     assert!(syn.2.is_null());
-    assert!(syn.3.as_deref().is_some_and(|r| !r.is_empty()), "rawQuality says why: {:?}", syn.3);
+    assert!(
+        syn.3.as_deref().is_some_and(|r| !r.is_empty()),
+        "rawQuality says why: {:?}",
+        syn.3
+    );
 
-    let mut sim = S7Sim::start(&S7Options { port: Some(port), ..S7Options::default() }, scratch.path());
+    let mut sim = S7Sim::start(
+        &S7Options {
+            port: Some(port),
+            ..S7Options::default()
+        },
+        scratch.path(),
+    );
     sim.set(&temperature(2.5));
-    let pts = wait_stream(&k, "Fst and 2.5 after the restart", Duration::from_secs(30), |p| {
-        resumed(p, syn.0, 2.5).map(|_| p.to_vec())
-    })
+    let pts = wait_stream(
+        &k,
+        "Fst and 2.5 after the restart",
+        Duration::from_secs(30),
+        |p| resumed(p, syn.0, 2.5).map(|_| p.to_vec()),
+    )
     .await;
     agent.assert_running();
     assert_eq!(agent.pid(), pid, "the same agent process");
@@ -124,30 +152,46 @@ async fn s7_malformed_answer_is_an_error_and_a_reconnect_not_a_panic() {
     let mut agent = Agent::start(cfg, scratch.path());
 
     let before = wait_stream(&k, "temperature 4.5", Duration::from_secs(30), |p| {
-        with_value(p, 4.5).map(Shipped::seq).ok_or("no 4.5 yet".to_owned())
+        with_value(p, 4.5)
+            .map(Shipped::seq)
+            .ok_or("no 4.5 yet".to_owned())
     })
     .await;
     // Byte 7 of a frame is the S7 protocol id (after TPKT 4 and COTP 3 bytes).
     proxy.corrupt_next_response(7);
-    let syn = wait_stream(&k, "Syn points after the bad frame", Duration::from_secs(30), |p| {
-        let s = syn_after(p, before)?;
-        Ok((s.seq(), s.point.meta.raw_quality.clone()))
-    })
+    let syn = wait_stream(
+        &k,
+        "Syn points after the bad frame",
+        Duration::from_secs(30),
+        |p| {
+            let s = syn_after(p, before)?;
+            Ok((s.seq(), s.point.meta.raw_quality.clone()))
+        },
+    )
     .await;
     assert_eq!(proxy.responses_corrupted(), 1);
     assert!(
-        syn.1.as_deref().is_some_and(|r| r.contains("protocol error") && r.contains("S7 protocol id")),
+        syn.1
+            .as_deref()
+            .is_some_and(|r| r.contains("protocol error") && r.contains("S7 protocol id")),
         "rawQuality names the malformed frame: {:?}",
         syn.1
     );
     sim.set(&temperature(5.5));
-    wait_stream(&k, "Fst and 5.5 after the reconnect", Duration::from_secs(30), |p| {
-        resumed(p, syn.0, 5.5)
-    })
+    wait_stream(
+        &k,
+        "Fst and 5.5 after the reconnect",
+        Duration::from_secs(30),
+        |p| resumed(p, syn.0, 5.5),
+    )
     .await;
     agent.assert_running();
     let log = agent.log();
-    assert!(!log.contains("panicked"), "no panic:\n{}", agent.log_tail(40));
+    assert!(
+        !log.contains("panicked"),
+        "no panic:\n{}",
+        agent.log_tail(40)
+    );
     let s = agent.scrape();
     assert!(counter(&s, "linewatch_agent_read_errors_total", "source", "s7_line") >= 1.0);
 }

@@ -128,7 +128,7 @@ impl S7SourceConfig {
                 let slot = u16::from(self.slot.unwrap_or(1));
                 (
                     0x0100,
-                    u16::from(self.connection_type.code()) << 8 | (rack * 0x20 + slot),
+                    (u16::from(self.connection_type.code()) << 8) | (rack * 0x20 + slot),
                 )
             }
         }

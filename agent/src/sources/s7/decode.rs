@@ -20,7 +20,7 @@ pub fn decode(t: DataType, bytes: &[u8], bit: u8) -> Sample {
     let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     let int = |v: i64| Sample::ok(Value::Int(v));
     match t {
-        DataType::Bool => Sample::ok(Value::Bool(b[0] >> (bit & 7) & 1 == 1)),
+        DataType::Bool => Sample::ok(Value::Bool((b[0] >> (bit & 7)) & 1 == 1)),
         DataType::Byte | DataType::USInt => int(b[0].into()),
         DataType::SInt => int((b[0] as i8).into()),
         DataType::Char => Sample::ok(Value::String(char::from(b[0]).to_string())),
@@ -66,7 +66,7 @@ pub fn decode(t: DataType, bytes: &[u8], bit: u8) -> Sample {
             let w = u16_at(0);
             match bcd3(w) {
                 Some(v) => {
-                    let base = [10, 100, 1000, 10_000][usize::from(w >> 12 & 3)];
+                    let base = [10, 100, 1000, 10_000][usize::from((w >> 12) & 3)];
                     int(i64::from(v) * base)
                 }
                 None => Sample::bad(format!("S5TIME {w:#06x} is not BCD")),

@@ -546,6 +546,12 @@ pub fn decode_read_response(pdu: &[u8], expected: usize) -> Result<Vec<ItemResul
         let code = ReturnCode(r.u8("item return code")?);
         let transport = r.u8("item transport size")?;
         let len = usize::from(r.u16("item length")?);
+        if code != ReturnCode::OK {
+            // A refused item has no data, whatever its length field says (Snap7
+            // repeats the requested length there).
+            items.push(Err(code));
+            continue;
+        }
         // BIT, BYTE/WORD/DWORD, INTEGER, DINT give the length in bits; the others in bytes.
         let bytes = match transport {
             0x03..=0x06 => len.div_ceil(8),
@@ -556,11 +562,7 @@ pub fn decode_read_response(pdu: &[u8], expected: usize) -> Result<Vec<ItemResul
         if i + 1 < count && bytes % 2 == 1 {
             r.take(1, "item padding")?;
         }
-        items.push(if code == ReturnCode::OK {
-            Ok(data)
-        } else {
-            Err(code)
-        });
+        items.push(Ok(data));
     }
     if !r.rest().is_empty() {
         return Err(FrameError::Length {
@@ -769,6 +771,26 @@ mod tests {
             "s7 item return code 0x05 (address out of range)"
         );
         assert!(decode_read_response(&pdu, 2).is_err());
+    }
+
+    #[test]
+    fn a_refused_item_carries_no_data_even_with_a_length() {
+        // Captured from the Snap7 server: DB1 100 (1 byte, padded), DB1 600 (4 bytes,
+        // past the end: code 0x05 with length 4 and no data), T5 and C3 (octet strings).
+        let pdu = [
+            0x32, 3, 0, 0, 0, 2, 0, 2, 0, 22, 0, 0, 4, 4, 0xFF, 0x04, 0, 8, 0x2A, 0, 0x05, 0, 0, 4,
+            0xFF, 0x09, 0, 2, 0x21, 0x23, 0xFF, 0x09, 0, 2, 0, 0x42,
+        ];
+        let items = decode_read_response(&pdu, 4).expect("valid");
+        assert_eq!(
+            items,
+            vec![
+                Ok(&[0x2Au8][..]),
+                Err(ReturnCode(5)),
+                Ok(&[0x21u8, 0x23][..]),
+                Ok(&[0u8, 0x42][..])
+            ]
+        );
     }
 
     fn area() -> impl Strategy<Value = AreaCode> {
