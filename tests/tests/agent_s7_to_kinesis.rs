@@ -397,3 +397,37 @@ async fn s7_more_tags_than_one_pdu_are_read_in_the_fewest_requests() {
         "server saw the items: {served}"
     );
 }
+
+#[test]
+fn check_names_the_key_the_tag_and_what_the_address_lacks() {
+    let scratch = Scratch::new("s7-check");
+    let mut cfg = AgentConfig::new(scratch.path(), "http://127.0.0.1:1", STREAM);
+    cfg.extra_toml = s7_source(
+        "s7_bad",
+        "127.0.0.1",
+        "1s",
+        480,
+        &[
+            ("ok", "DB1.DBD0:REAL"),
+            ("temp", "DB1.DBQ4"),
+            ("p", "DB1.DBW2:REAL"),
+        ],
+    );
+    let out = linewatch_e2e::agent::check_config(&cfg.to_toml(), scratch.path());
+    assert!(
+        !out.status.success(),
+        "a bad address fails check:\n{}",
+        out.output
+    );
+    for want in [
+        "sources[0].groups[0].tags[1].address: tag \"temp\": \"DB1.DBQ4\": at 6: expected a width after DB1.DB: X (bit), B (byte), W (word) or D (double word), found 'Q'",
+        "sources[0].groups[0].tags[2].address: tag \"p\": \"DB1.DBW2:REAL\": at 9: W reads 2 bytes",
+    ] {
+        assert!(out.output.contains(want), "missing {want:?} in:\n{}", out.output);
+    }
+    assert!(
+        !out.output.contains("tags[0]"),
+        "the good tag is not reported:\n{}",
+        out.output
+    );
+}
