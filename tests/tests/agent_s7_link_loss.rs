@@ -38,7 +38,7 @@ fn temperature(v: f32) -> Vec<linewatch_testkit::peers::s7_plc::S7Write> {
 }
 
 /// The first `temperature` point with value `v`.
-fn with_value<'a>(pts: &'a [Shipped], v: f64) -> Option<&'a Shipped> {
+fn with_value(pts: &[Shipped], v: f64) -> Option<&Shipped> {
     points::of_tag(pts, "temperature")
         .into_iter()
         .filter(|p| p.point.value.as_f64() == Some(v) && p.point.quality == Quality::Ok)
@@ -46,7 +46,7 @@ fn with_value<'a>(pts: &'a [Shipped], v: f64) -> Option<&'a Shipped> {
 }
 
 /// The `Syn` point of `temperature` (Bad, null) after `after`, whose rawQuality says why.
-fn syn_after<'a>(pts: &'a [Shipped], after: u64) -> Result<&'a Shipped, String> {
+fn syn_after(pts: &[Shipped], after: u64) -> Result<&Shipped, String> {
     points::of_tag(pts, "temperature")
         .into_iter()
         .filter(|p| p.seq() > after && p.point.meta.flags.contains(Flag::Syn))

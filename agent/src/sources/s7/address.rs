@@ -269,12 +269,9 @@ impl<'a> Parser<'a> {
         }
     }
     fn width(&mut self) -> Option<Width> {
-        for w in [Width::Bit, Width::Byte, Width::Word, Width::DWord] {
-            if self.eat(w.letter()) {
-                return Some(w);
-            }
-        }
-        None
+        [Width::Bit, Width::Byte, Width::Word, Width::DWord]
+            .into_iter()
+            .find(|&w| self.eat(w.letter()))
     }
 }
 

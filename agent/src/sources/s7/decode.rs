@@ -174,7 +174,7 @@ mod tests {
             Value::Int(4294967294)
         );
         assert_eq!(v(DataType::SInt, &[0x80]), Value::Int(-128));
-        assert_eq!(v(DataType::Char, &[b'A']), Value::String("A".into()));
+        assert_eq!(v(DataType::Char, b"A"), Value::String("A".into()));
         assert_eq!(
             decode(DataType::Bool, &[0b0000_0100], 2).value,
             Value::Bool(true)
