@@ -18,7 +18,11 @@ pub struct AgentConfig {
     pub telemetry: Telemetry,
     pub buffer: Buffer,
     pub kinesis: Kinesis,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<ModbusSource>,
+    /// TOML appended as written (e.g. `[[sources]]` tables of other protocols).
+    #[serde(skip)]
+    pub extra_toml: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,11 +188,14 @@ impl AgentConfig {
                 backoff_max: Some("500ms".into()),
             },
             sources: Vec::new(),
+            extra_toml: String::new(),
         }
     }
 
     pub fn to_toml(&self) -> String {
-        crate::to_toml("agent config", self)
+        let mut text = crate::to_toml("agent config", self);
+        text.push_str(&self.extra_toml);
+        text
     }
 
     #[track_caller]

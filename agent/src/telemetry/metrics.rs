@@ -26,6 +26,12 @@ pub struct Metrics {
     pub read_errors: Family<SourceLabel, Counter>,
     /// 1 while the source is connected.
     pub source_connected: Family<SourceLabel, Gauge>,
+    /// Requests a source sent to its device (S7 read-var jobs), and their summed
+    /// round-trip time: rate(seconds) / rate(requests) is the mean round trip.
+    pub source_requests: Family<SourceLabel, Counter>,
+    pub source_request_seconds: Family<SourceLabel, Counter<f64, AtomicU64>>,
+    /// The PDU size the device granted on the current connection (S7).
+    pub source_pdu_bytes: Family<SourceLabel, Gauge>,
     pub buffer_records: Gauge,
     pub buffer_bytes: Gauge,
     /// Age of the oldest point not yet accepted by Kinesis, seconds (float).
@@ -58,6 +64,21 @@ impl Metrics {
             "source_connected",
             "1 while the source is connected",
             self.source_connected.clone(),
+        );
+        r.register(
+            "source_requests",
+            "Requests sent to a source's device",
+            self.source_requests.clone(),
+        );
+        r.register(
+            "source_request_seconds",
+            "Summed round-trip time of those requests",
+            self.source_request_seconds.clone(),
+        );
+        r.register(
+            "source_pdu_bytes",
+            "PDU size the device granted on the current connection",
+            self.source_pdu_bytes.clone(),
         );
         r.register(
             "buffer_records",

@@ -1,6 +1,7 @@
 //! A TCP proxy on 127.0.0.1 that can lose responses: the request reaches the server
 //! (Kinesis accepts the batch) but the client never hears back — an unknown outcome,
-//! the one case where the agent must resend a whole batch.
+//! the one case where the agent must resend a whole batch. It can also corrupt one
+//! response (a malformed answer from a PLC).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +14,9 @@ use tokio::task::JoinSet;
 struct Shared {
     lose_responses: AtomicBool,
     lost: AtomicU64,
+    /// 0: off; n: flip the bits of byte n − 1 of the next response chunk that long.
+    corrupt_at: AtomicU64,
+    corrupted: AtomicU64,
 }
 
 /// Forwards 127.0.0.1:`port()` to an upstream port; stops when dropped.
@@ -42,6 +46,10 @@ impl FaultProxy {
         }
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -50,6 +58,19 @@ impl FaultProxy {
     /// While on, every response is swallowed and its connection cut.
     pub fn lose_responses(&self, on: bool) {
         self.shared.lose_responses.store(on, Ordering::SeqCst);
+    }
+
+    /// The next response chunk longer than `offset` bytes reaches the client with
+    /// byte `offset` inverted (once): a malformed answer from a live server.
+    pub fn corrupt_next_response(&self, offset: usize) {
+        self.shared
+            .corrupt_at
+            .store(offset as u64 + 1, Ordering::SeqCst);
+    }
+
+    /// Responses corrupted so far.
+    pub fn responses_corrupted(&self) -> u64 {
+        self.shared.corrupted.load(Ordering::SeqCst)
     }
 
     /// Responses swallowed so far.
@@ -102,6 +123,17 @@ async fn forward(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
                 // The server has done the work; the client learns nothing.
                 shared.lost.fetch_add(1, Ordering::SeqCst);
                 break;
+            }
+            let at = shared.corrupt_at.load(Ordering::SeqCst);
+            if at > 0
+                && n as u64 >= at
+                && shared
+                    .corrupt_at
+                    .compare_exchange(at, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                buf[at as usize - 1] ^= 0xFF;
+                shared.corrupted.fetch_add(1, Ordering::SeqCst);
             }
             if client_wr.write_all(&buf[..n]).await.is_err() {
                 break;
