@@ -2,8 +2,10 @@
 //! are defined once, with unknown keys still rejected) and [`Secret`] (a string that
 //! never shows in `Debug` output or logs).
 
+pub mod check;
 mod secret;
 mod split;
 
 pub use secret::Secret;
+pub use check::{load_all, Lines, Loaded};
 pub use split::{field_names, Split};
