@@ -294,3 +294,18 @@ fn dead_letters_list_creates_no_folders() {
     assert!(out.stdout.is_empty());
     assert!(!state.exists(), "list only reads: {}", state.display());
 }
+
+#[test]
+fn an_error_and_its_cause_are_said_once() {
+    let out = bin()
+        .args(["dead-letters", "list", "--config", "/nonexistent/service.toml"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot read /nonexistent/service.toml: "),
+        "{err}"
+    );
+    assert_eq!(err.matches("(os error 2)").count(), 1, "said once: {err}");
+}
