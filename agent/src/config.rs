@@ -11,9 +11,9 @@ pub use crate::ship::config::{
     KINESIS_MAX_RECORD_BYTES,
 };
 // Problems are collected, each naming its key path; the log format is `text` or `json`.
+use linewatch_runtime::config::load_all;
 pub use linewatch_runtime::logging::LogFormat;
 pub use linewatch_runtime::{Problem, Problems};
-use linewatch_runtime::config::load_all;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -190,7 +190,12 @@ equipment_id = "filler"
             "sources[0].groups[0].tags[1].scael: unknown key `scael`: did you mean `scale`?",
         ),
     ];
-    assert_eq!(errors.len(), want.len(), "every problem, once:\n{}", r.output);
+    assert_eq!(
+        errors.len(),
+        want.len(),
+        "every problem, once:\n{}",
+        r.output
+    );
     for ((line, problem), got) in want.iter().zip(&errors) {
         assert!(
             got.ends_with(&format!(".toml:{line}: {problem}")),

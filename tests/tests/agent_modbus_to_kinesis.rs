@@ -139,7 +139,10 @@ async fn modbus_values_arrive_in_kinesis_typed_scaled_and_in_order() {
         &sim.address(),
         FILLER,
         "100ms",
-        filling_machine_tags().into_iter().chain([mode_tag()]).collect(),
+        filling_machine_tags()
+            .into_iter()
+            .chain([mode_tag()])
+            .collect(),
     ));
     let mut agent = Agent::start(cfg, scratch.path());
 
@@ -221,7 +224,8 @@ async fn modbus_values_arrive_in_kinesis_typed_scaled_and_in_order() {
         match &p.json["value"] {
             Json::String(name) => {
                 assert!(
-                    ["STOPPED", "RUNNING"].contains(&name.as_str()) && p.point.quality == Quality::Ok,
+                    ["STOPPED", "RUNNING"].contains(&name.as_str())
+                        && p.point.quality == Quality::Ok,
                     "{}",
                     show(p)
                 )

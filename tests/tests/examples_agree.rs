@@ -149,7 +149,9 @@ fn example_rules_read_what_the_example_config_sends() {
 #[test]
 fn the_comparison_scan_finds_what_it_should() {
     assert_eq!(
-        string_comparisons(r#"|v| if v.machine_state == "RUNNING" && v.x > 2 || v.p != "1L" { 1 }"#),
+        string_comparisons(
+            r#"|v| if v.machine_state == "RUNNING" && v.x > 2 || v.p != "1L" { 1 }"#
+        ),
         [
             ("machine_state".to_owned(), "RUNNING".to_owned()),
             ("p".to_owned(), "1L".to_owned())

@@ -56,11 +56,32 @@ fn points() -> Vec<String> {
     let mut p = vec![
         point_json("gw", "filler", FILLER, "machine_state", t0, "\"RUNNING\""),
         point_json("gw", "filler", FILLER, "product", t0, "\"1L\""),
-        point_json("gw", "filler", FILLER, "water_temperature", t0 + 1_000, "85.0"),
+        point_json(
+            "gw",
+            "filler",
+            FILLER,
+            "water_temperature",
+            t0 + 1_000,
+            "85.0",
+        ),
     ];
     for i in 0..40u64 {
-        p.push(point_json("gw", "filler", FILLER, "pressure", t0 + 2_000 + i * 10_000, "3.0"));
-        p.push(point_json("gw", "labeller", "labeller-1", "speed", t0 + 2_000 + i * 10_000, "12"));
+        p.push(point_json(
+            "gw",
+            "filler",
+            FILLER,
+            "pressure",
+            t0 + 2_000 + i * 10_000,
+            "3.0",
+        ));
+        p.push(point_json(
+            "gw",
+            "labeller",
+            "labeller-1",
+            "speed",
+            t0 + 2_000 + i * 10_000,
+            "12",
+        ));
     }
     p
 }

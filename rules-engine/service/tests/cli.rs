@@ -225,7 +225,11 @@ fn check_config_reports_every_problem_with_its_line_and_the_exit_codes_agree() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("ok: "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("ok: "),
+        "{}",
+        text(&out.stdout)
+    );
 
     let bad = tmp("bad-service.toml");
     std::fs::write(
@@ -256,7 +260,11 @@ fn check_config_reports_every_problem_with_its_line_and_the_exit_codes_agree() {
     );
 
     for args in [
-        vec!["check".to_owned(), "--config".to_owned(), "/nonexistent/x.toml".to_owned()],
+        vec![
+            "check".to_owned(),
+            "--config".to_owned(),
+            "/nonexistent/x.toml".to_owned(),
+        ],
         vec!["check".to_owned(), "/nonexistent/rules".to_owned()],
         vec!["check".to_owned()],
     ] {
@@ -298,7 +306,12 @@ fn dead_letters_list_creates_no_folders() {
 #[test]
 fn an_error_and_its_cause_are_said_once() {
     let out = bin()
-        .args(["dead-letters", "list", "--config", "/nonexistent/service.toml"])
+        .args([
+            "dead-letters",
+            "list",
+            "--config",
+            "/nonexistent/service.toml",
+        ])
         .output()
         .expect("runs");
     assert!(!out.status.success());

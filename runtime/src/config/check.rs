@@ -188,7 +188,8 @@ pub fn load_all<T: DeserializeOwned>(text: &str) -> Result<Loaded<T>, Problems> 
         let fixed = if unknown {
             remove_at(&mut doc, &key, &mut removed)
         } else {
-            probe::<T>(&mut doc, &key, &message) || (!missing && remove_at(&mut doc, &key, &mut removed))
+            probe::<T>(&mut doc, &key, &message)
+                || (!missing && remove_at(&mut doc, &key, &mut removed))
         };
         let fixed = fixed || {
             let parent = &key[..key.len().saturating_sub(1)];
@@ -638,7 +639,11 @@ id = "c"
         let removed = BTreeMap::from([
             (vec![Seg::Key("items".into())], BTreeSet::from([1])),
             (
-                vec![Seg::Key("items".into()), Seg::Index(2), Seg::Key("parts".into())],
+                vec![
+                    Seg::Key("items".into()),
+                    Seg::Index(2),
+                    Seg::Key("parts".into()),
+                ],
                 BTreeSet::from([0, 1]),
             ),
         ]);
@@ -678,7 +683,10 @@ id = "c"
         let known: Vec<String> = ["timeout", "heartbeat_interval", "address"]
             .map(String::from)
             .to_vec();
-        assert_eq!(suggest("heartbeat_intervall", &known), Some("heartbeat_interval"));
+        assert_eq!(
+            suggest("heartbeat_intervall", &known),
+            Some("heartbeat_interval")
+        );
         assert_eq!(suggest("adress", &known), Some("address"));
         assert_eq!(suggest("colour", &known), None);
         assert_eq!(suggest("heartbeat", &known), Some("heartbeat_interval"));

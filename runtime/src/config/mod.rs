@@ -6,6 +6,6 @@ pub mod check;
 mod secret;
 mod split;
 
-pub use secret::Secret;
 pub use check::{load_all, Lines, Loaded};
+pub use secret::Secret;
 pub use split::{field_names, Split};

@@ -461,7 +461,10 @@ async fn the_source_equipment_is_the_heartbeat_equipment() {
 #[tokio::test]
 async fn a_tag_map_names_its_codes_and_an_unknown_code_is_uncertain() {
     use crate::sources::value_map::{Code, ValueMap};
-    let map = ValueMap::new([(Code::Int(1), "RUNNING".into()), (Code::Int(2), "IDLE".into())]);
+    let map = ValueMap::new([
+        (Code::Int(1), "RUNNING".into()),
+        (Code::Int(2), "IDLE".into()),
+    ]);
     let tags = vec![
         SourceTag::new("state", "filler").with_map(Some(map)),
         SourceTag::new("count", "filler"),
@@ -469,13 +472,16 @@ async fn a_tag_map_names_its_codes_and_an_unknown_code_is_uncertain() {
     let mut h = start_with(vec![Err("refused")], settings(), tags);
     let syn = h.next().await;
     assert!(
-        syn.iter().all(|r| r.value == Value::Null && r.quality == Quality::Bad),
+        syn.iter()
+            .all(|r| r.value == Value::Null && r.quality == Quality::Bad),
         "a lost link stays Bad and null through the map: {syn:?}"
     );
     h.step(Step::Read(vec![(0, 1), (1, 1)]));
     let b = h.next_data().await;
     assert_eq!(
-        b.iter().map(|r| (&*r.tag, r.value.clone(), r.quality)).collect::<Vec<_>>(),
+        b.iter()
+            .map(|r| (&*r.tag, r.value.clone(), r.quality))
+            .collect::<Vec<_>>(),
         [
             ("state", Value::String("RUNNING".into()), Quality::Ok),
             ("count", Value::Int(1), Quality::Ok),
@@ -484,7 +490,10 @@ async fn a_tag_map_names_its_codes_and_an_unknown_code_is_uncertain() {
     );
     h.step(Step::Read(vec![(0, 7)]));
     let b = h.next_data().await;
-    assert_eq!((b[0].value.clone(), b[0].quality), (Value::Int(7), Quality::Uncertain));
+    assert_eq!(
+        (b[0].value.clone(), b[0].quality),
+        (Value::Int(7), Quality::Uncertain)
+    );
     assert_eq!(b[0].raw_quality.as_deref(), Some("unmapped value 7"));
     h.stop().await;
 }

@@ -122,8 +122,7 @@ impl ModbusSource {
                     codec: Codec::for_tag(t, &cfg),
                 });
                 tags.push(
-                    SourceTag::new(t.name.as_str(), Arc::clone(equipment))
-                        .with_map(t.map.clone()),
+                    SourceTag::new(t.name.as_str(), Arc::clone(equipment)).with_map(t.map.clone()),
                 );
             }
             let extents: Vec<TagExtent> = g.tags.iter().map(TagExtent::of).collect();

@@ -399,13 +399,17 @@ mod tests {
         };
         let cfg = source("equipment_id = \"e\"", &tag("type = \"u16\""))?;
         assert_eq!(problems(&cfg), Vec::<String>::new());
-        let map = cfg.1.groups[0].tags[0].map.as_ref().expect("the map is read");
+        let map = cfg.1.groups[0].tags[0]
+            .map
+            .as_ref()
+            .expect("the map is read");
         assert_eq!(map.names().collect::<Vec<_>>(), ["RUNNING", "IDLE"]);
         for bad in ["type = \"f32\"", "type = \"u16\"\nscale = 0.1"] {
             let cfg = source("equipment_id = \"e\"", &tag(bad))?;
             let p = problems(&cfg);
             assert!(
-                p.iter().any(|m| m.starts_with("sources[0].groups[0].tags[0].map: maps codes")),
+                p.iter()
+                    .any(|m| m.starts_with("sources[0].groups[0].tags[0].map: maps codes")),
                 "{bad}: {p:?}"
             );
         }

@@ -61,7 +61,10 @@ impl std::str::FromStr for From {
             other => other
                 .parse::<StartPosition>()
                 .map(From::Start)
-                .map_err(|e| e.replace("kinesis.start: ", "").replace("expected", "expected \"checkpoint\",")),
+                .map_err(|e| {
+                    e.replace("kinesis.start: ", "")
+                        .replace("expected", "expected \"checkpoint\",")
+                }),
         }
     }
 }
@@ -173,7 +176,12 @@ impl Capture {
 
     /// Whether to stop: `--max` points written, or (with `--until`) every listed shard read
     /// past `until` — a later record seen, finished, or caught up at `now_ms` ≥ `until`.
-    pub fn done(&self, listed: &BTreeSet<String>, caught_up: &BTreeSet<String>, now_ms: u64) -> bool {
+    pub fn done(
+        &self,
+        listed: &BTreeSet<String>,
+        caught_up: &BTreeSet<String>,
+        now_ms: u64,
+    ) -> bool {
         if self.max.is_some_and(|m| self.written >= m) {
             return true;
         }
@@ -181,9 +189,9 @@ impl Capture {
             return false;
         };
         !listed.is_empty()
-            && listed.iter().all(|s| {
-                self.done_shards.contains(s) || (now_ms >= until && caught_up.contains(s))
-            })
+            && listed
+                .iter()
+                .all(|s| self.done_shards.contains(s) || (now_ms >= until && caught_up.contains(s)))
     }
 }
 
@@ -229,14 +237,9 @@ pub async fn capture(
     let mut caught = source.caught_up();
     let (tx, mut rx) = mpsc::channel::<SourceBatch>(8);
     let source_stop = stop.child_token();
-    let task = tokio::spawn(source.run(
-        start,
-        tx,
-        source_stop.clone(),
-        fastrand::Rng::new(),
-    ));
-    let mut progress = (!args.progress_every.is_zero())
-        .then(|| tokio::time::interval(args.progress_every));
+    let task = tokio::spawn(source.run(start, tx, source_stop.clone(), fastrand::Rng::new()));
+    let mut progress =
+        (!args.progress_every.is_zero()).then(|| tokio::time::interval(args.progress_every));
     let mut shown_errors = 0u32;
     let mut write_batch = |state: &mut Capture, batch: &SourceBatch| -> Result<(), CaptureError> {
         for (r, v) in batch.records.iter().zip(state.take(batch)) {
@@ -355,7 +358,10 @@ mod tests {
         let v = c.take(&batch("a", &[90, 100, 101], false));
         assert_eq!(v, [Verdict::Write, Verdict::Write, Verdict::PastUntil]);
         assert!(!c.done(&listed, &set(&[]), 200), "b not read");
-        assert!(!c.done(&listed, &set(&["b"]), 99), "b caught up, but before until");
+        assert!(
+            !c.done(&listed, &set(&["b"]), 99),
+            "b caught up, but before until"
+        );
         assert!(c.done(&listed, &set(&["b"]), 100));
         assert_eq!((c.written, c.past_until), (2, 1));
     }
@@ -370,7 +376,14 @@ mod tests {
         assert_eq!(&v[1..], [Verdict::Write, Verdict::Write]);
         assert!(c.done(&set(&[]), &set(&[]), 0));
         assert_eq!(c.take(&batch("a", &[4], false)), [Verdict::Full]);
-        assert!(!Capture::new(None, None, &ShardPositions::new()).done(&set(&["a"]), &set(&["a"]), u64::MAX), "follows until stopped");
+        assert!(
+            !Capture::new(None, None, &ShardPositions::new()).done(
+                &set(&["a"]),
+                &set(&["a"]),
+                u64::MAX
+            ),
+            "follows until stopped"
+        );
     }
 
     #[test]
@@ -385,8 +398,14 @@ mod tests {
     #[test]
     fn from_and_until_parse() {
         assert_eq!("checkpoint".parse::<From>(), Ok(From::Checkpoint));
-        assert_eq!("latest".parse::<From>(), Ok(From::Start(StartPosition::Latest)));
-        assert!(matches!("2026-01-31T12:00:00Z".parse::<From>(), Ok(From::Start(StartPosition::AtTimestamp(_)))));
+        assert_eq!(
+            "latest".parse::<From>(),
+            Ok(From::Start(StartPosition::Latest))
+        );
+        assert!(matches!(
+            "2026-01-31T12:00:00Z".parse::<From>(),
+            Ok(From::Start(StartPosition::AtTimestamp(_)))
+        ));
         assert!("yesterday".parse::<From>().is_err());
         assert_eq!("now".parse::<Until>(), Ok(Until::Now));
         assert!("latest".parse::<Until>().is_err());

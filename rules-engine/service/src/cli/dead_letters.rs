@@ -115,7 +115,11 @@ mod tests {
     #[test]
     fn listing_a_store_that_does_not_exist_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("state").join("dead-letters").join("webhooks");
+        let store = dir
+            .path()
+            .join("state")
+            .join("dead-letters")
+            .join("webhooks");
         let mut out = Vec::new();
         assert_eq!(list(&store, None, &mut out).unwrap(), 0);
         assert_eq!(list(&store, Some("receiver"), &mut out).unwrap(), 0);

@@ -344,12 +344,18 @@ mod tests {
             .map(|p| format!("{}: {}", p.line.unwrap_or(0), p))
             .collect();
         assert_eq!(shown.len(), 4, "{shown:#?}");
-        assert!(shown[0].starts_with("2: workers: must be 1 to"), "{shown:#?}");
+        assert!(
+            shown[0].starts_with("2: workers: must be 1 to"),
+            "{shown:#?}"
+        );
         assert_eq!(
             shown[1],
             "6: kinesis.poll_intervall: unknown key `poll_intervall`: did you mean `poll_interval`?"
         );
-        assert!(shown[2].starts_with("8: mqtt.port: invalid value: integer `70000`"), "{shown:#?}");
+        assert!(
+            shown[2].starts_with("8: mqtt.port: invalid value: integer `70000`"),
+            "{shown:#?}"
+        );
         assert!(shown[3].starts_with("11: webhooks[0].url:"), "{shown:#?}");
     }
 

@@ -177,10 +177,7 @@ mod tests {
             assert_eq!(classify(&status(s)), REJECTED, "{s}");
         }
         assert_eq!(classify(&AttemptResult::Timeout), RETRYABLE);
-        assert_eq!(
-            classify(&AttemptResult::Network("reset".into())),
-            RETRYABLE
-        );
+        assert_eq!(classify(&AttemptResult::Network("reset".into())), RETRYABLE);
         assert_eq!(
             classify(&AttemptResult::NotSent("refused".into())),
             RETRYABLE
