@@ -110,10 +110,17 @@ async fn capture_writes_what_was_put_and_replay_agrees() {
     k.create_stream(STREAM, 2).await;
     let client = k.client();
     let all = points();
-    // Points 3..6 of the filler in one KPL aggregate; the rest one record each, in order
-    // per partition key (the equipment id, as the agent sends them).
-    let (plain_head, rest) = all.split_at(3);
-    let (aggregated, plain_tail) = rest.split_at(3);
+    // Three filler points (all[3], all[5], all[7]) in one KPL aggregate under the filler's
+    // key; the rest one record each, in order per partition key (the equipment id, as the
+    // agent sends them).
+    let plain_head = &all[..3];
+    let aggregated = [&all[3], &all[5], &all[7]];
+    let plain_tail: Vec<&String> = all[3..]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![0, 2, 4].contains(i))
+        .map(|(_, p)| p)
+        .collect();
     let put = |key: String, data: Vec<u8>| {
         let client = client.clone();
         async move {
@@ -140,7 +147,7 @@ async fn capture_writes_what_was_put_and_replay_agrees() {
         .collect();
     put(FILLER.to_owned(), kpl::aggregate(&agg)).await;
     for p in plain_tail {
-        put(key_of(p), p.as_bytes().to_vec()).await;
+        put(key_of(p.as_str()), p.as_bytes().to_vec()).await;
     }
 
     let cfg = config(scratch.path(), &k);
