@@ -11,6 +11,7 @@ pub use crate::ship::config::{
     KINESIS_MAX_RECORD_BYTES,
 };
 // Problems are collected, each naming its key path; the log format is `text` or `json`.
+use linewatch_runtime::config::load_all;
 pub use linewatch_runtime::logging::LogFormat;
 pub use linewatch_runtime::{Problem, Problems};
 use serde::Deserialize;
@@ -25,10 +26,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// TOML syntax or type error; toml's message names the key, line and column.
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// Every problem validation found (displayed joined by `; `).
+    /// Every problem found: TOML syntax, types, unknown or missing keys, validation
+    /// (displayed joined by `; `; each problem knows its key path and line).
     #[error("{path}: {problems}")]
     Invalid { path: PathBuf, problems: Problems },
 }
@@ -142,10 +141,6 @@ impl Config {
             source,
         })?;
         let cfg = Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
             ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
                 path: path.to_owned(),
                 problems,
@@ -155,20 +150,17 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parse and validate configuration text.
+    /// Parse and validate configuration text. Every problem is reported, type errors
+    /// and validation alike, each with its key path and line
+    /// ([`linewatch_runtime::config::load_all`]).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        // Never toml's own text: it quotes the line, which may hold a secret.
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let invalid = |problems| ConfigError::Invalid {
             path: PathBuf::new(),
-            message: linewatch_runtime::config::describe_toml_error(text, &e),
-        })?;
-        cfg.validate()
-            .into_result()
-            .map_err(|problems| ConfigError::Invalid {
-                path: PathBuf::new(),
-                problems,
-            })?;
-        Ok(cfg)
+            problems,
+        };
+        let loaded = load_all::<Config>(text).map_err(invalid)?;
+        let found = loaded.value.validate();
+        loaded.finish(text, found).map_err(invalid)
     }
 
     /// What works but should change (a deprecated key), each naming its key.

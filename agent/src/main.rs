@@ -33,7 +33,8 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
-    /// Validate a configuration file: exit 0 if it is valid, else print every problem with its key and exit 2.
+    /// Validate a configuration file and print every problem (file:line: key: message).
+    /// Exit 0: valid; 1: problems found; 2: the file cannot be read (or bad usage).
     Check {
         /// Gateway configuration (TOML).
         #[arg(long, short)]
@@ -48,8 +49,9 @@ fn main() -> ExitCode {
         Command::Run { config, log_json } => match run(config, log_json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "agent stopped");
-                eprintln!("linewatch-agent: {e:#}");
+                let e = linewatch_runtime::error::chain(e.as_ref());
+                tracing::error!(error = %e, "agent stopped");
+                eprintln!("linewatch-agent: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -74,11 +76,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(ConfigError::Invalid { path, problems }) => {
-            for p in problems {
-                eprintln!("error: {}: {p}", path.display());
+            for line in problems.render(&path.display().to_string()) {
+                eprintln!("error: {line}");
             }
-            ExitCode::from(2)
+            eprintln!("{} problem(s) in {}", problems.len(), path.display());
+            ExitCode::from(1)
         }
+        // Unreadable: not a verdict on the file's content.
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

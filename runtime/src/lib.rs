@@ -2,7 +2,7 @@
 //!
 //! The pure modules need no feature and pull in nothing heavier than serde, so the rule
 //! engine's pure core can depend on this crate: [`clock`], [`backoff`], [`log_gate`],
-//! [`problems`] and [`config`]. Process plumbing is behind features:
+//! [`problems`], [`config`] and [`error`]. Process plumbing is behind features:
 //! `service` ([`shutdown`], [`signals`], [`logging`]), `ops` (the [`ops`] HTTP server)
 //! and `aws` (the [`aws`] connection settings and SDK loader). `docs/runtime.md` has
 //! the why of each.
@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod log_gate;
 pub mod problems;
 pub mod redact;

@@ -4,11 +4,14 @@
 
 use std::fmt;
 
-/// One problem: the key path and what is wrong with its value. Displays as `key: message`.
+/// One problem: the key path and what is wrong with its value. Displays as `key: message`
+/// (or just the message when no key is at fault, e.g. a TOML syntax error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub key: String,
     pub message: String,
+    /// The key's line in the file (1-based), when known: see [`Problems::render`].
+    pub line: Option<usize>,
 }
 
 impl Problem {
@@ -16,13 +19,18 @@ impl Problem {
         Problem {
             key: key.into(),
             message: message.into(),
+            line: None,
         }
     }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
     }
 }
 
@@ -56,6 +64,7 @@ impl Problems {
         self.0.extend(other.0.into_iter().map(|p| Problem {
             key: join_key(prefix, &p.key),
             message: p.message,
+            line: p.line,
         }));
     }
 
@@ -69,6 +78,27 @@ impl Problems {
 
     pub fn iter(&self) -> std::slice::Iter<'_, Problem> {
         self.0.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Problem> {
+        self.0.iter_mut()
+    }
+
+    /// In file order: by line, problems without a line last (stable otherwise).
+    pub fn sort_by_line(&mut self) {
+        self.0.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    }
+
+    /// One line per problem, as `check` prints them: `file:line: key: message`
+    /// (`file: key: message` when the line is not known).
+    pub fn render(&self, file: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|p| match p.line {
+                Some(line) => format!("{file}:{line}: {p}"),
+                None => format!("{file}: {p}"),
+            })
+            .collect()
     }
 
     pub fn as_slice(&self) -> &[Problem] {

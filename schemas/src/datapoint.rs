@@ -187,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_brief_sample() {
+    fn parses_the_schema_example() {
         let p = DataPoint::from_json(sample().as_bytes()).unwrap();
         assert_eq!(p.timestamp, 1_732_180_000_123);
         assert_eq!(p.value, Value::Float(13.45));

@@ -6,7 +6,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
-/// One flag. The wire names are fixed by the brief.
+/// One flag. The wire names are fixed by the data point schema (`schemas/datapoint.v1.schema.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Flag {

@@ -99,6 +99,9 @@ pub struct Tag {
     pub byte_order: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub word_order: Option<String>,
+    /// Code → name (`map = { 1 = "RUNNING" }`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A tag with no scaling, big-endian: `tag("water_temperature", "holding_register", 0, "f32")`.
@@ -113,6 +116,7 @@ pub fn tag(name: &str, area: &str, address: u16, data_type: &str) -> Tag {
         offset: None,
         byte_order: None,
         word_order: None,
+        map: None,
     }
 }
 
@@ -124,6 +128,16 @@ impl Tag {
     }
     pub fn equipment(mut self, equipment_id: &str) -> Tag {
         self.equipment_id = Some(equipment_id.to_owned());
+        self
+    }
+    /// Names for codes: `.mapped(&[(1, "RUNNING")])`.
+    pub fn mapped(mut self, codes: &[(i64, &str)]) -> Tag {
+        self.map = Some(
+            codes
+                .iter()
+                .map(|(c, n)| (c.to_string(), (*n).to_owned()))
+                .collect(),
+        );
         self
     }
     pub fn orders(mut self, byte_order: &str, word_order: &str) -> Tag {

@@ -129,3 +129,88 @@ fn malformed_config_is_refused_naming_the_key() {
     assert!(!r.status.success());
     assert!(r.output.contains("nope.toml"), "{}", r.output);
 }
+
+/// Three mistakes, two of them inside a tag table (buffered by the source's key split):
+/// `check` names each with its full key path and line, in file order, suggests the
+/// spelling of the typo, and exits 1; an unreadable file exits 2.
+#[test]
+fn check_reports_every_problem_with_its_key_and_line() {
+    let scratch = Scratch::new("config-all");
+    let text = format!(
+        r#"gateway_id = "gw"
+
+[buffer]
+path = "{dir}/buffer"
+
+[kinesis]
+stream = "s"
+region = "eu-central-1"
+
+[[sources]]
+type = "modbus"
+id = "plc"
+address = "127.0.0.1:502"
+unit_id = 300
+equipment_id = "filler"
+
+  [[sources.groups]]
+  name = "g"
+  interval = "1s"
+
+    [[sources.groups.tags]]
+    name = "a"
+    area = "coil"
+    address = 0
+    type = "bool"
+
+    [[sources.groups.tags]]
+    name = "b"
+    area = "discrete"
+    address = 1
+    type = "bool"
+    scael = 2.0
+"#,
+        dir = scratch.path().display()
+    );
+    let r = check_config(&text, scratch.path());
+    assert_eq!(r.status.code(), Some(1), "problems found:\n{}", r.output);
+    let errors: Vec<&str> = r
+        .output
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let want = [
+        (14, "sources[0].unit_id: invalid value: integer `300`, expected u8"),
+        (
+            29,
+            "sources[0].groups[0].tags[1].area: unknown value `discrete`: did you mean `discrete_input`?",
+        ),
+        (
+            32,
+            "sources[0].groups[0].tags[1].scael: unknown key `scael`: did you mean `scale`?",
+        ),
+    ];
+    assert_eq!(
+        errors.len(),
+        want.len(),
+        "every problem, once:\n{}",
+        r.output
+    );
+    for ((line, problem), got) in want.iter().zip(&errors) {
+        assert!(
+            got.ends_with(&format!(".toml:{line}: {problem}")),
+            "want line {line}: {problem}\ngot: {got}\n{}",
+            r.output
+        );
+    }
+    assert!(r.output.contains("3 problem(s)"), "{}", r.output);
+
+    let missing = scratch.path().join("nope.toml");
+    let r = run_agent(
+        &["check", "--config"],
+        &missing,
+        scratch.path(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.status.code(), Some(2), "unreadable:\n{}", r.output);
+}

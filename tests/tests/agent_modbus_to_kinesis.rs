@@ -30,6 +30,7 @@ fn step1() -> Vec<SimWrite> {
         reg(0, "f32", 4.25).area(Area::InputRegister),
         coil(0, true),
         coil(0, true).area(Area::DiscreteInput),
+        reg(MODE_ADDRESS, "u16", 2),
     ]
 }
 
@@ -40,7 +41,35 @@ fn step2() -> Vec<SimWrite> {
         reg(8, "u64", BIG_COUNT + 1),
         reg(20, "f32", -3.5).orders("little", "little"),
         coil(0, false),
+        reg(MODE_ADDRESS, "u16", 7),
     ]
+}
+
+/// A tag with a value map: 2 is named, 7 is not.
+const MODE_ADDRESS: u16 = 30;
+
+fn mode_tag() -> linewatch_e2e::agent::Tag {
+    linewatch_e2e::agent::tag("machine_mode", "holding_register", MODE_ADDRESS, "u16")
+        .mapped(&[(1, "STOPPED"), (2, "RUNNING")])
+}
+
+/// Step 1 sends the name with quality Ok; step 2's unknown code arrives as the raw
+/// number, Uncertain, with rawQuality saying so.
+fn mode_arrived(pts: &[Shipped], step: usize) -> Result<(), String> {
+    let ok = points::of_tag(pts, "machine_mode").iter().any(|p| {
+        if step == 1 {
+            p.json["value"] == json!("RUNNING") && p.point.quality == Quality::Ok
+        } else {
+            p.json["value"] == json!(7)
+                && p.point.quality == Quality::Uncertain
+                && p.point.meta.raw_quality.as_deref() == Some("unmapped value 7")
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("no mapped machine_mode point of step {step} yet"))
+    }
 }
 
 /// What each tag must carry after step 1 and after step 2.
@@ -91,7 +120,7 @@ fn step_arrived(pts: &[Shipped], step: usize) -> Result<(), String> {
             return Err(format!("no {name} = {want} yet (step {step})"));
         }
     }
-    Ok(())
+    mode_arrived(pts, step)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +139,10 @@ async fn modbus_values_arrive_in_kinesis_typed_scaled_and_in_order() {
         &sim.address(),
         FILLER,
         "100ms",
-        filling_machine_tags(),
+        filling_machine_tags()
+            .into_iter()
+            .chain([mode_tag()])
+            .collect(),
     ));
     let mut agent = Agent::start(cfg, scratch.path());
 
@@ -184,6 +216,27 @@ async fn modbus_values_arrive_in_kinesis_typed_scaled_and_in_order() {
                 "{name}: {}",
                 show(p)
             );
+        }
+    }
+
+    // The mapped tag never shows a name where the code was unknown, nor a number for a known one.
+    for p in points::of_tag(&pts, "machine_mode") {
+        match &p.json["value"] {
+            Json::String(name) => {
+                assert!(
+                    ["STOPPED", "RUNNING"].contains(&name.as_str())
+                        && p.point.quality == Quality::Ok,
+                    "{}",
+                    show(p)
+                )
+            }
+            Json::Number(n) => assert!(
+                n.as_u64().is_some_and(|c| c != 1 && c != 2)
+                    && p.point.quality == Quality::Uncertain,
+                "{}",
+                show(p)
+            ),
+            _ => panic!("machine_mode: {}", show(p)),
         }
     }
 

@@ -8,12 +8,16 @@ use super::config::{KinesisConfig, PartitionKey};
 use super::queue::{CallOutcome, QueuedRecord, RecordResult};
 use super::request::RequestEntry;
 use crate::buffer::StoredRecord;
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_kinesis::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use linewatch_runtime::aws::{AwsError, AwsTimeouts};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The one operation the shipper needs; implemented by [`KinesisClient`] and by test fakes.
 pub trait PutRecordsApi: Send + Sync + 'static {
@@ -83,11 +87,14 @@ impl PutRecordsApi for KinesisClient {
                 }
             }
         };
+        let transmit = TransmitMarker::default();
         let result = self
             .client
             .put_records()
             .stream_name(&self.stream)
             .set_records(Some(entries))
+            .customize()
+            .interceptor(transmit.clone())
             .send()
             .await;
         match result {
@@ -97,7 +104,7 @@ impl PutRecordsApi for KinesisClient {
                     .map(|r| classify_record(r.error_code()))
                     .collect(),
             ),
-            Err(err) => classify_error(&err),
+            Err(err) => classify_error(&err, transmit.reached()),
         }
     }
 }
@@ -151,9 +158,44 @@ pub fn classify_service_error(status: u16, code: Option<&str>, error: String) ->
     }
 }
 
-/// A failed call: was anything written?
-pub fn classify_error(err: &SdkError<PutRecordsError>) -> CallOutcome {
+/// Set by the SDK just before the request goes to the HTTP client: a call that failed
+/// without it (credentials missing, signing or endpoint errors) sent nothing, whatever
+/// kind of error the SDK wraps that in (it reports them as dispatch failures).
+#[derive(Debug, Clone, Default)]
+pub struct TransmitMarker(Arc<AtomicBool>);
+
+impl TransmitMarker {
+    pub fn reached(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Intercept for TransmitMarker {
+    fn name(&self) -> &'static str {
+        "TransmitMarker"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A failed call: was anything written? `transmitted`: the request reached the HTTP
+/// client ([`TransmitMarker`]); before that nothing can have been written.
+pub fn classify_error(err: &SdkError<PutRecordsError>, transmitted: bool) -> CallOutcome {
     let error = DisplayErrorContext(err).to_string();
+    if !transmitted && !matches!(err, SdkError::ServiceError(_) | SdkError::ResponseError(_)) {
+        return CallOutcome::NotWritten {
+            throttled: false,
+            error,
+        };
+    }
     match err {
         // Never left the process.
         SdkError::ConstructionFailure(_) => CallOutcome::NotWritten {
@@ -290,7 +332,7 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         )));
         assert!(matches!(
-            classify_error(&refused),
+            classify_error(&refused, true),
             CallOutcome::NotWritten {
                 throttled: false,
                 ..
@@ -303,7 +345,7 @@ mod tests {
         let refused =
             SdkError::<PutRecordsError>::dispatch_failure(ConnectorError::io(Box::new(wrapped)));
         assert!(matches!(
-            classify_error(&refused),
+            classify_error(&refused, true),
             CallOutcome::NotWritten { .. }
         ));
 
@@ -311,19 +353,19 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::ConnectionReset),
         )));
         assert!(matches!(
-            classify_error(&reset),
+            classify_error(&reset, true),
             CallOutcome::Unknown { .. }
         ));
 
         let timeout = SdkError::<PutRecordsError>::timeout_error("operation timed out");
         assert!(matches!(
-            classify_error(&timeout),
+            classify_error(&timeout, true),
             CallOutcome::Unknown { .. }
         ));
 
         let construction = SdkError::<PutRecordsError>::construction_failure("bad input");
         assert!(matches!(
-            classify_error(&construction),
+            classify_error(&construction, true),
             CallOutcome::NotWritten { .. }
         ));
     }
@@ -382,5 +424,60 @@ mod tests {
             "{outcome:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn nothing_is_written_before_the_request_reached_the_http_client() {
+        // How the SDK reports a missing identity or a signing failure: a dispatch
+        // failure of kind "other", which after transmit would be an unknown outcome.
+        let other = || {
+            SdkError::<PutRecordsError>::dispatch_failure(ConnectorError::other(
+                "no credentials".into(),
+                None,
+            ))
+        };
+        assert!(matches!(
+            classify_error(&other(), false),
+            CallOutcome::NotWritten {
+                throttled: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_error(&other(), true),
+            CallOutcome::Unknown { .. }
+        ));
+        let timeout = SdkError::<PutRecordsError>::timeout_error("operation timed out");
+        assert!(matches!(
+            classify_error(&timeout, false),
+            CallOutcome::NotWritten { .. }
+        ));
+    }
+
+    /// Missing credentials: the SDK gives up before connecting. The call is
+    /// "not written", and the endpoint (a listener on 127.0.0.1) saw no connection.
+    #[tokio::test]
+    async fn a_call_without_credentials_is_not_written_and_never_connects() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let conf = aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("eu-central-1"))
+            .endpoint_url(format!("http://{addr}"))
+            .build();
+        let client = KinesisClient::from_sdk(aws_sdk_kinesis::Client::from_conf(conf), "s");
+        let entry = RequestEntry::encoded("eq".into(), b"{}".to_vec(), vec![1]);
+        let outcome = client.put_records(&[entry]).await;
+        let CallOutcome::NotWritten { throttled, error } = outcome else {
+            panic!("expected not written: {outcome:?}");
+        };
+        assert!(!throttled, "{error}");
+        // A connection made during the call would wait in the backlog by now.
+        let accepted = listener.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "no connection was made: {accepted:?}"
+        );
     }
 }

@@ -194,13 +194,18 @@ impl<S: Source> Driver<S> {
         }
     }
 
-    /// A cycle's samples as readings, `Fst` on each tag's first since connecting.
+    /// A cycle's samples as readings, `Fst` on each tag's first since connecting,
+    /// each through its tag's value map.
     fn readings(&mut self, samples: Vec<(usize, Sample)>) -> ReadingBatch {
         let identity = self.src.identity();
         samples
             .into_iter()
             .filter_map(|(index, sample)| {
                 let tag = identity.tags.get(index)?;
+                let sample = match &tag.map {
+                    Some(map) => map.apply(sample),
+                    None => sample,
+                };
                 Some(reading(
                     &identity.id,
                     tag,

@@ -16,11 +16,13 @@ pub mod modbus;
 pub mod s7;
 pub mod source;
 pub mod status;
+pub mod value_map;
 
 pub use config::{CommonSourceConfig, SourceConfig};
 pub use factory::{start, SourceTask};
 pub use source::{Cycle, Sample, Source, SourceContext, SourceIdentity, SourceTag};
 pub use status::{LinkPhase, SourceStatus, StatusSnapshot};
+pub use value_map::ValueMap;
 
 use linewatch_schemas::{Flags, Quality, Value};
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! heartbeats, status) is [`super::driver`]'s.
 
 use super::status::SourceStatus;
+use super::value_map::ValueMap;
 use crate::telemetry::metrics::Metrics;
 use linewatch_runtime::clock::SharedClock;
 use linewatch_runtime::shutdown::CancellationToken;
@@ -73,6 +74,24 @@ pub struct SourceIdentity {
 pub struct SourceTag {
     pub tag: Arc<str>,
     pub equipment: Arc<str>,
+    /// The tag's `map` key: the driver turns codes into names for every protocol.
+    pub map: Option<Arc<ValueMap>>,
+}
+
+impl SourceTag {
+    /// A tag without a value map.
+    pub fn new(tag: impl Into<Arc<str>>, equipment: impl Into<Arc<str>>) -> SourceTag {
+        SourceTag {
+            tag: tag.into(),
+            equipment: equipment.into(),
+            map: None,
+        }
+    }
+
+    pub fn with_map(mut self, map: Option<ValueMap>) -> SourceTag {
+        self.map = map.map(Arc::new);
+        self
+    }
 }
 
 /// One value as a protocol read it.

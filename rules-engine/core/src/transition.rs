@@ -127,7 +127,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn envelope_matches_the_brief() {
+    fn envelope_matches_the_event_schema() {
         let t = Transition {
             rule_id: "filler-7-overheat".into(),
             rule_version: 3,

@@ -7,7 +7,7 @@
 //! * seen within `idleTimeout` of `now` (active), and
 //! * not already behind the watermark (`highest − maxOutOfOrderness ≥ watermark`).
 //!
-//! The second condition is our refinement of the brief: a sender returning from idle
+//! The second condition refines the plain min-over-senders rule: a sender returning from idle
 //! (or a new sender starting in the past) can only deliver late points until it
 //! catches up, so letting it hold the watermark would stall every rule for nothing —
 //! the Flink "split waking from idle stalls the watermark" problem. It counts again

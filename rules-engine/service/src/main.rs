@@ -62,11 +62,20 @@ enum Command {
     Delete(DeleteArgs),
     /// Events a webhook target refused or that ran out of retries.
     DeadLetters(DeadLettersArgs),
-    /// Compile and validate rule scripts; exit non-zero with the errors if any is bad.
+    /// Write the stream's data points (KPL aggregates de-aggregated) as NDJSON, the
+    /// input `replay` takes; progress on stderr. Stops at `--until`/`--max`, or on
+    /// SIGINT/SIGTERM.
+    Capture(cli::capture::CaptureArgs),
+    /// Compile and validate rule scripts, and with `--config` the service configuration;
+    /// print every problem (a config problem as file:line: key: message). Exit 0: all
+    /// good; 1: problems found; 2: a file cannot be read (or bad usage).
     Check {
         /// Rule files (.rhai) or directories of them.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "config")]
         rules: Vec<PathBuf>,
+        /// The service configuration (TOML) to check.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run rules over recorded data points (NDJSON, one per line) and print the
     /// transitions as NDJSON on stdout. Deterministic: idleness is judged on the replay
@@ -154,7 +163,8 @@ fn main() -> ExitCode {
         Command::Publish(args) => runtime().and_then(|rt| rt.block_on(cli::control::publish(args))),
         Command::Delete(args) => runtime().and_then(|rt| rt.block_on(cli::control::delete(args))),
         Command::DeadLetters(cmd) => dead_letters(cmd),
-        Command::Check { rules } => check(&rules),
+        Command::Capture(args) => run_capture(args),
+        Command::Check { rules, config } => Ok(check(&rules, config.as_deref())),
         Command::Replay {
             rules,
             input,
@@ -192,7 +202,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", linewatch_runtime::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -214,6 +224,33 @@ fn run_service(config: &Path, partition: Option<Partition>) -> anyhow::Result<Ex
         signals.abort();
         result
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_capture(args: cli::capture::CaptureArgs) -> anyhow::Result<ExitCode> {
+    let cfg = ServiceConfig::load(&args.config)?;
+    let mut out: Box<dyn Write> = if args.output == "-" {
+        Box::new(BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let f = std::fs::File::create(&args.output)
+            .with_context(|| format!("cannot create {}", args.output))?;
+        Box::new(BufWriter::new(f))
+    };
+    let started = Instant::now();
+    let state = runtime()?.block_on(async {
+        let stop = CancellationToken::new();
+        let signals = signals::cancel_on_stop_signal(stop.clone());
+        let r = cli::capture::capture(&args, &cfg, &mut out, stop).await;
+        signals.abort();
+        r
+    })?;
+    eprintln!(
+        "done: {} points in {:.1} s ({} not data points, {} after --until)",
+        state.written,
+        started.elapsed().as_secs_f64(),
+        state.not_points,
+        state.past_until
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,7 +284,53 @@ fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// `check`'s exit codes, the same as the agent's `check`.
+const CHECK_PROBLEMS: u8 = 1;
+const CHECK_UNREADABLE: u8 = 2;
+
+fn check(paths: &[PathBuf], config: Option<&Path>) -> ExitCode {
+    let mut code = 0u8;
+    if let Some(path) = config {
+        code = code.max(check_config(path));
+    }
+    if !paths.is_empty() {
+        code = code.max(check_rules(paths));
+    }
+    ExitCode::from(code)
+}
+
+fn check_config(path: &Path) -> u8 {
+    use linewatch_rules::service::config::ConfigError;
+    match ServiceConfig::load(path) {
+        Ok(cfg) => {
+            for w in cfg.kinesis.aws.warnings("kinesis") {
+                eprintln!("warning: {}: {w}", path.display());
+            }
+            println!(
+                "ok: {}: stream {:?}, {} webhook target(s)",
+                path.display(),
+                cfg.kinesis.stream,
+                cfg.webhooks.len()
+            );
+            0
+        }
+        Err(ConfigError::Invalid { path, problems }) => {
+            for line in problems.render(&path.display().to_string()) {
+                eprintln!("error: {line}");
+            }
+            eprintln!("{} problem(s) in {}", problems.len(), path.display());
+            CHECK_PROBLEMS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            CHECK_UNREADABLE
+        }
+    }
+}
+
+fn check_rules(paths: &[PathBuf]) -> u8 {
+    // A path that cannot be read is not a verdict on any rule.
+    let unreadable = paths.iter().any(|p| std::fs::metadata(p).is_err());
     let sandbox = Sandbox::new(Limits::default());
     let (rules, errors) = load_rule_files(&sandbox, paths);
     for r in &rules {
@@ -276,11 +359,23 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for e in &errors {
         eprintln!("error: {e}");
     }
-    Ok(if errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    match (unreadable, errors.is_empty()) {
+        (true, _) => CHECK_UNREADABLE,
+        (false, false) => CHECK_PROBLEMS,
+        (false, true) => 0,
+    }
+}
+
+/// An event time for people: `1732180000123 (2024-11-21T09:06:40.123Z)`, or `none` before
+/// the first point.
+fn event_time(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            format!("{ms} ({})", humantime::format_rfc3339_millis(at))
+        }
+        None => "none".to_owned(),
+    }
 }
 
 struct ReplayArgs {
@@ -368,10 +463,10 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         ReplayEvent::Progress(s) => {
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             eprintln!(
-                "progress: {} lines, {:.0} lines/s, watermark {:?}, {} transitions, {} late, {} malformed",
+                "progress: {} lines, {:.0} lines/s, watermark {}, {} transitions, {} late, {} malformed",
                 s.lines,
                 s.lines as f64 / secs,
-                s.watermark,
+                event_time(s.watermark),
                 s.transitions,
                 s.late,
                 s.malformed
@@ -387,14 +482,14 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "done: {} lines ({} points, {} heartbeats, {} malformed, {} late) in {secs:.2} s; {} transitions; watermark {:?}",
+        "done: {} lines ({} points, {} heartbeats, {} malformed, {} late) in {secs:.2} s; {} transitions; watermark {}",
         summary.lines,
         summary.points,
         summary.heartbeats,
         summary.malformed,
         summary.late,
         summary.transitions,
-        summary.watermark
+        event_time(summary.watermark)
     );
     for (sender, n) in &summary.late_by_sender {
         eprintln!("late from {sender}: {n}");

@@ -138,6 +138,15 @@ fn replay_prints_transitions_and_reports_bad_lines_with_their_numbers() {
     );
     assert!(stderr.contains("line 66: late:"), "{stderr}");
     assert!(stderr.contains("progress: 20 lines"), "{stderr}");
+    assert!(!stderr.contains("Some("), "no Rust debug text: {stderr}");
+    let done = stderr
+        .lines()
+        .find(|l| l.starts_with("done: "))
+        .unwrap_or_else(|| panic!("a summary line: {stderr}"));
+    assert!(
+        done.contains("watermark 17") && done.contains("(2024-11-21T"),
+        "the watermark as a number and a UTC time: {done}"
+    );
     assert!(stderr.contains("late from gw/filler: 1"), "{stderr}");
     let dead = std::fs::read_to_string(&dl).expect("dead letters written");
     assert_eq!(dead.lines().count(), 1);
@@ -205,4 +214,111 @@ fn replay_flush_fires_holds_due_after_the_last_point() {
             format!("WARNING@{}", t0 + 1_000 + 300_000)
         ]
     );
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_line_and_the_exit_codes_agree() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/service.toml");
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let bad = tmp("bad-service.toml");
+    std::fs::write(
+        &bad,
+        "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"s\"\nregoin = \"r\"\n[mqtt]\nport = 70000\n[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\n",
+    )
+    .expect("write");
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .arg(examples())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "problems found");
+    let err = text(&out.stderr);
+    let f = bad.display();
+    for want in [
+        format!("error: {f}:4: kinesis.regoin: unknown key `regoin`: did you mean `region`?"),
+        format!("error: {f}:6: mqtt.port: invalid value: integer `70000`"),
+        format!("error: {f}:9: webhooks[0].url:"),
+    ] {
+        assert!(err.contains(&want), "want {want}\n{err}");
+    }
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(
+        text(&out.stdout).contains("filler-7-overheat"),
+        "the rules are checked too"
+    );
+
+    for args in [
+        vec![
+            "check".to_owned(),
+            "--config".to_owned(),
+            "/nonexistent/x.toml".to_owned(),
+        ],
+        vec!["check".to_owned(), "/nonexistent/rules".to_owned()],
+        vec!["check".to_owned()],
+    ] {
+        let out = bin().args(&args).output().expect("runs");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: unreadable or usage: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn dead_letters_list_creates_no_folders() {
+    let dir = tmp("dl-list");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let state = dir.join("state");
+    let cfg = dir.join("service.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{}\"\n[kinesis]\nstream = \"s\"\nregion = \"r\"\n[mqtt]\n[[webhooks]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/\"\n",
+            state.display()
+        ),
+    )
+    .expect("write");
+    let out = bin()
+        .args(["dead-letters", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(!state.exists(), "list only reads: {}", state.display());
+}
+
+#[test]
+fn an_error_and_its_cause_are_said_once() {
+    let out = bin()
+        .args([
+            "dead-letters",
+            "list",
+            "--config",
+            "/nonexistent/service.toml",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot read /nonexistent/service.toml: "),
+        "{err}"
+    );
+    assert_eq!(err.matches("(os error 2)").count(), 1, "said once: {err}");
 }

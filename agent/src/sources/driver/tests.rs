@@ -134,21 +134,29 @@ fn settings() -> CommonSourceConfig {
 
 /// Two tags; equipment of the heartbeat falls back to the first tag's.
 fn start(connects: Vec<Result<(), &'static str>>, settings: CommonSourceConfig) -> Harness {
+    let tags = vec![
+        SourceTag::new("a", "filler"),
+        SourceTag::new("b", "labeller"),
+    ];
+    start_with(connects, settings, tags)
+}
+
+fn start_with(
+    connects: Vec<Result<(), &'static str>>,
+    settings: CommonSourceConfig,
+    tags: Vec<SourceTag>,
+) -> Harness {
     let (tx, rx) = mpsc::channel(64);
     let (steps, steps_rx) = mpsc::unbounded_channel();
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let closed = Arc::new(AtomicU64::new(0));
     let clock = Arc::new(TestClock::default());
     clock.now.store(1_000_000, Ordering::SeqCst);
-    let tag = |t: &str, e: &str| SourceTag {
-        tag: Arc::from(t),
-        equipment: Arc::from(e),
-    };
     let fake = Fake {
         identity: SourceIdentity {
             id: Arc::from("fake"),
             kind: "fake",
-            tags: vec![tag("a", "filler"), tag("b", "labeller")],
+            tags,
             cycle_period: Duration::from_millis(20),
         },
         connects: connects.into(),
@@ -447,5 +455,45 @@ async fn the_source_equipment_is_the_heartbeat_equipment() {
         (&*hb[0].tag, &*hb[0].equipment_id),
         (HEARTBEAT_TAG, "line-3")
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_tag_map_names_its_codes_and_an_unknown_code_is_uncertain() {
+    use crate::sources::value_map::{Code, ValueMap};
+    let map = ValueMap::new([
+        (Code::Int(1), "RUNNING".into()),
+        (Code::Int(2), "IDLE".into()),
+    ]);
+    let tags = vec![
+        SourceTag::new("state", "filler").with_map(Some(map)),
+        SourceTag::new("count", "filler"),
+    ];
+    let mut h = start_with(vec![Err("refused")], settings(), tags);
+    let syn = h.next().await;
+    assert!(
+        syn.iter()
+            .all(|r| r.value == Value::Null && r.quality == Quality::Bad),
+        "a lost link stays Bad and null through the map: {syn:?}"
+    );
+    h.step(Step::Read(vec![(0, 1), (1, 1)]));
+    let b = h.next_data().await;
+    assert_eq!(
+        b.iter()
+            .map(|r| (&*r.tag, r.value.clone(), r.quality))
+            .collect::<Vec<_>>(),
+        [
+            ("state", Value::String("RUNNING".into()), Quality::Ok),
+            ("count", Value::Int(1), Quality::Ok),
+        ],
+        "only the mapped tag is mapped"
+    );
+    h.step(Step::Read(vec![(0, 7)]));
+    let b = h.next_data().await;
+    assert_eq!(
+        (b[0].value.clone(), b[0].quality),
+        (Value::Int(7), Quality::Uncertain)
+    );
+    assert_eq!(b[0].raw_quality.as_deref(), Some("unmapped value 7"));
     h.stop().await;
 }

@@ -121,10 +121,9 @@ impl ModbusSource {
                     area: t.area,
                     codec: Codec::for_tag(t, &cfg),
                 });
-                tags.push(SourceTag {
-                    tag: Arc::from(t.name.as_str()),
-                    equipment: Arc::clone(equipment),
-                });
+                tags.push(
+                    SourceTag::new(t.name.as_str(), Arc::clone(equipment)).with_map(t.map.clone()),
+                );
             }
             let extents: Vec<TagExtent> = g.tags.iter().map(TagExtent::of).collect();
             groups.push(Group {

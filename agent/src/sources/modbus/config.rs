@@ -2,6 +2,7 @@
 
 use crate::config::{check_id, Problems};
 use crate::sources::config::CommonSourceConfig;
+use crate::sources::value_map::ValueMap;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub struct ModbusTag {
     pub scale: Option<f64>,
     #[serde(default)]
     pub offset: Option<f64>,
+    /// Codes to names (`{ 1 = "RUNNING" }`), applied by the shared driver.
+    #[serde(default)]
+    pub map: Option<ValueMap>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -203,7 +207,7 @@ impl ModbusSourceConfig {
                 if t.area.is_bits() && t.data_type != DataType::Bool {
                     p.push(
                         format!("{tk}.type"),
-                        format!("{:?} holds bits: type must be bool", t.area),
+                        format!("{} holds bits: type must be bool", t.area),
                     );
                 }
                 let end = u32::from(t.address) + u32::from(t.data_type.registers());
@@ -221,6 +225,18 @@ impl ModbusSourceConfig {
                 }
                 if t.offset.is_some_and(|o| !o.is_finite()) {
                     p.push(format!("{tk}.offset"), "must be a finite number");
+                }
+                if let Some(map) = &t.map {
+                    map.validate(&tk, p);
+                    if matches!(t.data_type, DataType::F32 | DataType::F64)
+                        || t.scale.is_some()
+                        || t.offset.is_some()
+                    {
+                        p.push(
+                            format!("{tk}.map"),
+                            "maps codes: the tag must be an integer or bool type without scale or offset",
+                        );
+                    }
                 }
             }
         }
@@ -374,5 +390,29 @@ mod tests {
         assert!(e.to_string().contains("unknown field `unit`"), "{e}");
         let e = source("", "tags = []\ncolour = 1").expect_err("nested typo");
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn a_map_belongs_on_an_unscaled_integer_or_bool_tag() -> Result<(), toml::de::Error> {
+        let tag = |extra: &str| {
+            format!("[[groups.tags]]\nname = \"s\"\narea = \"holding_register\"\naddress = 0\n{extra}\nmap = {{ 1 = \"RUNNING\", 2 = \"IDLE\" }}")
+        };
+        let cfg = source("equipment_id = \"e\"", &tag("type = \"u16\""))?;
+        assert_eq!(problems(&cfg), Vec::<String>::new());
+        let map = cfg.1.groups[0].tags[0]
+            .map
+            .as_ref()
+            .expect("the map is read");
+        assert_eq!(map.names().collect::<Vec<_>>(), ["RUNNING", "IDLE"]);
+        for bad in ["type = \"f32\"", "type = \"u16\"\nscale = 0.1"] {
+            let cfg = source("equipment_id = \"e\"", &tag(bad))?;
+            let p = problems(&cfg);
+            assert!(
+                p.iter()
+                    .any(|m| m.starts_with("sources[0].groups[0].tags[0].map: maps codes")),
+                "{bad}: {p:?}"
+            );
+        }
+        Ok(())
     }
 }

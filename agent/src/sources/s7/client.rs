@@ -144,10 +144,9 @@ impl S7Source {
                     address,
                 });
                 for name in t.names(&address) {
-                    tags.push(SourceTag {
-                        tag: Arc::from(name),
-                        equipment: Arc::clone(equipment),
-                    });
+                    tags.push(
+                        SourceTag::new(name, Arc::clone(equipment)).with_map(t.map.clone()),
+                    );
                 }
             }
             let extents = infos.iter().map(|t| t.address.extent()).collect();

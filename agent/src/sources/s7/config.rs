@@ -84,6 +84,9 @@ pub struct S7Tag {
     pub equipment_id: Option<String>,
     /// `DB1.DBD4:REAL`, `M10.0`, `IW2`... (docs/s7.md has the table).
     pub address: String,
+    /// Codes sent as names (`{ 1 = "RUNNING" }`), the same for every protocol.
+    #[serde(default)]
+    pub map: Option<crate::sources::value_map::ValueMap>,
 }
 
 impl S7Tag {
@@ -213,6 +216,9 @@ impl S7SourceConfig {
             for (ti, t) in g.tags.iter().enumerate() {
                 let tk = format!("{gk}.tags[{ti}]");
                 check_id(p, &format!("{tk}.name"), &t.name);
+                if let Some(map) = &t.map {
+                    map.validate(&tk, p);
+                }
                 if t.name.starts_with('$') {
                     p.push(
                         format!("{tk}.name"),

@@ -1,7 +1,7 @@
 //! A group's hold: when a new raw state becomes the group's state. Pure; the caller
 //! owns the timer that fires at [`HoldState::deadline`].
 //!
-//! The brief's timing rules, in order: the first state takes effect at once; a hold
+//! The timing rules of `docs/rules.md` ("Holds"), in order: the first state takes effect at once; a hold
 //! applies to every change; returning to the current state cancels a pending change;
 //! a third state restarts the clock; a state that lasts exactly the hold counts; the
 //! change carries the time the hold completed (`since + hold`), and a deadline at T
@@ -166,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn brief_examples() {
+    fn documented_timing_examples() {
         let w = Some(3);
         let ok = Some(0);
         // Exactly the hold counts; the change is stamped since + hold.

@@ -56,7 +56,7 @@ pub fn list(
     target: Option<&str>,
     out: &mut impl Write,
 ) -> Result<usize, ListError> {
-    let store = DeadLetterStore::open(store_dir)?;
+    let store = DeadLetterStore::existing(store_dir);
     let entries = store.list(target)?;
     for e in &entries {
         serde_json::to_writer(&mut *out, e).map_err(std::io::Error::from)?;
@@ -110,5 +110,23 @@ mod tests {
         assert_eq!(lines[1]["event"]["n"], 2);
         let mut out = Vec::new();
         assert_eq!(list(dir.path(), Some("b"), &mut out).unwrap(), 1);
+    }
+
+    #[test]
+    fn listing_a_store_that_does_not_exist_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir
+            .path()
+            .join("state")
+            .join("dead-letters")
+            .join("webhooks");
+        let mut out = Vec::new();
+        assert_eq!(list(&store, None, &mut out).unwrap(), 0);
+        assert_eq!(list(&store, Some("receiver"), &mut out).unwrap(), 0);
+        assert!(out.is_empty());
+        assert!(
+            !dir.path().join("state").exists(),
+            "a reader leaves no folders behind"
+        );
     }
 }

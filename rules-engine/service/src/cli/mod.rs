@@ -1,2 +1,3 @@
+pub mod capture;
 pub mod control;
 pub mod dead_letters;

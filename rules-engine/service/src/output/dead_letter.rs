@@ -113,6 +113,14 @@ impl DeadLetterStore {
         Ok(DeadLetterStore { dir: Arc::new(dir) })
     }
 
+    /// The store at `dir` without creating anything: for readers (`dead-letters list`,
+    /// `replay`), which must not leave folders behind. A missing folder lists as empty.
+    pub fn existing(dir: impl Into<PathBuf>) -> Self {
+        DeadLetterStore {
+            dir: Arc::new(dir.into()),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -218,6 +218,7 @@ impl<T: Target> Task<T> {
                             events = batch.len(),
                             status = self.target.status(&outcome),
                             error = %outcome,
+                            may_have_arrived = self.target.may_have_arrived(&outcome),
                             attempt = attempts,
                             next_delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
                             pending = self.cx.outbox.pending(&self.name),

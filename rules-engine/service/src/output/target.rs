@@ -71,6 +71,13 @@ pub trait Target: Send + Sync + 'static {
     fn status(&self, _outcome: &Self::Outcome) -> Option<u16> {
         None
     }
+
+    /// Whether a failed attempt may still have reached the target (a timeout, a broken
+    /// connection): its retry may then deliver a duplicate, which consumers drop by the
+    /// event id. False when nothing left the process (a refused connect).
+    fn may_have_arrived(&self, _outcome: &Self::Outcome) -> bool {
+        true
+    }
 }
 
 /// What the outbox needs to know of a target: its queue's name and bound.

@@ -24,9 +24,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
-    #[error("{path} has {} problem(s):\n  {}", problems.len(), problems.to_strings().join("\n  "))]
+    /// Every problem: TOML syntax, types, unknown or missing keys, validation; each with
+    /// its key path and line.
+    #[error("{} problem(s):\n  {}", problems.len(), problems.render(&path.display().to_string()).join("\n  "))]
     Invalid { path: PathBuf, problems: Problems },
 }
 
@@ -174,17 +174,18 @@ impl ServiceConfig {
             path: path.to_owned(),
             source,
         })?;
-        let cfg: ServiceConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        Self::parse(&text).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
-            message: linewatch_runtime::config::describe_toml_error(&text, &e),
-        })?;
-        cfg.problems()
-            .into_result()
-            .map_err(|problems| ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })?;
-        Ok(cfg)
+            problems,
+        })
+    }
+
+    /// Parses and validates configuration text, reporting every problem at once, each
+    /// with its key path and line ([`linewatch_runtime::config::load_all`]).
+    pub fn parse(text: &str) -> Result<ServiceConfig, Problems> {
+        let loaded = linewatch_runtime::config::load_all::<ServiceConfig>(text)?;
+        let found = loaded.value.problems();
+        loaded.finish(text, found)
     }
 
     /// Everything wrong with the configuration, every problem, each naming its full key.
@@ -346,7 +347,37 @@ mod tests {
         )
         .unwrap();
         let err = ServiceConfig::load(file.path()).unwrap_err().to_string();
-        assert!(err.contains("has 2 problem(s):\n  kinesis.stream: must not be empty\n  mqtt.port: must be 1 to 65535"), "{err}");
+        let f = file.path().display();
+        assert!(
+            err.contains(&format!(
+                "2 problem(s):\n  {f}:3: kinesis.stream: must not be empty\n  {f}:5: mqtt.port: must be 1 to 65535"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_typos_and_validation_are_reported_together_with_lines() {
+        let text = "state_dir = \"/tmp/x\"\nworkers = 0\n[kinesis]\nstream = \"s\"\nregion = \"r\"\npoll_intervall = \"1s\"\n[mqtt]\nport = 70000\n[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\n";
+        let p = ServiceConfig::parse(text).expect_err("four problems");
+        let shown: Vec<String> = p
+            .iter()
+            .map(|p| format!("{}: {}", p.line.unwrap_or(0), p))
+            .collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("2: workers: must be 1 to"),
+            "{shown:#?}"
+        );
+        assert_eq!(
+            shown[1],
+            "6: kinesis.poll_intervall: unknown key `poll_intervall`: did you mean `poll_interval`?"
+        );
+        assert!(
+            shown[2].starts_with("8: mqtt.port: invalid value: integer `70000`"),
+            "{shown:#?}"
+        );
+        assert!(shown[3].starts_with("11: webhooks[0].url:"), "{shown:#?}");
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub struct KinesisSource {
     metrics: SourceMetrics,
     listing: watch::Sender<Arc<BTreeSet<String>>>,
     problems: SourceProblems,
+    caught_up: watch::Sender<Arc<BTreeSet<String>>>,
 }
 
 /// Problems the readers found that `/healthz` must show (e.g. a rejected checkpoint).
@@ -87,6 +88,7 @@ impl KinesisSource {
             metrics,
             listing: watch::Sender::new(Arc::new(BTreeSet::new())),
             problems: SourceProblems::default(),
+            caught_up: watch::Sender::new(Arc::new(BTreeSet::new())),
         }
     }
 
@@ -94,6 +96,13 @@ impl KinesisSource {
     /// for [`ShardPositions::forget_unlisted`]. Updated before any new shard is read.
     pub fn listed_shards(&self) -> watch::Receiver<Arc<BTreeSet<String>>> {
         self.listing.subscribe()
+    }
+
+    /// The shards whose last GetRecords answered `MillisBehindLatest` 0: read up to the
+    /// tip. Updated after that call's batch was handed on, so a consumer that sees a shard
+    /// here has every record read so far in its channel (`capture --until` stops on it).
+    pub fn caught_up(&self) -> watch::Receiver<Arc<BTreeSet<String>>> {
+        self.caught_up.subscribe()
     }
 
     /// What the readers found wrong so far (shared; read it at any time).
@@ -211,6 +220,7 @@ impl KinesisSource {
                                             start: self.cfg.start,
                                             on_invalid: self.cfg.on_invalid_position,
                                             problems: Arc::clone(&self.problems),
+                                            caught_up: self.caught_up.clone(),
                                         };
                                         let handle = tasks.spawn(reader.run());
                                         task_shard.insert(handle.id(), shard.id.clone());
@@ -410,6 +420,7 @@ struct Reader {
     start: StartPosition,
     on_invalid: InvalidPositionPolicy,
     problems: SourceProblems,
+    caught_up: watch::Sender<Arc<BTreeSet<String>>>,
 }
 
 /// Counts the shard as open while a reader holds it (also when the task is aborted).
@@ -571,6 +582,21 @@ impl Reader {
                     return;
                 }
             }
+            // After the batch was handed on: whoever sees the shard caught up has it all.
+            let at_tip = millis_behind == Some(0);
+            self.caught_up.send_if_modified(|set| {
+                if at_tip == set.contains(&self.shard_id) {
+                    return false;
+                }
+                let mut next = (**set).clone();
+                if at_tip {
+                    next.insert(self.shard_id.clone());
+                } else {
+                    next.remove(&self.shard_id);
+                }
+                *set = Arc::new(next);
+                true
+            });
             if finished {
                 let _ = self
                     .events

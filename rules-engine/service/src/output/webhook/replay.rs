@@ -43,7 +43,7 @@ pub async fn replay(
     target: Option<&str>,
     ids: &[Uuid],
 ) -> Result<ReplayReport, ReplayError> {
-    let store = DeadLetterStore::open(store_dir)?;
+    let store = DeadLetterStore::existing(store_dir);
     let mut entries = store.list(target)?;
     let mut report = ReplayReport::default();
     if !ids.is_empty() {

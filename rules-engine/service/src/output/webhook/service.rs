@@ -18,10 +18,12 @@ pub enum AttemptResult {
         status: u16,
         retry_after: Option<Duration>,
     },
-    /// No answer within the timeout.
+    /// No answer within the timeout: the request may have reached the target.
     Timeout,
-    /// Could not connect, or the connection broke.
+    /// The connection broke after the request may have been sent.
     Network(String),
+    /// Nothing was sent: no connection could be made, or the request could not be built.
+    NotSent(String),
 }
 
 impl AttemptResult {
@@ -31,14 +33,22 @@ impl AttemptResult {
             _ => None,
         }
     }
+
+    /// False only when the request certainly never left: a retry cannot duplicate it.
+    pub fn may_have_arrived(&self) -> bool {
+        !matches!(self, AttemptResult::NotSent(_))
+    }
 }
 
 impl std::fmt::Display for AttemptResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AttemptResult::Status { status, .. } => write!(f, "HTTP {status}"),
-            AttemptResult::Timeout => f.write_str("timeout"),
-            AttemptResult::Network(e) => write!(f, "network error: {e}"),
+            AttemptResult::Timeout => f.write_str("timeout (the request may have arrived)"),
+            AttemptResult::Network(e) => {
+                write!(f, "network error (the request may have arrived): {e}")
+            }
+            AttemptResult::NotSent(e) => write!(f, "not sent: {e}"),
         }
     }
 }
@@ -58,7 +68,9 @@ pub fn classify(r: &AttemptResult) -> Verdict {
             500..=599 => Verdict::Retry { after: None },
             _ => Verdict::DeadLetter,
         },
-        AttemptResult::Timeout | AttemptResult::Network(_) => Verdict::Retry { after: None },
+        AttemptResult::Timeout | AttemptResult::Network(_) | AttemptResult::NotSent(_) => {
+            Verdict::Retry { after: None }
+        }
     }
 }
 
@@ -77,19 +89,9 @@ pub fn build_client(cfg: &WebhookConfig) -> Result<reqwest::Client, reqwest::Err
         .build()
 }
 
-/// `e` with its sources, for logs and dead-letter entries.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
+/// `e` with its sources, each said once, for logs and dead-letter entries.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    linewatch_runtime::error::chain(e)
 }
 
 /// The most of an answer's body that is read. Only the status matters; a small body is
@@ -121,7 +123,7 @@ pub async fn attempt(
     let req = match build_request(client, target, body, now_unix_s) {
         Ok(r) => r,
         Err(e) => {
-            return AttemptResult::Network(format!(
+            return AttemptResult::NotSent(format!(
                 "building the request: {}",
                 error_chain(&e.without_url())
             ))
@@ -142,7 +144,11 @@ pub async fn attempt(
             }
         }
         Err(e) if e.is_timeout() => AttemptResult::Timeout,
+        // A failed connect (refused, unreachable, DNS, TLS handshake) sent no request.
         // Without the URL: it may carry credentials, and the target's name says which it is.
+        Err(e) if e.is_connect() || e.is_builder() => {
+            AttemptResult::NotSent(error_chain(&e.without_url()))
+        }
         Err(e) => AttemptResult::Network(error_chain(&e.without_url())),
     }
 }
@@ -197,10 +203,19 @@ mod tests {
             assert_eq!(classify(&status(s)), REJECTED, "{s}");
         }
         assert_eq!(classify(&AttemptResult::Timeout), RETRYABLE);
+        assert_eq!(classify(&AttemptResult::Network("reset".into())), RETRYABLE);
         assert_eq!(
-            classify(&AttemptResult::Network("refused".into())),
+            classify(&AttemptResult::NotSent("refused".into())),
             RETRYABLE
         );
+        assert!(!AttemptResult::NotSent("refused".into()).may_have_arrived());
+        for r in [
+            AttemptResult::Timeout,
+            AttemptResult::Network("reset".into()),
+            status(500),
+        ] {
+            assert!(r.may_have_arrived(), "{r}");
+        }
     }
 
     #[test]

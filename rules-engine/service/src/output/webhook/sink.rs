@@ -58,7 +58,7 @@ impl Target for WebhookTarget {
 
     async fn deliver(&self, batch: &[Arc<PendingEvent>], now_ms: u64) -> AttemptResult {
         let (Some(client), Some(body)) = (&self.client, encode(batch)) else {
-            return AttemptResult::Network("the HTTP client is not built".into());
+            return AttemptResult::NotSent("the HTTP client is not built".into());
         };
         attempt(client, &self.cfg, body, now_ms / 1000).await
     }
@@ -69,5 +69,9 @@ impl Target for WebhookTarget {
 
     fn status(&self, outcome: &AttemptResult) -> Option<u16> {
         outcome.status()
+    }
+
+    fn may_have_arrived(&self, outcome: &AttemptResult) -> bool {
+        outcome.may_have_arrived()
     }
 }
