@@ -43,8 +43,12 @@ async fn a_slow_builtin_rule_is_quarantined_and_the_other_rules_keep_their_laten
         }),
     );
     let mut svc = RulesService::start(cfg, env.dir());
-    svc.publish(&fast_file, None, None, "10s").await.expect_code(0);
-    svc.publish(&slow_file, None, None, "10s").await.expect_code(0);
+    svc.publish(&fast_file, None, None, "10s")
+        .await
+        .expect_code(0);
+    svc.publish(&slow_file, None, None, "10s")
+        .await
+        .expect_code(0);
 
     let base = base_time();
     let mut feed = Feed::new();
@@ -54,18 +58,30 @@ async fn a_slow_builtin_rule_is_quarantined_and_the_other_rules_keep_their_laten
     let topic = svc.config().status_topic("slow");
     let status = env
         .broker
-        .wait_json(&topic, Duration::from_secs(30), |v| v["status"] == "quarantined")
+        .wait_json(&topic, Duration::from_secs(30), |v| {
+            v["status"] == "quarantined"
+        })
         .await;
     assert_eq!(status["version"], 1, "{status}");
     let why = status["error"].as_str().unwrap_or("");
-    assert!(why.contains("from event time") && why.contains("5 ms budget"), "{status}");
+    assert!(
+        why.contains("from event time") && why.contains("5 ms budget"),
+        "{status}"
+    );
     let m = svc.scrape();
     assert_eq!(m.get("linewatch_rules_rules_quarantined"), 1.0);
     assert!(m.get("linewatch_rules_evaluations_over_budget_total") >= 3.0);
     let (code, body) = svc.get("/healthz").expect("healthz");
     let health: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!((code, &health["status"]), (200, &serde_json::json!("degraded")), "{health}");
-    assert!(health["degraded"].to_string().contains("rule slow"), "{health}");
+    assert_eq!(
+        (code, &health["status"]),
+        (200, &serde_json::json!("degraded")),
+        "{health}"
+    );
+    assert!(
+        health["degraded"].to_string().contains("rule slow"),
+        "{health}"
+    );
 
     // The rest of the stream: the fast rule's transitions come as quickly as if the
     // slow rule were not there (it is no longer evaluated).
@@ -74,29 +90,39 @@ async fn a_slow_builtin_rule_is_quarantined_and_the_other_rules_keep_their_laten
     feed.heartbeats(&machines, step_time(base, 300) + 3000);
     env.put(&mut feed).await;
     let want = env.oracle(&feed, &[fast_file], "fast").await;
-    let fast_of = |r: &linewatch_testkit::peers::webhook_receiver::Receiver| -> Vec<serde_json::Value> {
-        details(&r.accepted_unique())
-            .into_iter()
-            .filter(|d| d["ruleId"] == "fast")
-            .collect()
-    };
+    let fast_of =
+        |r: &linewatch_testkit::peers::webhook_receiver::Receiver| -> Vec<serde_json::Value> {
+            details(&r.accepted_unique())
+                .into_iter()
+                .filter(|d| d["ruleId"] == "fast")
+                .collect()
+        };
     let got = env
         .receiver
-        .wait_for("the fast rule's transitions", Duration::from_secs(10), |r| {
-            let got = fast_of(r);
-            if got.len() >= want.len() {
-                Ok(got)
-            } else {
-                Err(format!("{} of {}", got.len(), want.len()))
-            }
-        })
+        .wait_for(
+            "the fast rule's transitions",
+            Duration::from_secs(10),
+            |r| {
+                let got = fast_of(r);
+                if got.len() >= want.len() {
+                    Ok(got)
+                } else {
+                    Err(format!("{} of {}", got.len(), want.len()))
+                }
+            },
+        )
         .await;
     let took = put_at.elapsed();
     assert_same_transitions(&got, &want);
-    eprintln!("slow rule quarantined; the fast rule's {} transitions came within {took:.1?}", want.len());
+    eprintln!(
+        "slow rule quarantined; the fast rule's {} transitions came within {took:.1?}",
+        want.len()
+    );
     // 280 steps × 2 machines of temperature would cost the slow rule ≥ 5 ms each.
     assert!(
-        svc.scrape().get("linewatch_rules_evaluations_over_budget_total") < 20.0,
+        svc.scrape()
+            .get("linewatch_rules_evaluations_over_budget_total")
+            < 20.0,
         "the quarantined rule is not evaluated any more"
     );
 
@@ -149,13 +175,21 @@ for n in 0..60 { limits.push(n * 1.5); }
 
     // A version no next one can follow is refused with a clear status.
     let res = svc
-        .publish(&env.rule_file("max.rhai", heavy), Some(u64::MAX), None, "10s")
+        .publish(
+            &env.rule_file("max.rhai", heavy),
+            Some(u64::MAX),
+            None,
+            "10s",
+        )
         .await;
     res.expect_code(1);
     let status = res.json();
     assert_eq!(status["status"], "rejected", "{status}");
     assert!(
-        status["error"].as_str().unwrap_or("").contains("9007199254740991"),
+        status["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("9007199254740991"),
         "{status}"
     );
 

@@ -39,7 +39,10 @@ async fn a_year_3000_point_poisons_nothing_after_a_restart_nor_when_the_stream_i
             .map(event_id_of)
             .collect()
     };
-    assert!(upto(100).len() >= 2 && upto(180).len() > upto(100).len(), "the scenario changes state often");
+    assert!(
+        upto(100).len() >= 2 && upto(180).len() > upto(100).len(),
+        "the scenario changes state often"
+    );
 
     // The same points, in three puts, the poison after the first.
     let mut feed = Feed::new();
@@ -61,24 +64,35 @@ async fn a_year_3000_point_poisons_nothing_after_a_restart_nor_when_the_stream_i
     assert_eq!(m.get("linewatch_rules_late_points_total"), 0.0);
     for eq in &machines {
         assert_eq!(
-            m.sum("linewatch_rules_future_points_total", &[("sender", &eq.sender())]),
+            m.sum(
+                "linewatch_rules_future_points_total",
+                &[("sender", &eq.sender())]
+            ),
             1.0,
             "{}",
             eq.sender()
         );
     }
     assert_eq!(
-        m.sum("linewatch_rules_dead_letters_total", &[("reason", "future")]),
+        m.sum(
+            "linewatch_rules_dead_letters_total",
+            &[("reason", "future")]
+        ),
         2.0
     );
     let dead = std::fs::read_to_string(env.dir().join("state/dead-letters/points.ndjson"))
         .expect("the points dead-letter file");
     assert_eq!(
-        dead.lines().filter(|l| l.contains(r#""reason":"future""#)).count(),
+        dead.lines()
+            .filter(|l| l.contains(r#""reason":"future""#))
+            .count(),
         2,
         "{dead}"
     );
-    assert!(dead.contains("max_future_skew"), "the reason names the bound: {dead}");
+    assert!(
+        dead.contains("max_future_skew"),
+        "the reason names the bound: {dead}"
+    );
 
     // Restart on the checkpoint: the rest of the honest points give the rest.
     svc.terminate(Duration::from_secs(20));
@@ -123,7 +137,10 @@ async fn a_year_3000_point_poisons_nothing_after_a_restart_nor_when_the_stream_i
     let m = second.scrape();
     assert_eq!(m.get("linewatch_rules_late_points_total"), 0.0);
     assert_eq!(
-        m.sum("linewatch_rules_dead_letters_total", &[("reason", "future")]),
+        m.sum(
+            "linewatch_rules_dead_letters_total",
+            &[("reason", "future")]
+        ),
         2.0
     );
 }

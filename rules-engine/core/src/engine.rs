@@ -379,7 +379,8 @@ impl Engine {
         let out = self.pool.flush()?;
         for d in &out.diagnostics {
             if d.kind == crate::eval::DiagnosticKind::RuleQuarantined {
-                self.quarantined.insert(d.rule_id.clone(), d.message.clone());
+                self.quarantined
+                    .insert(d.rule_id.clone(), d.message.clone());
             }
         }
         for t in &out.transitions {
@@ -449,7 +450,10 @@ mod tests {
     fn cfg(partition: Partition, workers: usize) -> EngineConfig {
         EngineConfig {
             sequencer: SequencerConfig {
-                watermark: WatermarkConfig::with(Duration::from_millis(500), Duration::from_secs(3600)),
+                watermark: WatermarkConfig::with(
+                    Duration::from_millis(500),
+                    Duration::from_secs(3600),
+                ),
                 ..SequencerConfig::default()
             },
             workers,
@@ -627,7 +631,10 @@ mod tests {
             c.limits.eval_deadline = budget;
             let mut e = Engine::new(c).unwrap();
             let u = e.on_rule("slow-top", Some((1, &slow_top))).unwrap();
-            assert!(matches!(u, RuleUpdate::Applied(_)), "budget {budget:?}: {u:?}");
+            assert!(
+                matches!(u, RuleUpdate::Applied(_)),
+                "budget {budget:?}: {u:?}"
+            );
             // And a checkpoint restores it under any budget.
             let snap = e.snapshot().unwrap();
             let mut c = cfg(Partition::ALL, 1);
@@ -648,7 +655,8 @@ mod tests {
     #[test]
     fn a_future_record_is_refused_by_its_arrival_time() {
         let mut e = loaded(Partition::ALL, 1, &[("hot", HOT.to_owned())]);
-        e.on_record_arrived(&record("e1", 10_000, 1, 1), 0, Some(10_000)).unwrap();
+        e.on_record_arrived(&record("e1", 10_000, 1, 1), 0, Some(10_000))
+            .unwrap();
         match e
             .on_record_arrived(&record("e1", 32_503_680_000_000, 99, 2), 0, Some(10_000))
             .unwrap()
@@ -662,7 +670,8 @@ mod tests {
         e.tick(0).unwrap();
         assert_eq!(e.sequencer().watermark(), Some(9_500));
         assert!(matches!(
-            e.on_record_arrived(&record("e1", 11_000, 1, 3), 0, Some(11_000)).unwrap(),
+            e.on_record_arrived(&record("e1", 11_000, 1, 3), 0, Some(11_000))
+                .unwrap(),
             RecordOutcome::Buffered
         ));
     }

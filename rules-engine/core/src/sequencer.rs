@@ -247,7 +247,10 @@ mod tests {
 
     fn seq(ooo: u64, idle: u64, policy: LatePolicy) -> Sequencer {
         Sequencer::new(SequencerConfig {
-            watermark: WatermarkConfig::with(Duration::from_millis(ooo), Duration::from_millis(idle)),
+            watermark: WatermarkConfig::with(
+                Duration::from_millis(ooo),
+                Duration::from_millis(idle),
+            ),
             late_policy: policy,
         })
     }
@@ -290,7 +293,10 @@ mod tests {
     fn a_future_point_is_refused_whatever_the_policy_and_changes_nothing() {
         for policy in [LatePolicy::DeadLetter, LatePolicy::Apply] {
             let mut s = seq(0, 1_000, policy);
-            assert_eq!(s.push_arrived(point("a", 100, 1, false), 0, Some(100)), Admission::Buffered);
+            assert_eq!(
+                s.push_arrived(point("a", 100, 1, false), 0, Some(100)),
+                Admission::Buffered
+            );
             // Year 3000 from the same sender, arriving at 100.
             let far = 32_503_680_000_000;
             assert!(matches!(
@@ -299,7 +305,10 @@ mod tests {
             ));
             assert_eq!(s.advance(0), Some(100));
             // Honest points after it are on time.
-            assert_eq!(s.push_arrived(point("a", 200, 3, false), 0, Some(200)), Admission::Buffered);
+            assert_eq!(
+                s.push_arrived(point("a", 200, 3, false), 0, Some(200)),
+                Admission::Buffered
+            );
             assert_eq!(s.advance(0), Some(200));
             assert_eq!(s.tracker().senders()[0].future, 1);
             assert_eq!(s.tracker().senders()[0].highest, 200);
@@ -333,7 +342,10 @@ mod tests {
         assert_eq!(r.watermark(), None);
         assert!(r.event_now() <= 10_000 + 300_000);
         // Honest points are on time again and move the watermark.
-        assert_eq!(r.push_arrived(point("honest", 9_000, 6, false), 10_000, Some(10_000)), Admission::Buffered);
+        assert_eq!(
+            r.push_arrived(point("honest", 9_000, 6, false), 10_000, Some(10_000)),
+            Admission::Buffered
+        );
         assert_eq!(r.advance(10_000), Some(7_000));
         // A clean checkpoint is left alone.
         assert!(r.repair_future(10_000).0.is_empty());

@@ -550,16 +550,25 @@ mod tests {
     #[test]
     fn a_future_point_moves_neither_its_sender_nor_the_watermark() {
         let mut t = WatermarkTracker::new(cfg(0, 1_000));
-        assert_eq!(t.observe_arrival(Some("gw"), "plc", 1_000, 10, Some(1_000)), Observation::OnTime);
+        assert_eq!(
+            t.observe_arrival(Some("gw"), "plc", 1_000, 10, Some(1_000)),
+            Observation::OnTime
+        );
         assert_eq!(
             t.observe_arrival(Some("gw"), "plc", YEAR_3000, 10, Some(1_000)),
             Observation::Future { bound: 301_000 }
         );
         assert_eq!(t.advance(10), Some(1_000));
         // Just inside the bound is accepted; far past is late as always.
-        assert_eq!(t.observe_arrival(Some("gw"), "plc", 301_000, 20, Some(1_000)), Observation::OnTime);
+        assert_eq!(
+            t.observe_arrival(Some("gw"), "plc", 301_000, 20, Some(1_000)),
+            Observation::OnTime
+        );
         assert_eq!(t.advance(20), Some(301_000));
-        assert_eq!(t.observe_arrival(Some("gw"), "plc", 5, 30, Some(301_000)), Observation::Late);
+        assert_eq!(
+            t.observe_arrival(Some("gw"), "plc", 5, 30, Some(301_000)),
+            Observation::Late
+        );
         let s = &t.senders()[0];
         assert_eq!((s.future, s.late, s.points), (1, 1, 3));
         // A new sender whose only points are in the future is not even active.
@@ -625,7 +634,10 @@ mod tests {
         // The lookup was rebuilt: the survivor is still found, a returning one is new.
         t.observe(None, "real", 1_100, 700);
         assert_eq!(t.senders()[0].points, 3);
-        assert!(t.observe(None, "fake-3", 10, 700), "late as any returning sender");
+        assert!(
+            t.observe(None, "fake-3", 10, 700),
+            "late as any returning sender"
+        );
         assert_eq!(t.senders().len(), 2);
     }
 

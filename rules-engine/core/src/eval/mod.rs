@@ -423,7 +423,10 @@ impl Evaluator {
                 break;
             }
             timers.pop_first();
-            let Some(Instance { rule, equipment, .. }) = slots[slot as usize].as_mut() else {
+            let Some(Instance {
+                rule, equipment, ..
+            }) = slots[slot as usize].as_mut()
+            else {
                 continue;
             };
             let eq = &mut equipment[equip as usize];
@@ -703,7 +706,12 @@ fn fresh_equipment(rule: &Rule) -> EquipState {
 }
 
 /// A quarantined rule: no timer of it fires, no pending change survives.
-fn drop_timers(timers: &mut BTreeSet<TimerKey>, rule: &Rule, equipment: &mut [EquipState], slot: u32) {
+fn drop_timers(
+    timers: &mut BTreeSet<TimerKey>,
+    rule: &Rule,
+    equipment: &mut [EquipState],
+    slot: u32,
+) {
     for (e, eq) in equipment.iter_mut().enumerate() {
         for (g, gs) in eq.groups.iter_mut().enumerate() {
             if let Some(d) = gs.hold.deadline(rule.shape.groups[g].hold_ms) {
@@ -861,27 +869,27 @@ fn call_group(
     let group = &rule.shape.groups[g as usize];
     let scope = &mut *cx.scope;
     let (result, over) = cx.sandbox.with_deadline(|engine| {
-            let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-            if group.captures {
-                let mut args = rule.curry[g as usize].clone();
-                args.push(map);
-                engine.call_fn_with_options::<Dynamic>(
-                    options,
-                    scope,
-                    &rule.shape.ast,
-                    &group.function,
-                    args,
-                )
-            } else {
-                engine.call_fn_with_options::<Dynamic>(
-                    options,
-                    scope,
-                    &rule.shape.ast,
-                    &group.function,
-                    (map,),
-                )
-            }
-        });
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        if group.captures {
+            let mut args = rule.curry[g as usize].clone();
+            args.push(map);
+            engine.call_fn_with_options::<Dynamic>(
+                options,
+                scope,
+                &rule.shape.ast,
+                &group.function,
+                args,
+            )
+        } else {
+            engine.call_fn_with_options::<Dynamic>(
+                options,
+                scope,
+                &rule.shape.ast,
+                &group.function,
+                (map,),
+            )
+        }
+    });
     let result = result.map_err(|e| {
         let mut f = explain(&e);
         f.line = f.line.or(group.line);

@@ -647,7 +647,11 @@ fn a_rule_that_keeps_exceeding_its_budget_is_quarantined_and_stays_so() {
         .collect();
     assert_eq!(q.len(), 1, "{d:?}");
     assert_eq!((q[0].rule_id.as_str(), q[0].event_time), ("slow", 4));
-    assert!(q[0].message.contains("4 evaluations in a row"), "{}", q[0].message);
+    assert!(
+        q[0].message.contains("4 evaluations in a row"),
+        "{}",
+        q[0].message
+    );
     assert_eq!(h.e.stats().quarantined, 1);
     assert_eq!(h.e.stats().over_budget, 4);
     // No longer evaluated.

@@ -6,9 +6,9 @@ use crate::control::ControlConfig;
 use crate::output::{self, WebhookConfig};
 use crate::source::KinesisSourceConfig;
 use linewatch_rules_core::eval::Partition;
+use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::sequencer::{LatePolicy, SequencerConfig};
 use linewatch_rules_core::transition::EventSource;
-use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::watermark::{self, WatermarkConfig};
 use linewatch_rules_core::workers::MAX_WORKERS;
 use linewatch_runtime::problems::Problems;
@@ -140,7 +140,10 @@ pub struct WatermarkSection {
     #[serde(default = "watermark::default_stall_after", with = "humantime_serde")]
     pub stall_after: Duration,
     /// A sender seen once holds the watermark back at most this long.
-    #[serde(default = "watermark::default_first_seen_grace", with = "humantime_serde")]
+    #[serde(
+        default = "watermark::default_first_seen_grace",
+        with = "humantime_serde"
+    )]
     pub first_seen_grace: Duration,
     /// Senders silent this long are forgotten (at least `idle_timeout`).
     #[serde(default = "watermark::default_prune_after", with = "humantime_serde")]
@@ -446,6 +449,36 @@ mod tests {
         .unwrap();
         let err = ServiceConfig::load(file.path()).unwrap_err().to_string();
         assert!(err.contains("has 2 problem(s):\n  kinesis.stream: must not be empty\n  mqtt.port: must be 1 to 65535"), "{err}");
+    }
+
+    #[test]
+    fn the_bounds_on_time_and_budgets_are_configured_and_checked() {
+        let base = "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"s\"\n";
+        let cfg: ServiceConfig = toml::from_str(base).unwrap();
+        let w = cfg.sequencer().watermark;
+        assert_eq!(w.max_future_skew, Duration::from_secs(300));
+        assert_eq!(cfg.limits().eval_deadline, Duration::from_millis(50));
+        assert!(cfg.problems().is_empty(), "{}", cfg.problems());
+        let cfg: ServiceConfig = toml::from_str(&format!(
+            "{base}[watermark]\nmax_future_skew = \"1m\"\nstall_after = \"0s\"\nidle_timeout = \"30s\"\nprune_after = \"10s\"\n\
+             [rules]\neval_budget = \"0ms\"\nquarantine_after = 2\n[health]\nmax_watermark_lag = \"5s\"\n\
+             [metrics]\nmax_sender_labels = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.sequencer().watermark.max_future_skew,
+            Duration::from_secs(60)
+        );
+        assert_eq!(cfg.limits().quarantine_after, 2);
+        assert_eq!(
+            problem_keys(&cfg.problems()),
+            vec![
+                "watermark.prune_after",
+                "watermark.stall_after",
+                "rules.eval_budget",
+                "metrics.max_sender_labels"
+            ]
+        );
     }
 
     #[test]

@@ -23,10 +23,10 @@ use crate::source::{KinesisSource, ShardPositions, SourceBatch, SourceMetrics, S
 use linewatch_rules_core::engine::{
     Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate,
 };
-use linewatch_rules_core::eval::{EvalStats, Partition};
 use linewatch_rules_core::eval::DiagnosticKind;
-use linewatch_rules_core::watermark::SenderStatus;
+use linewatch_rules_core::eval::{EvalStats, Partition};
 use linewatch_rules_core::transition::EventSource;
+use linewatch_rules_core::watermark::SenderStatus;
 use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::{SharedClock, SystemClock};
 use std::collections::BTreeSet;
@@ -532,7 +532,9 @@ impl Loop {
             // The record's own arrival time bounds its event time, so re-reading the
             // stream refuses the same points; the wall clock only when it has none.
             let arrival = rec.arrival_ms.unwrap_or(now);
-            let outcome = self.engine.on_record_arrived(&rec.data, now, Some(arrival))?;
+            let outcome = self
+                .engine
+                .on_record_arrived(&rec.data, now, Some(arrival))?;
             let label = match &outcome {
                 RecordOutcome::Future { .. } => "future",
                 RecordOutcome::Buffered => "point",
