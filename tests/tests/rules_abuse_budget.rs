@@ -160,13 +160,16 @@ for n in 0..60 { limits.push(n * 1.5); }
         let status = svc.publish_text("heavy.rhai", heavy, version).await;
         assert_eq!(status["status"], "accepted", "{status}");
     }
-    // Over the operation limit: rejected every time, for the same reason.
+    // Over the operation limit: rejected every time, for the same reason (`--id`: past
+    // the CLI's own check, which is just as deterministic, to the engine).
     let endless = r#"loop { }
 #{ id: "endless-top", equipment: "m-1", groups: [ #{ name: "t", tags: ["x"], state: |v| "OK" } ] }"#;
     let path = env.rule_file("endless.rhai", endless);
     let mut reasons = Vec::new();
     for version in 1..=3 {
-        let res = svc.publish(&path, Some(version), None, "10s").await;
+        let res = svc
+            .publish(&path, Some(version), Some("endless-top"), "10s")
+            .await;
         res.expect_code(1);
         reasons.push(res.json()["error"].as_str().unwrap_or("").to_owned());
     }
