@@ -32,7 +32,9 @@ async fn a_year_3000_point_poisons_nothing_after_a_restart_nor_when_the_stream_i
     let mut honest = Feed::new();
     machine_cycle(&mut honest, &machines, base, 0, 300);
     honest.heartbeats(&machines, step_time(base, 300) + 3000);
-    let want = env.oracle(&honest, &[rule_file.clone()], "honest").await;
+    let want = env
+        .oracle(&honest, std::slice::from_ref(&rule_file), "honest")
+        .await;
     let upto = |step: u64| -> Vec<String> {
         want.iter()
             .filter(|t| t["eventTime"].as_u64().unwrap_or(u64::MAX) <= step_time(base, step))
@@ -179,7 +181,9 @@ async fn a_frozen_clock_sender_stalls_transitions_no_longer_than_stall_after() {
         feed.heartbeats(&machines, step_time(base, 200) + 3000);
         env.put(&mut feed).await;
         let put_at = Instant::now();
-        let want = env.oracle(&feed, &[rule_file.clone()], "honest").await;
+        let want = env
+            .oracle(&feed, std::slice::from_ref(&rule_file), "honest")
+            .await;
         // Before the fix nothing came while the frozen sender kept sending (it held the
         // watermark at its stamp); now it stops counting after stall_after.
         let got = env
