@@ -26,6 +26,9 @@ pub struct RulesConfig {
     pub mqtt: Mqtt,
     pub webhooks: Vec<Webhook>,
     pub http: Http,
+    /// Other sections (`rules`, `health`, `metrics`), written as given.
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +37,9 @@ pub struct Watermark {
     pub idle_timeout: String,
     pub advance_interval: String,
     pub late_policy: String,
+    /// Any other key of `[watermark]` (e.g. `stall_after`), written as given.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +112,7 @@ impl RulesConfig {
                 idle_timeout: "30s".into(),
                 advance_interval: "50ms".into(),
                 late_policy: "dead-letter".into(),
+                extra: BTreeMap::new(),
             },
             events: Events {
                 account: ACCOUNT.into(),
@@ -137,6 +144,7 @@ impl RulesConfig {
             http: Http {
                 listen: format!("127.0.0.1:{}", ports::free_port()),
             },
+            sections: BTreeMap::new(),
         }
     }
 

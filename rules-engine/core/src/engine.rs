@@ -68,7 +68,18 @@ pub enum RecordOutcome {
         watermark: u64,
         applied: bool,
     },
+    /// Event time beyond the record's arrival clock plus `maxFutureSkew`: refused
+    /// (dead-letter it), counted for its sender, the watermark untouched.
+    Future {
+        sender: String,
+        timestamp: u64,
+        bound: u64,
+    },
 }
+
+/// The highest rule version: 2^53 − 1, so every JSON reader (JavaScript numbers are
+/// doubles) keeps it exact, and a next version always exists below `u64::MAX`.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// What applying a message from the control topic did; published on the status topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +116,9 @@ pub struct Engine {
     sandbox: Sandbox,
     rules: BTreeMap<String, LoadedRule>,
     states: BTreeMap<String, BTreeMap<String, StateView>>,
+    /// Rules quarantined for their time budget → why (from the evaluators' diagnostics
+    /// and the checkpoint).
+    quarantined: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -130,6 +144,7 @@ impl Engine {
             sandbox: Sandbox::new(cfg.limits.clone()),
             rules: BTreeMap::new(),
             states: BTreeMap::new(),
+            quarantined: BTreeMap::new(),
             cfg,
         })
     }
@@ -157,6 +172,14 @@ impl Engine {
             }
         }
         let skipped = engine.pool.restore(&snap.evaluator)?;
+        for r in &snap.evaluator.rules {
+            let current = engine.rules.get(&r.rule_id).map(|l| l.version);
+            if let (Some(why), Some(v)) = (&r.quarantined, current) {
+                if v == r.version {
+                    engine.quarantined.insert(r.rule_id.clone(), why.clone());
+                }
+            }
+        }
         for id in skipped {
             if engine.rules.contains_key(&id) {
                 problems.push((id, "state not restored: version changed".into()));
@@ -195,6 +218,11 @@ impl Engine {
         &self.states
     }
 
+    /// Rules quarantined for exceeding their time budget, with why.
+    pub fn quarantined(&self) -> &BTreeMap<String, String> {
+        &self.quarantined
+    }
+
     pub fn sequencer(&self) -> &Sequencer {
         &self.seq
     }
@@ -203,8 +231,22 @@ impl Engine {
         self.pool.stats()
     }
 
-    /// One raw record from the stream, arrived at wall-clock `now` (ms).
+    /// One raw record from the stream, arrived at wall-clock `now` (ms); no future
+    /// bound (see [`Engine::on_record_arrived`]).
     pub fn on_record(&mut self, data: &[u8], now: u64) -> Result<RecordOutcome, EngineError> {
+        self.on_record_arrived(data, now, None)
+    }
+
+    /// One raw record, read at wall-clock `now`, that arrived in the stream at
+    /// `arrival` (the record's ApproximateArrivalTimestamp; the caller falls back to
+    /// `now`). The future bound is measured from `arrival`, so reading the same
+    /// records again refuses the same points.
+    pub fn on_record_arrived(
+        &mut self,
+        data: &[u8],
+        now: u64,
+        arrival: Option<u64>,
+    ) -> Result<RecordOutcome, EngineError> {
         let point = match DataPoint::from_json(data) {
             Ok(p) => p,
             Err(e) => return Ok(RecordOutcome::Invalid(e)),
@@ -215,8 +257,13 @@ impl Engine {
             None => point.meta.source_id.clone(),
         };
         let timestamp = point.timestamp;
-        Ok(match self.seq.push(point, now) {
+        Ok(match self.seq.push_arrived(point, now, arrival) {
             Admission::Buffered => RecordOutcome::Buffered,
+            Admission::Future { bound, .. } => RecordOutcome::Future {
+                sender,
+                timestamp,
+                bound,
+            },
             Admission::Heartbeat => RecordOutcome::Heartbeat,
             Admission::DeadLetter { watermark, .. } => RecordOutcome::Late {
                 sender,
@@ -257,6 +304,7 @@ impl Engine {
             )?;
             self.rules.remove(rule_id);
             self.states.remove(rule_id);
+            self.quarantined.remove(rule_id);
             return Ok(match outcome {
                 ChangeOutcome::NotFound { .. } => RuleUpdate::NotFound(outcome),
                 _ => RuleUpdate::Applied(outcome),
@@ -288,6 +336,8 @@ impl Engine {
                 script: script.to_owned(),
             },
         );
+        // A new version starts out of quarantine.
+        self.quarantined.remove(rule_id);
         if let Some(states) = self.states.get_mut(rule_id) {
             // Equipment dropped by an update have no state any more.
             states.retain(|e, _| equipment.contains(e));
@@ -327,6 +377,12 @@ impl Engine {
             self.pool.advance(w)?;
         }
         let out = self.pool.flush()?;
+        for d in &out.diagnostics {
+            if d.kind == crate::eval::DiagnosticKind::RuleQuarantined {
+                self.quarantined
+                    .insert(d.rule_id.clone(), d.message.clone());
+            }
+        }
         for t in &out.transitions {
             self.states.entry(t.rule_id.clone()).or_default().insert(
                 t.equipment_id.clone(),
@@ -344,9 +400,21 @@ impl Engine {
         })
     }
 
+    /// After [`Engine::restore`], at arrival clock `now`: undo a watermark poisoned
+    /// by a future point in a checkpoint written before the future bound (or under a
+    /// wider one). See [`Sequencer::repair_future`].
+    pub fn repair_future(&mut self, now: u64) -> (crate::watermark::FutureRepair, usize) {
+        self.seq.repair_future(now)
+    }
+
     fn compile(&self, rule_id: &str, version: u64, script: &str) -> Result<Rule, String> {
         if version == 0 {
             return Err("version must be at least 1".into());
+        }
+        if version > MAX_VERSION {
+            return Err(format!(
+                "version {version} is above the maximum {MAX_VERSION} (2^53 - 1, exact in every JSON reader)"
+            ));
         }
         let rule = Rule::compile(&self.sandbox, script, &format!("rule topic {rule_id}"))
             .map_err(|e| e.to_string())?;
@@ -382,10 +450,10 @@ mod tests {
     fn cfg(partition: Partition, workers: usize) -> EngineConfig {
         EngineConfig {
             sequencer: SequencerConfig {
-                watermark: WatermarkConfig {
-                    max_out_of_orderness: Duration::from_millis(500),
-                    idle_timeout: Duration::from_secs(3600),
-                },
+                watermark: WatermarkConfig::with(
+                    Duration::from_millis(500),
+                    Duration::from_secs(3600),
+                ),
                 ..SequencerConfig::default()
             },
             workers,
@@ -524,6 +592,87 @@ mod tests {
         assert!(matches!(
             e.on_rule("r", None).unwrap(),
             RuleUpdate::NotFound(_)
+        ));
+    }
+
+    #[test]
+    fn versions_are_capped_at_2_pow_53_minus_1() {
+        let mut e = loaded(Partition::ALL, 1, &[]);
+        let s1 = script("r", 50);
+        match e.on_rule("r", Some((u64::MAX, &s1))).unwrap() {
+            RuleUpdate::Rejected { error, .. } => {
+                assert!(error.contains("9007199254740991"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            e.on_rule("r", Some((MAX_VERSION, &s1))).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
+        // In the script too.
+        let over = s1.replacen("id: \"r\",", "id: \"r\", version: 9007199254740992,", 1);
+        assert!(over.contains("9007199254740992"));
+        assert!(matches!(
+            e.on_rule("r", Some((1, &over))).unwrap(),
+            RuleUpdate::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn acceptance_depends_on_the_text_only() {
+        // A top level that needs time: with a zero evaluation budget (the most loaded
+        // machine) it is accepted exactly as with a generous one.
+        let slow_top = format!(
+            "let n = 0; while n < 5000 {{ n += 1; }}\n{}",
+            script("slow-top", 50)
+        );
+        for budget in [Duration::ZERO, Duration::from_secs(60)] {
+            let mut c = cfg(Partition::ALL, 1);
+            c.limits.eval_deadline = budget;
+            let mut e = Engine::new(c).unwrap();
+            let u = e.on_rule("slow-top", Some((1, &slow_top))).unwrap();
+            assert!(
+                matches!(u, RuleUpdate::Applied(_)),
+                "budget {budget:?}: {u:?}"
+            );
+            // And a checkpoint restores it under any budget.
+            let snap = e.snapshot().unwrap();
+            let mut c = cfg(Partition::ALL, 1);
+            c.limits.eval_deadline = Duration::ZERO;
+            let (r, problems) = Engine::restore(c, snap).unwrap();
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(r.rules().len(), 1);
+        }
+        // Over the operation limit it is rejected, always.
+        let endless = format!("loop {{ }}\n{}", script("endless", 50));
+        let mut e = loaded(Partition::ALL, 1, &[]);
+        assert!(matches!(
+            e.on_rule("endless", Some((1, &endless))).unwrap(),
+            RuleUpdate::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn a_future_record_is_refused_by_its_arrival_time() {
+        let mut e = loaded(Partition::ALL, 1, &[("hot", HOT.to_owned())]);
+        e.on_record_arrived(&record("e1", 10_000, 1, 1), 0, Some(10_000))
+            .unwrap();
+        match e
+            .on_record_arrived(&record("e1", 32_503_680_000_000, 99, 2), 0, Some(10_000))
+            .unwrap()
+        {
+            RecordOutcome::Future { sender, bound, .. } => {
+                assert_eq!(sender, "gw/plc");
+                assert_eq!(bound, 310_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        e.tick(0).unwrap();
+        assert_eq!(e.sequencer().watermark(), Some(9_500));
+        assert!(matches!(
+            e.on_record_arrived(&record("e1", 11_000, 1, 3), 0, Some(11_000))
+                .unwrap(),
+            RecordOutcome::Buffered
         ));
     }
 

@@ -110,6 +110,11 @@ impl<T> ReorderBuffer<T> {
         self.heap.peek().map(|e| e.ts)
     }
 
+    /// Time of the latest buffered item (a scan: for rare checks only).
+    pub fn latest(&self) -> Option<u64> {
+        self.heap.iter().map(|e| e.ts).max()
+    }
+
     /// Give memory back after a burst (only when empty: slots are positions).
     pub fn shrink(&mut self) {
         if self.heap.is_empty() && self.chunks.len() > 1 {

@@ -253,6 +253,18 @@ impl<'o, W: Write> Replay<'o, W> {
                     dead_letter: Some(raw),
                 });
             }
+            // Never here: replay has no arrival clock, so no future bound. Were it to
+            // come, it is dead-lettered like a late point (the bound as "watermark").
+            Admission::Future { point, bound } => {
+                self.summary.points += 1;
+                self.summary.dead_lettered += 1;
+                on_event(ReplayEvent::Late {
+                    line,
+                    point: &point,
+                    watermark: bound,
+                    dead_letter: Some(raw),
+                });
+            }
             Admission::Apply { point, at } => {
                 self.summary.points += 1;
                 self.summary.late += 1;

@@ -3,7 +3,9 @@
 
 use crate::reading::Reading;
 use crate::reorder::ReorderBuffer;
-use crate::watermark::{WatermarkConfig, WatermarkSnapshot, WatermarkTracker};
+use crate::watermark::{
+    FutureRepair, Observation, WatermarkConfig, WatermarkSnapshot, WatermarkTracker,
+};
 use linewatch_schemas::DataPoint;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,9 @@ pub enum Admission {
     DeadLetter { point: DataPoint, watermark: u64 },
     /// Late under [`LatePolicy::Apply`]: evaluate it now, at event time `at`.
     Apply { point: DataPoint, at: u64 },
+    /// Event time beyond its arrival clock plus the allowed skew: refused whatever
+    /// the late policy, for the caller's dead-letter output; nothing else changed.
+    Future { point: DataPoint, bound: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -102,14 +107,27 @@ impl Sequencer {
         self.now_event
     }
 
-    /// A point arrived at clock `now`.
+    /// A point arrived at clock `now`, with no arrival clock of its own (no future
+    /// bound).
     pub fn push(&mut self, point: DataPoint, now: u64) -> Admission {
-        let late = self.tracker.observe(
+        self.push_arrived(point, now, None)
+    }
+
+    /// A point arrived at clock `now`; `arrival` is the arrival clock the future
+    /// bound is measured from (the record's, so that re-reading decides the same).
+    pub fn push_arrived(&mut self, point: DataPoint, now: u64, arrival: Option<u64>) -> Admission {
+        let seen = self.tracker.observe_arrival(
             point.meta.gateway_id.as_deref(),
             &point.meta.source_id,
             point.timestamp,
             now,
+            arrival,
         );
+        let late = match seen {
+            Observation::Future { bound } => return Admission::Future { point, bound },
+            Observation::Late => true,
+            Observation::OnTime => false,
+        };
         if point.is_heartbeat() {
             return Admission::Heartbeat;
         }
@@ -134,6 +152,31 @@ impl Sequencer {
         let w = self.tracker.advance(now)?;
         self.now_event = self.now_event.max(w);
         Some(w)
+    }
+
+    /// After a restore at arrival clock `now`: undo a watermark poisoned by a future
+    /// point before the bound existed (see [`WatermarkTracker::repair_future`]).
+    /// Buffered points beyond the bound are dropped (returned as their count): they
+    /// are the poison, and a reading keeps no sender to dead-letter them under.
+    pub fn repair_future(&mut self, now: u64) -> (FutureRepair, usize) {
+        let repair = self.tracker.repair_future(now);
+        let bound = self.tracker.future_bound(now);
+        let mut dropped = 0;
+        if self.buffer.latest().is_some_and(|l| l > bound) {
+            let mut kept = ReorderBuffer::new();
+            while let Some((ts, r)) = self.buffer.pop_through(u64::MAX) {
+                if ts > bound {
+                    dropped += 1;
+                } else {
+                    kept.push(ts, r);
+                }
+            }
+            self.buffer = kept;
+        }
+        if self.now_event > bound {
+            self.now_event = self.tracker.watermark().unwrap_or(now).min(bound);
+        }
+        (repair, dropped)
     }
 
     /// End of input: the watermark moves to the highest event time seen.
@@ -204,10 +247,10 @@ mod tests {
 
     fn seq(ooo: u64, idle: u64, policy: LatePolicy) -> Sequencer {
         Sequencer::new(SequencerConfig {
-            watermark: WatermarkConfig {
-                max_out_of_orderness: Duration::from_millis(ooo),
-                idle_timeout: Duration::from_millis(idle),
-            },
+            watermark: WatermarkConfig::with(
+                Duration::from_millis(ooo),
+                Duration::from_millis(idle),
+            ),
             late_policy: policy,
         })
     }
@@ -246,6 +289,68 @@ mod tests {
         assert_eq!(s.tracker().late_counts().get("a"), Some(&1));
     }
 
+    #[test]
+    fn a_future_point_is_refused_whatever_the_policy_and_changes_nothing() {
+        for policy in [LatePolicy::DeadLetter, LatePolicy::Apply] {
+            let mut s = seq(0, 1_000, policy);
+            assert_eq!(
+                s.push_arrived(point("a", 100, 1, false), 0, Some(100)),
+                Admission::Buffered
+            );
+            // Year 3000 from the same sender, arriving at 100.
+            let far = 32_503_680_000_000;
+            assert!(matches!(
+                s.push_arrived(point("a", far, 2, false), 0, Some(100)),
+                Admission::Future { bound, .. } if bound == 100 + 300_000
+            ));
+            assert_eq!(s.advance(0), Some(100));
+            // Honest points after it are on time.
+            assert_eq!(
+                s.push_arrived(point("a", 200, 3, false), 0, Some(200)),
+                Admission::Buffered
+            );
+            assert_eq!(s.advance(0), Some(200));
+            assert_eq!(s.tracker().senders()[0].future, 1);
+            assert_eq!(s.tracker().senders()[0].highest, 200);
+        }
+    }
+
+    #[test]
+    fn repair_undoes_a_poisoned_checkpoint() {
+        // What an engine without the bound checkpointed after a year-3000 point.
+        let mut s = seq(0, 1_000, LatePolicy::DeadLetter);
+        s.push(point("honest", 1_000, 1, false), 0);
+        s.push(point("honest", 2_000, 2, false), 0);
+        s.advance(0);
+        while s.pop_released().is_some() {}
+        let far = 32_503_680_000_000;
+        s.push(point("liar", far, 3, false), 0);
+        s.push(point("honest", far, 4, false), 0);
+        s.advance(0);
+        while s.pop_released().is_some() {}
+        s.push(point("liar", far + 1, 5, false), 0);
+        assert_eq!(s.watermark(), Some(far));
+        let snap = serde_json::to_string(&s.snapshot()).unwrap();
+        let mut r = Sequencer::restore(
+            SequencerConfig::default(),
+            serde_json::from_str(&snap).unwrap(),
+        );
+        let (repair, dropped) = r.repair_future(10_000);
+        assert_eq!(repair.watermark_was, Some(far));
+        assert_eq!(repair.senders_forgotten, ["honest", "liar"]);
+        assert_eq!(dropped, 1, "the buffered future point");
+        assert_eq!(r.watermark(), None);
+        assert!(r.event_now() <= 10_000 + 300_000);
+        // Honest points are on time again and move the watermark.
+        assert_eq!(
+            r.push_arrived(point("honest", 9_000, 6, false), 10_000, Some(10_000)),
+            Admission::Buffered
+        );
+        assert_eq!(r.advance(10_000), Some(7_000));
+        // A clean checkpoint is left alone.
+        assert!(r.repair_future(10_000).0.is_empty());
+    }
+
     proptest! {
         #[test]
         fn released_in_event_time_order_stably_and_nothing_lost(
@@ -268,6 +373,7 @@ mod tests {
                     Admission::DeadLetter { watermark, .. } => prop_assert!(ts <= watermark),
                     Admission::Heartbeat => prop_assert!(hb),
                     Admission::Apply { .. } => prop_assert!(false, "policy is dead-letter"),
+                    Admission::Future { .. } => prop_assert!(false, "no arrival clock, no bound"),
                 }
                 if n % 3 == 0 {
                     if let Some(w) = s.advance(now) {

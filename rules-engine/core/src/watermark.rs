@@ -30,6 +30,25 @@ pub struct WatermarkConfig {
     pub max_out_of_orderness: Duration,
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
+    /// How far past its arrival clock a point's event time may be. A point beyond
+    /// it (a year-3000 stamp) moves neither its sender nor the watermark: it is
+    /// refused ([`Observation::Future`]). Applied only where the caller has an
+    /// arrival clock (the service: the record's ApproximateArrivalTimestamp).
+    #[serde(with = "duration_text", default = "default_future_skew")]
+    pub max_future_skew: Duration,
+    /// A sender that keeps sending while its event time has not advanced for this
+    /// long (a frozen clock) stops holding the watermark back, like an idle one.
+    #[serde(with = "duration_text", default = "default_stall_after")]
+    pub stall_after: Duration,
+    /// A sender seen at one clock reading only (a one-off point) holds the
+    /// watermark back for at most this long, not the whole idle timeout.
+    #[serde(with = "duration_text", default = "default_first_seen_grace")]
+    pub first_seen_grace: Duration,
+    /// Senders not seen for this long are forgotten (bounded memory, metrics and
+    /// checkpoint); one that returns starts as a new sender. Never less than the
+    /// idle timeout, so forgetting changes no decision.
+    #[serde(with = "duration_text", default = "default_prune_after")]
+    pub prune_after: Duration,
 }
 
 impl Default for WatermarkConfig {
@@ -37,8 +56,36 @@ impl Default for WatermarkConfig {
         WatermarkConfig {
             max_out_of_orderness: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
+            max_future_skew: default_future_skew(),
+            stall_after: default_stall_after(),
+            first_seen_grace: default_first_seen_grace(),
+            prune_after: default_prune_after(),
         }
     }
+}
+
+impl WatermarkConfig {
+    /// The given out-of-orderness and idle timeout, every other bound at its default.
+    pub fn with(max_out_of_orderness: Duration, idle_timeout: Duration) -> Self {
+        WatermarkConfig {
+            max_out_of_orderness,
+            idle_timeout,
+            ..WatermarkConfig::default()
+        }
+    }
+}
+
+pub fn default_future_skew() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+pub fn default_stall_after() -> Duration {
+    Duration::from_secs(30)
+}
+pub fn default_first_seen_grace() -> Duration {
+    Duration::from_secs(5)
+}
+pub fn default_prune_after() -> Duration {
+    Duration::from_secs(3600)
 }
 
 mod duration_text {
@@ -52,18 +99,28 @@ mod duration_text {
     }
 }
 
-/// What the tracker knows about one sender.
+/// What the tracker knows about one sender: the per-sender bookkeeping a per-rule
+/// watermark (a minimum over the senders feeding one rule) can be built on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SenderState {
     pub gateway_id: Option<String>,
     pub source_id: String,
-    /// Highest event time seen (data or heartbeat).
+    /// Highest event time seen (data or heartbeat), never beyond the future bound.
     pub highest: u64,
     /// Clock reading of the last arrival.
     pub last_seen: u64,
     pub points: u64,
     pub late: u64,
+    /// Clock reading of the first arrival.
+    #[serde(default)]
+    pub first_seen: u64,
+    /// Clock reading when `highest` last moved up (a frozen clock stops moving it).
+    #[serde(default)]
+    pub advanced_at: u64,
+    /// Points refused for an event time beyond arrival + `maxFutureSkew`.
+    #[serde(default)]
+    pub future: u64,
 }
 
 impl SenderState {
@@ -76,6 +133,33 @@ impl SenderState {
     }
 }
 
+/// Where a sender stands at a clock reading. Only [`SenderStatus::Active`] senders
+/// hold the watermark back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SenderStatus {
+    Active,
+    /// Not seen for the idle timeout.
+    Idle,
+    /// Seen at one clock reading only, longer ago than the first-seen grace.
+    OneOff,
+    /// Still sending, but its event time has not advanced for `stallAfter`: a frozen
+    /// clock. Reported as a degraded sender.
+    Stalled,
+}
+
+/// What one arrival did to the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation {
+    /// Above the watermark: to be buffered.
+    OnTime,
+    /// At or below the watermark.
+    Late,
+    /// Event time beyond the arrival clock plus the allowed skew: the sender and the
+    /// watermark are untouched; `bound` is the latest event time that was allowed.
+    Future { bound: u64 },
+}
+
 /// Serialisable state of a [`WatermarkTracker`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -84,43 +168,86 @@ pub struct WatermarkSnapshot {
     pub senders: Vec<SenderState>,
 }
 
+/// What [`WatermarkTracker::repair_future`] changed in a restored state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FutureRepair {
+    /// The watermark as checkpointed, when it was beyond the bound.
+    pub watermark_was: Option<u64>,
+    /// Senders forgotten because their highest event time was beyond the bound.
+    pub senders_forgotten: Vec<String>,
+}
+
+impl FutureRepair {
+    pub fn is_empty(&self) -> bool {
+        self.watermark_was.is_none() && self.senders_forgotten.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WatermarkTracker {
     max_ooo: u64,
     idle: u64,
+    future_skew: u64,
+    stall: u64,
+    grace: u64,
+    prune: u64,
     watermark: Option<u64>,
     senders: Vec<SenderState>,
     /// (gateway — "" when absent, gateway ids are never empty — , source) → index.
     lookup: PairMap<u32>,
     /// Index of the sender of the previous point.
     last: usize,
+    /// Senders forgotten by pruning, since start.
+    pruned: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl WatermarkTracker {
     pub fn new(cfg: WatermarkConfig) -> Self {
+        let idle = ms(cfg.idle_timeout);
         WatermarkTracker {
-            max_ooo: cfg.max_out_of_orderness.as_millis() as u64,
-            idle: cfg.idle_timeout.as_millis() as u64,
+            max_ooo: ms(cfg.max_out_of_orderness),
+            idle,
+            future_skew: ms(cfg.max_future_skew),
+            stall: ms(cfg.stall_after),
+            grace: ms(cfg.first_seen_grace),
+            prune: ms(cfg.prune_after).max(idle),
             watermark: None,
             senders: Vec::new(),
             lookup: PairMap::default(),
             last: 0,
+            pruned: 0,
         }
     }
 
     pub fn restore(cfg: WatermarkConfig, snap: WatermarkSnapshot) -> Self {
         let mut t = Self::new(cfg);
         t.watermark = snap.watermark;
-        for s in snap.senders {
-            let i = t.senders.len() as u32;
-            *t.lookup.get_or_insert_with(
-                s.gateway_id.as_deref().unwrap_or(""),
-                &s.source_id,
-                || i,
-            ) = i;
+        for mut s in snap.senders {
+            // A checkpoint from before the stall bookkeeping: its last arrival is the
+            // best guess of when it last advanced.
+            if s.advanced_at == 0 {
+                s.advanced_at = s.last_seen;
+            }
             t.senders.push(s);
         }
+        t.rebuild_lookup();
         t
+    }
+
+    fn rebuild_lookup(&mut self) {
+        self.lookup = PairMap::default();
+        for (i, s) in self.senders.iter().enumerate() {
+            *self.lookup.get_or_insert_with(
+                s.gateway_id.as_deref().unwrap_or(""),
+                &s.source_id,
+                || i as u32,
+            ) = i as u32;
+        }
+        self.last = 0;
     }
 
     pub fn snapshot(&self) -> WatermarkSnapshot {
@@ -140,6 +267,11 @@ impl WatermarkTracker {
         &self.senders
     }
 
+    /// Senders forgotten after `pruneAfter` without an arrival, since start.
+    pub fn pruned(&self) -> u64 {
+        self.pruned
+    }
+
     /// Late points per sender name, senders without late points left out.
     pub fn late_counts(&self) -> BTreeMap<String, u64> {
         self.senders
@@ -154,8 +286,14 @@ impl WatermarkTracker {
         self.watermark.is_some_and(|w| ts <= w)
     }
 
+    /// The latest event time accepted from a point that arrived at `arrival`.
+    pub fn future_bound(&self, arrival: u64) -> u64 {
+        arrival.saturating_add(self.future_skew)
+    }
+
     /// A point (or heartbeat) with event time `ts` arrived from a sender at clock
     /// `now`. Returns whether it is late; a late point still shows the sender alive.
+    /// No future bound (no arrival clock): see [`WatermarkTracker::observe_arrival`].
     pub fn observe(
         &mut self,
         gateway_id: Option<&str>,
@@ -163,19 +301,51 @@ impl WatermarkTracker {
         ts: u64,
         now: u64,
     ) -> bool {
+        self.observe_arrival(gateway_id, source_id, ts, now, None) == Observation::Late
+    }
+
+    /// Like [`WatermarkTracker::observe`], with the point's arrival clock (e.g. the
+    /// Kinesis ApproximateArrivalTimestamp): an event time beyond `arrival +
+    /// maxFutureSkew` is refused and counted, and changes nothing else. The arrival
+    /// clock belongs to the record, so reading the stream again decides the same.
+    pub fn observe_arrival(
+        &mut self,
+        gateway_id: Option<&str>,
+        source_id: &str,
+        ts: u64,
+        now: u64,
+        arrival: Option<u64>,
+    ) -> Observation {
+        let i = self.sender_index(gateway_id, source_id, now);
+        if let Some(bound) = arrival.map(|a| self.future_bound(a)) {
+            if ts > bound {
+                let s = &mut self.senders[i];
+                s.future += 1;
+                return Observation::Future { bound };
+            }
+        }
         let late = self.is_late(ts);
-        let i = self.sender_index(gateway_id, source_id);
         let s = &mut self.senders[i];
-        s.highest = s.highest.max(ts);
+        if s.points == 0 {
+            // First accepted point: "seen once" counts from here.
+            s.first_seen = now;
+            s.advanced_at = now;
+        }
+        if ts > s.highest {
+            s.highest = ts;
+            s.advanced_at = s.advanced_at.max(now);
+        }
         s.last_seen = s.last_seen.max(now);
         s.points += 1;
         if late {
             s.late += 1;
+            Observation::Late
+        } else {
+            Observation::OnTime
         }
-        late
     }
 
-    fn sender_index(&mut self, gateway_id: Option<&str>, source_id: &str) -> usize {
+    fn sender_index(&mut self, gateway_id: Option<&str>, source_id: &str, now: u64) -> usize {
         // Points come in runs from one sender (a Kinesis batch, a PLC poll): compare
         // with the previous sender before hashing.
         if let Some(last) = self.senders.get(self.last) {
@@ -193,13 +363,32 @@ impl WatermarkTracker {
             gateway_id: gateway_id.map(str::to_owned),
             source_id: source_id.to_owned(),
             highest: 0,
+            // A sender refused on its first point has not been seen yet: it is not
+            // active until an acceptable point arrives.
             last_seen: 0,
             points: 0,
             late: 0,
+            first_seen: now,
+            advanced_at: now,
+            future: 0,
         });
         self.lookup.get_or_insert_with(gw, source_id, || i as u32);
         self.last = i;
         i
+    }
+
+    /// Where sender `s` stands at clock `now`.
+    pub fn status(&self, s: &SenderState, now: u64) -> SenderStatus {
+        let quiet = now.saturating_sub(s.last_seen);
+        if s.points == 0 || quiet > self.idle {
+            SenderStatus::Idle
+        } else if s.first_seen == s.last_seen && quiet > self.grace {
+            SenderStatus::OneOff
+        } else if now.saturating_sub(s.advanced_at) > self.stall {
+            SenderStatus::Stalled
+        } else {
+            SenderStatus::Active
+        }
     }
 
     /// The candidate before taking the maximum with the previous watermark, if any
@@ -207,14 +396,16 @@ impl WatermarkTracker {
     pub fn candidate(&self, now: u64) -> Option<u64> {
         self.senders
             .iter()
-            .filter(|s| now.saturating_sub(s.last_seen) <= self.idle)
+            .filter(|s| self.status(s, now) == SenderStatus::Active)
             .map(|s| s.highest.saturating_sub(self.max_ooo))
             .filter(|c| self.watermark.is_none_or(|w| *c >= w))
             .min()
     }
 
-    /// Recompute at clock `now`. Returns the new watermark if it moved.
+    /// Recompute at clock `now`. Returns the new watermark if it moved. Senders not
+    /// seen for `pruneAfter` are forgotten first (they count for nothing already).
     pub fn advance(&mut self, now: u64) -> Option<u64> {
+        self.prune(now);
         let c = self.candidate(now)?;
         match self.watermark {
             Some(w) if c <= w => None,
@@ -223,6 +414,50 @@ impl WatermarkTracker {
                 self.watermark
             }
         }
+    }
+
+    fn prune(&mut self, now: u64) {
+        let prune = self.prune;
+        let stale = |s: &SenderState| now.saturating_sub(s.last_seen.max(s.first_seen)) > prune;
+        if !self.senders.iter().any(stale) {
+            return;
+        }
+        let before = self.senders.len();
+        self.senders.retain(|s| !stale(s));
+        self.pruned += (before - self.senders.len()) as u64;
+        self.senders.shrink_to_fit();
+        self.rebuild_lookup();
+    }
+
+    /// After a restore at clock `now`: a checkpoint written before the future bound
+    /// existed (or under a wider one) may hold a poisoned watermark. Senders whose
+    /// highest event time is beyond `now + maxFutureSkew` are forgotten (their honest
+    /// position is unknown; their next point registers them again), and a watermark
+    /// beyond the bound goes back to the slowest remaining sender's position, or to
+    /// none (the next advance sets it from the senders). Points dead-lettered as late
+    /// while it was poisoned stay dead-lettered.
+    pub fn repair_future(&mut self, now: u64) -> FutureRepair {
+        let bound = self.future_bound(now);
+        let mut repair = FutureRepair::default();
+        if self.senders.iter().any(|s| s.highest > bound) {
+            repair.senders_forgotten = self
+                .senders
+                .iter()
+                .filter(|s| s.highest > bound)
+                .map(SenderState::name)
+                .collect();
+            self.senders.retain(|s| s.highest <= bound);
+            self.rebuild_lookup();
+        }
+        if let Some(w) = self.watermark.filter(|w| *w > bound) {
+            repair.watermark_was = Some(w);
+            self.watermark = self
+                .senders
+                .iter()
+                .map(|s| s.highest.saturating_sub(self.max_ooo))
+                .min();
+        }
+        repair
     }
 
     /// End of input: move the watermark to the highest event time seen, so every
@@ -244,10 +479,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Only the out-of-orderness and the idle timeout: the other bounds out of reach.
     fn cfg(ooo: u64, idle: u64) -> WatermarkConfig {
         WatermarkConfig {
             max_out_of_orderness: Duration::from_millis(ooo),
             idle_timeout: Duration::from_millis(idle),
+            max_future_skew: Duration::from_secs(300),
+            stall_after: Duration::from_secs(1 << 40),
+            first_seen_grace: Duration::from_secs(1 << 40),
+            prune_after: Duration::from_secs(1 << 40),
         }
     }
 
@@ -305,12 +545,140 @@ mod tests {
         assert_eq!(r.senders().len(), 1);
     }
 
+    const YEAR_3000: u64 = 32_503_680_000_000;
+
+    #[test]
+    fn a_future_point_moves_neither_its_sender_nor_the_watermark() {
+        let mut t = WatermarkTracker::new(cfg(0, 1_000));
+        assert_eq!(
+            t.observe_arrival(Some("gw"), "plc", 1_000, 10, Some(1_000)),
+            Observation::OnTime
+        );
+        assert_eq!(
+            t.observe_arrival(Some("gw"), "plc", YEAR_3000, 10, Some(1_000)),
+            Observation::Future { bound: 301_000 }
+        );
+        assert_eq!(t.advance(10), Some(1_000));
+        // Just inside the bound is accepted; far past is late as always.
+        assert_eq!(
+            t.observe_arrival(Some("gw"), "plc", 301_000, 20, Some(1_000)),
+            Observation::OnTime
+        );
+        assert_eq!(t.advance(20), Some(301_000));
+        assert_eq!(
+            t.observe_arrival(Some("gw"), "plc", 5, 30, Some(301_000)),
+            Observation::Late
+        );
+        let s = &t.senders()[0];
+        assert_eq!((s.future, s.late, s.points), (1, 1, 3));
+        // A new sender whose only points are in the future is not even active.
+        t.observe_arrival(None, "liar", YEAR_3000, 40, Some(2_000));
+        assert_eq!(t.status(&t.senders()[1], 40), SenderStatus::Idle);
+        assert_eq!(t.advance(40), None);
+    }
+
+    #[test]
+    fn a_frozen_clock_stops_holding_the_watermark_after_stall_after() {
+        let mut t = WatermarkTracker::new(WatermarkConfig {
+            stall_after: Duration::from_millis(100),
+            ..cfg(0, 1_000)
+        });
+        let mut now = 0;
+        for i in 0..30u64 {
+            now = i * 10;
+            t.observe(None, "frozen", 50, now); // the same stamp, again and again
+            t.observe(None, "honest", 50 + i * 10, now);
+            t.advance(now);
+        }
+        // Held at 50 for 100 ms of clock, then the honest sender alone counts.
+        assert_eq!(t.status(&t.senders()[0], now), SenderStatus::Stalled);
+        assert_eq!(t.watermark(), Some(50 + 29 * 10));
+        // Its frozen points are late now; it counts again only once it advances past.
+        assert!(t.observe(None, "frozen", 50, now));
+        t.observe(None, "frozen", 1_000, now + 1);
+        assert_eq!(t.status(&t.senders()[0], now + 1), SenderStatus::Active);
+    }
+
+    #[test]
+    fn a_sender_seen_once_holds_back_for_the_grace_only() {
+        let mut t = WatermarkTracker::new(WatermarkConfig {
+            first_seen_grace: Duration::from_millis(50),
+            ..cfg(0, 1_000)
+        });
+        t.observe(None, "once", 10, 0);
+        t.observe(None, "steady", 100, 0);
+        assert_eq!(t.advance(0), Some(10));
+        t.observe(None, "steady", 200, 40);
+        assert_eq!(t.advance(40), None, "within the grace it holds");
+        t.observe(None, "steady", 300, 60);
+        assert_eq!(t.status(&t.senders()[0], 60), SenderStatus::OneOff);
+        assert_eq!(t.advance(60), Some(300));
+    }
+
+    #[test]
+    fn silent_senders_are_pruned_and_come_back_as_new() {
+        let mut t = WatermarkTracker::new(WatermarkConfig {
+            prune_after: Duration::from_millis(500),
+            ..cfg(0, 100)
+        });
+        for i in 0..100u64 {
+            t.observe(None, &format!("fake-{i}"), 10, 0);
+        }
+        t.observe(None, "real", 20, 0);
+        t.advance(0);
+        t.observe(None, "real", 1_000, 600);
+        t.advance(601);
+        assert_eq!(t.senders().len(), 1);
+        assert_eq!(t.pruned(), 100);
+        assert_eq!(t.watermark(), Some(1_000));
+        // The lookup was rebuilt: the survivor is still found, a returning one is new.
+        t.observe(None, "real", 1_100, 700);
+        assert_eq!(t.senders()[0].points, 3);
+        assert!(
+            t.observe(None, "fake-3", 10, 700),
+            "late as any returning sender"
+        );
+        assert_eq!(t.senders().len(), 2);
+    }
+
     /// One arrival: sender, event time, clock step.
     fn arrivals() -> impl Strategy<Value = Vec<(u8, u64, u64)>> {
         proptest::collection::vec((0u8..4, 0u64..5_000, 0u64..300), 1..200)
     }
 
     proptest! {
+        /// Far-future points mixed into any honest stream change no decision: the
+        /// watermark after every step is the one without them.
+        #[test]
+        fn future_points_change_nothing(
+            steps in arrivals(),
+            poison in proptest::collection::vec((0u8..5, any::<bool>()), 1..200),
+            ooo in 0u64..500, idle in 1u64..1_000,
+        ) {
+            let skew = 300_000;
+            let mut clean = WatermarkTracker::new(cfg(ooo, idle));
+            let mut mixed = WatermarkTracker::new(cfg(ooo, idle));
+            let mut now = 0;
+            for (i, (s, ts, dt)) in steps.into_iter().enumerate() {
+                now += dt;
+                let arrival = now + ts; // honest: never beyond arrival + skew
+                let name = s.to_string();
+                let a = clean.observe_arrival(None, &name, ts, now, Some(arrival));
+                if let Some((who, on)) = poison.get(i) {
+                    if *on {
+                        let liar = who.to_string(); // an honest sender's id, or a new one
+                        let seen = mixed.observe_arrival(None, &liar, arrival + skew + 1 + ts, now, Some(arrival));
+                        let refused = matches!(seen, Observation::Future { .. });
+                        prop_assert!(refused);
+                    }
+                }
+                let b = mixed.observe_arrival(None, &name, ts, now, Some(arrival));
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(clean.advance(now), mixed.advance(now));
+                prop_assert_eq!(clean.watermark(), mixed.watermark());
+            }
+        }
+
         #[test]
         fn never_decreases_and_never_passes_a_counting_sender(
             steps in arrivals(), ooo in 0u64..500, idle in 1u64..1_000,

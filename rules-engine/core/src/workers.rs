@@ -279,6 +279,8 @@ impl WorkerPool {
                 unchanged: a.unchanged + s.unchanged,
                 group_errors: a.group_errors + s.group_errors,
                 deadline_hits: a.deadline_hits + s.deadline_hits,
+                over_budget: a.over_budget + s.over_budget,
+                quarantined: a.quarantined + s.quarantined,
                 timers_fired: a.timers_fired + s.timers_fired,
                 transitions: a.transitions + s.transitions,
             }),

@@ -26,10 +26,7 @@ fn events() -> Vec<serde_json::Value> {
         .map(|(_, l)| l)
         .collect();
     let opts = ReplayOptions {
-        watermark: WatermarkConfig {
-            max_out_of_orderness: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(30),
-        },
+        watermark: WatermarkConfig::with(Duration::from_secs(1), Duration::from_secs(30)),
         events: Some(EventSource {
             account: "123456789012".into(),
             region: "eu-central-1".into(),

@@ -20,10 +20,10 @@ fn run(lines: &[String], rules: &[Arc<linewatch_rules_core::Rule>], idle_ms: u64
         input.as_bytes(),
         &mut out,
         ReplayOptions {
-            watermark: WatermarkConfig {
-                max_out_of_orderness: Duration::from_millis(OOO_MS),
-                idle_timeout: Duration::from_millis(idle_ms),
-            },
+            watermark: WatermarkConfig::with(
+                Duration::from_millis(OOO_MS),
+                Duration::from_millis(idle_ms),
+            ),
             advance_every: 8,
             flush_every: 64,
             ..ReplayOptions::default()

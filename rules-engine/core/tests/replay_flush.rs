@@ -21,10 +21,7 @@ fn run(flush: bool) -> Vec<(u64, String)> {
         point_json("gw", "s", "eq", "pressure", T0 + 3_000, "2.8"),
     ];
     let opts = ReplayOptions {
-        watermark: WatermarkConfig {
-            max_out_of_orderness: Duration::ZERO,
-            idle_timeout: Duration::from_secs(3600),
-        },
+        watermark: WatermarkConfig::with(Duration::ZERO, Duration::from_secs(3600)),
         flush,
         ..ReplayOptions::default()
     };

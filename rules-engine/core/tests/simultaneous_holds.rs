@@ -35,10 +35,7 @@ fn run(lines: &[String]) -> Vec<(u64, Option<String>, String)> {
     input.push('\n');
     input.push_str(&heartbeat_json("gw", "src", T0 + 1_000 * STEP));
     let opts = ReplayOptions {
-        watermark: WatermarkConfig {
-            max_out_of_orderness: Duration::ZERO,
-            idle_timeout: Duration::from_secs(3600),
-        },
+        watermark: WatermarkConfig::with(Duration::ZERO, Duration::from_secs(3600)),
         ..ReplayOptions::default()
     };
     replay_json(vec![compile(&rule())], &input, opts)

@@ -20,10 +20,7 @@ fn run(
         &mut out,
         ReplayOptions {
             workers,
-            watermark: WatermarkConfig {
-                max_out_of_orderness: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(60),
-            },
+            watermark: WatermarkConfig::with(Duration::from_secs(1), Duration::from_secs(60)),
             late_policy,
             advance_every: 16,
             flush_every: 512,

@@ -307,10 +307,7 @@ fn bench_size(dir: &Path, rules_n: usize, distinct: bool, points: usize, runs: u
             &mut sink,
             ReplayOptions {
                 workers: 1,
-                watermark: WatermarkConfig {
-                    max_out_of_orderness: Duration::from_secs(1),
-                    idle_timeout: Duration::from_secs(30),
-                },
+                watermark: WatermarkConfig::with(Duration::from_secs(1), Duration::from_secs(30)),
                 progress_every: 0,
                 ..ReplayOptions::default()
             },

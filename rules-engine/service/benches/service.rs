@@ -59,10 +59,7 @@ fn main() {
     let n_rules = env_or("LW_BENCH_RULES", 1_000);
     let cfg = EngineConfig {
         sequencer: SequencerConfig {
-            watermark: WatermarkConfig {
-                max_out_of_orderness: Duration::from_secs(2),
-                idle_timeout: Duration::from_secs(3600),
-            },
+            watermark: WatermarkConfig::with(Duration::from_secs(2), Duration::from_secs(3600)),
             ..SequencerConfig::default()
         },
         workers: 1,

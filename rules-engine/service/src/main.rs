@@ -182,10 +182,7 @@ fn main() -> ExitCode {
             rules,
             input,
             opts: ReplayOptions {
-                watermark: WatermarkConfig {
-                    max_out_of_orderness,
-                    idle_timeout,
-                },
+                watermark: WatermarkConfig::with(max_out_of_orderness, idle_timeout),
                 late_policy: match late {
                     Late::DeadLetter => LatePolicy::DeadLetter,
                     Late::Apply => LatePolicy::Apply,

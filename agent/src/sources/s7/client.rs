@@ -144,9 +144,7 @@ impl S7Source {
                     address,
                 });
                 for name in t.names(&address) {
-                    tags.push(
-                        SourceTag::new(name, Arc::clone(equipment)).with_map(t.map.clone()),
-                    );
+                    tags.push(SourceTag::new(name, Arc::clone(equipment)).with_map(t.map.clone()));
                 }
             }
             let extents = infos.iter().map(|t| t.address.extent()).collect();

@@ -50,6 +50,11 @@ pub enum DiagnosticKind {
     /// disabled until the rule is updated; it keeps the state it had, and a pending
     /// hold is dropped.
     GroupDisabled,
+    /// The rule's evaluations exceeded the time budget `quarantineAfter` times in a
+    /// row: the whole rule is no longer evaluated (its states stay, pending holds are
+    /// dropped) until a new version is loaded. A decision, kept in the checkpoint and
+    /// published on the rule's status topic, never recomputed (it depends on load).
+    RuleQuarantined,
 }
 
 /// What evaluation produced; the caller drains it.
@@ -105,6 +110,12 @@ pub struct EvalStats {
     /// Evaluations stopped by the wall-clock deadline (also counted in `group_errors`).
     #[serde(default)]
     pub deadline_hits: u64,
+    /// Evaluations that took longer than the budget (stopped or not).
+    #[serde(default)]
+    pub over_budget: u64,
+    /// Rules quarantined for exceeding the budget.
+    #[serde(default)]
+    pub quarantined: u64,
     pub timers_fired: u64,
     pub transitions: u64,
 }
@@ -152,6 +163,16 @@ struct Reader {
 struct Instance {
     rule: Arc<Rule>,
     equipment: Vec<EquipState>,
+    budget: Budget,
+}
+
+/// A rule's record against the time budget.
+#[derive(Default)]
+struct Budget {
+    /// Evaluations over the budget in a row.
+    overruns: u32,
+    /// Why the rule is quarantined, once it is.
+    quarantined: Option<String>,
 }
 
 #[derive(Default)]
@@ -345,7 +366,12 @@ impl Evaluator {
             out,
         };
         for r in readers {
-            let Some(Instance { rule, equipment }) = slots[r.slot as usize].as_mut() else {
+            let Some(Instance {
+                rule,
+                equipment,
+                budget,
+            }) = slots[r.slot as usize].as_mut()
+            else {
                 continue;
             };
             let eq = &mut equipment[r.equip as usize];
@@ -357,12 +383,22 @@ impl Evaluator {
                 continue;
             }
             *value = Some(to_dynamic(&p.value));
+            if budget.quarantined.is_some() {
+                continue;
+            }
             let mut changed = false;
             for &g in &rule.shape.tag_groups[r.tag as usize] {
-                changed |= eval_group(&mut cx, rule, eq, r.slot, r.equip, g, at);
+                changed |= eval_group(&mut cx, rule, eq, budget, r.slot, r.equip, g, at);
+                if budget.quarantined.is_some() {
+                    break;
+                }
+            }
+            if budget.quarantined.is_some() {
+                drop_timers(cx.timers, rule, equipment, r.slot);
+                continue;
             }
             if changed {
-                rank(&mut cx, rule, eq, r.equip, at);
+                rank(&mut cx, rule, &mut equipment[r.equip as usize], r.equip, at);
             }
         }
     }
@@ -387,7 +423,10 @@ impl Evaluator {
                 break;
             }
             timers.pop_first();
-            let Some(Instance { rule, equipment }) = slots[slot as usize].as_mut() else {
+            let Some(Instance {
+                rule, equipment, ..
+            }) = slots[slot as usize].as_mut()
+            else {
                 continue;
             };
             let eq = &mut equipment[equip as usize];
@@ -438,6 +477,7 @@ impl Evaluator {
         let slot = self.alloc_slot(Instance {
             rule: Arc::clone(&rule),
             equipment,
+            budget: Budget::default(),
         });
         self.index_add(&rule, slot);
         self.by_id.insert(id, slot);
@@ -573,9 +613,11 @@ impl Evaluator {
             .map(|(g, _)| g.name.clone())
             .collect();
 
+        // A new version starts with a clean record (out of quarantine).
         self.slots[slot as usize] = Some(Instance {
             rule: Arc::clone(&rule),
             equipment,
+            budget: Budget::default(),
         });
         self.index_add(&rule, slot);
         let Evaluator {
@@ -587,7 +629,12 @@ impl Evaluator {
             stats,
             ..
         } = self;
-        let Some(Instance { rule, equipment }) = slots[slot as usize].as_mut() else {
+        let Some(Instance {
+            rule,
+            equipment,
+            budget,
+        }) = slots[slot as usize].as_mut()
+        else {
             return (kept, reset);
         };
         let mut cx = Cx {
@@ -605,12 +652,17 @@ impl Evaluator {
                 }
             }
             for (g, m) in mapping.iter().enumerate() {
-                if m.is_none() || eq.groups[g].hold.effective.is_none() {
-                    eval_group(&mut cx, rule, eq, slot, e as u16, g as u16, at);
+                if budget.quarantined.is_none()
+                    && (m.is_none() || eq.groups[g].hold.effective.is_none())
+                {
+                    eval_group(&mut cx, rule, eq, budget, slot, e as u16, g as u16, at);
                 }
             }
             // Weights or severities may have changed even if no vote did.
             rank(&mut cx, rule, eq, e as u16, at);
+        }
+        if budget.quarantined.is_some() {
+            drop_timers(cx.timers, rule, equipment, slot);
         }
         (kept, reset)
     }
@@ -653,6 +705,23 @@ fn fresh_equipment(rule: &Rule) -> EquipState {
     }
 }
 
+/// A quarantined rule: no timer of it fires, no pending change survives.
+fn drop_timers(
+    timers: &mut BTreeSet<TimerKey>,
+    rule: &Rule,
+    equipment: &mut [EquipState],
+    slot: u32,
+) {
+    for (e, eq) in equipment.iter_mut().enumerate() {
+        for (g, gs) in eq.groups.iter_mut().enumerate() {
+            if let Some(d) = gs.hold.deadline(rule.shape.groups[g].hold_ms) {
+                timers.remove(&(d, slot, e as u16, g as u16));
+            }
+            gs.hold.cancel();
+        }
+    }
+}
+
 fn remove_timers(timers: &mut BTreeSet<TimerKey>, inst: &Instance, slot: u32) {
     for (e, eq) in inst.equipment.iter().enumerate() {
         for (g, gs) in eq.groups.iter().enumerate() {
@@ -664,10 +733,14 @@ fn remove_timers(timers: &mut BTreeSet<TimerKey>, inst: &Instance, slot: u32) {
 }
 
 /// Evaluate one group at event time `at`. Returns whether its effective vote changed.
+/// Counts the call against the rule's budget; the call that makes the rule
+/// quarantined sets `budget.quarantined` (the caller drops its timers).
+#[allow(clippy::too_many_arguments)]
 fn eval_group(
     cx: &mut Cx<'_>,
     rule: &Rule,
     eq: &mut EquipState,
+    budget: &mut Budget,
     slot: u32,
     equip: u16,
     g: u16,
@@ -683,7 +756,36 @@ fn eval_group(
     }
     cx.stats.group_evaluations += 1;
     let map = value_map(group, &eq.values);
-    let result = call_group(cx, rule, g, map).and_then(|d| to_vote(rule, group, d));
+    let (called, over) = call_group(cx, rule, g, map);
+    if over {
+        cx.stats.over_budget += 1;
+        budget.overruns += 1;
+        let limits = cx.sandbox.limits();
+        if limits.quarantine_after > 0 && budget.overruns >= limits.quarantine_after {
+            let message = format!(
+                "quarantined: {} evaluations in a row over the {} ms budget; publish a new version to evaluate it again",
+                budget.overruns,
+                limits.eval_deadline.as_millis()
+            );
+            budget.quarantined = Some(message.clone());
+            cx.stats.quarantined += 1;
+            tracing::debug!(rule = %rule.id, "{message}");
+            cx.out.diagnostics.push(Diagnostic {
+                rule_id: rule.id.clone(),
+                rule_version: rule.version,
+                equipment_id: rule.equipment[equip as usize].clone(),
+                group: group.name.clone(),
+                line: group.line,
+                event_time: at,
+                kind: DiagnosticKind::RuleQuarantined,
+                message,
+            });
+            return false;
+        }
+    } else {
+        budget.overruns = 0;
+    }
+    let result = called.and_then(|d| to_vote(rule, group, d));
     let vote = match result {
         Ok(v) => {
             gs.last_error = None;
@@ -757,42 +859,43 @@ fn value_map(group: &crate::rule::Group, values: &[Option<Dynamic>]) -> Dynamic 
     Dynamic::from_map(map)
 }
 
+/// Call a group's function; also says whether the call went over the time budget.
 fn call_group(
     cx: &mut Cx<'_>,
     rule: &Rule,
     g: u16,
     map: Dynamic,
-) -> Result<Dynamic, ScriptFailure> {
+) -> (Result<Dynamic, ScriptFailure>, bool) {
     let group = &rule.shape.groups[g as usize];
     let scope = &mut *cx.scope;
-    cx.sandbox
-        .with_deadline(|engine| {
-            let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-            if group.captures {
-                let mut args = rule.curry[g as usize].clone();
-                args.push(map);
-                engine.call_fn_with_options::<Dynamic>(
-                    options,
-                    scope,
-                    &rule.shape.ast,
-                    &group.function,
-                    args,
-                )
-            } else {
-                engine.call_fn_with_options::<Dynamic>(
-                    options,
-                    scope,
-                    &rule.shape.ast,
-                    &group.function,
-                    (map,),
-                )
-            }
-        })
-        .map_err(|e| {
-            let mut f = explain(&e);
-            f.line = f.line.or(group.line);
-            f
-        })
+    let (result, over) = cx.sandbox.with_deadline(|engine| {
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        if group.captures {
+            let mut args = rule.curry[g as usize].clone();
+            args.push(map);
+            engine.call_fn_with_options::<Dynamic>(
+                options,
+                scope,
+                &rule.shape.ast,
+                &group.function,
+                args,
+            )
+        } else {
+            engine.call_fn_with_options::<Dynamic>(
+                options,
+                scope,
+                &rule.shape.ast,
+                &group.function,
+                (map,),
+            )
+        }
+    });
+    let result = result.map_err(|e| {
+        let mut f = explain(&e);
+        f.line = f.line.or(group.line);
+        f
+    });
+    (result, over)
 }
 
 fn to_vote(rule: &Rule, group: &crate::rule::Group, d: Dynamic) -> Result<Vote, ScriptFailure> {

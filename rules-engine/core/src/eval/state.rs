@@ -21,6 +21,10 @@ pub struct RuleSnapshot {
     pub rule_id: String,
     pub version: u64,
     pub equipment: Vec<EquipmentSnapshot>,
+    /// Why the rule is quarantined (over its time budget), if it is: a decision taken
+    /// once and kept, never recomputed on restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +74,7 @@ impl Evaluator {
                 RuleSnapshot {
                     rule_id: rule.id.clone(),
                     version: rule.version,
+                    quarantined: inst.budget.quarantined.clone(),
                     equipment: rule
                         .equipment
                         .iter()
@@ -191,6 +196,10 @@ impl Evaluator {
                     _ => None,
                 };
                 eq.sequence = es.sequence;
+            }
+            if let Some(why) = &rs.quarantined {
+                inst.budget.quarantined = Some(why.clone());
+                super::drop_timers(&mut self.timers, &rule, &mut inst.equipment, slot);
             }
         }
         skipped

@@ -36,8 +36,16 @@ struct Harness {
 }
 
 impl Harness {
+    /// Default limits but a generous time budget: what these tests check must not
+    /// depend on how fast an unoptimised build runs 100,000 operations.
     fn new(rules: &[Arc<Rule>]) -> Self {
-        Self::with_limits(Limits::default(), rules)
+        Self::with_limits(
+            Limits {
+                eval_deadline: std::time::Duration::from_secs(30),
+                ..Limits::default()
+            },
+            rules,
+        )
     }
     fn with_limits(limits: Limits, rules: &[Arc<Rule>]) -> Self {
         let mut h = Harness {
@@ -442,10 +450,11 @@ fn disabled(e: &Evaluator) -> Option<String> {
 
 #[test]
 fn a_deadline_hit_is_a_one_off_error_and_the_group_votes_again() {
-    // A zero budget: the first clock check arms it, the next one (after 1,024
-    // operations) finds it expired. Short evaluations never reach a check.
+    // A zero budget: the first clock check (after 128 operations) finds it expired.
+    // Short evaluations finish (over budget, counted, but their vote stands).
     let limits = Limits {
         eval_deadline: std::time::Duration::ZERO,
+        quarantine_after: 0,
         ..Limits::default()
     };
     let (mut h, d) = hit_a_limit(limits);
@@ -615,4 +624,71 @@ fn update_changing_the_equipment_list_keeps_the_rest() {
             ("pal-3".into(), "IDLE".into(), 1)
         ]
     );
+}
+
+#[test]
+fn a_rule_that_keeps_exceeding_its_budget_is_quarantined_and_stays_so() {
+    // Every call is over a zero budget; the fourth in a row quarantines the rule.
+    let limits = Limits {
+        eval_deadline: std::time::Duration::ZERO,
+        quarantine_after: 4,
+        ..Limits::default()
+    };
+    let mut h = Harness::with_limits(limits.clone(), &[slow_above_100()]);
+    for t in 1..=3 {
+        h.p("e", "x", t, t as i64);
+    }
+    assert!(h.out.diagnostics.is_empty(), "{:?}", h.out.diagnostics);
+    h.p("e", "x", 4, 200i64);
+    let d = std::mem::take(&mut h.out.diagnostics);
+    let q: Vec<_> = d
+        .iter()
+        .filter(|d| d.kind == DiagnosticKind::RuleQuarantined)
+        .collect();
+    assert_eq!(q.len(), 1, "{d:?}");
+    assert_eq!((q[0].rule_id.as_str(), q[0].event_time), ("slow", 4));
+    assert!(
+        q[0].message.contains("4 evaluations in a row"),
+        "{}",
+        q[0].message
+    );
+    assert_eq!(h.e.stats().quarantined, 1);
+    assert_eq!(h.e.stats().over_budget, 4);
+    // No longer evaluated.
+    let evals = h.e.stats().group_evaluations;
+    h.p("e", "x", 5, 1i64);
+    h.p("e", "x", 6, 300i64);
+    assert_eq!(h.e.stats().group_evaluations, evals);
+    // The checkpoint keeps the decision; a restore does not recompute it.
+    let snap = h.e.snapshot();
+    assert!(snap.rules[0].quarantined.is_some());
+    let mut fresh = Harness::new(&[slow_above_100()]);
+    assert!(fresh.e.restore(&snap).is_empty());
+    fresh.p("e", "x", 7, 9i64);
+    assert_eq!(fresh.e.stats().group_evaluations, 0);
+    // A new version lifts it.
+    let v2 = Arc::new(
+        Arc::try_unwrap(slow_above_100())
+            .expect("a fresh rule")
+            .with_version(2),
+    );
+    fresh.apply(RuleChange::Upsert(v2), 8);
+    fresh.p("e", "x", 9, 1i64);
+    assert!(fresh.e.stats().group_evaluations > 0);
+    assert!(fresh.e.snapshot().rules[0].quarantined.is_none());
+}
+
+#[test]
+fn calls_within_the_budget_reset_the_count() {
+    let limits = Limits {
+        eval_deadline: std::time::Duration::from_secs(30),
+        quarantine_after: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::with_limits(limits, &[slow_above_100()]);
+    for t in 1..50 {
+        h.p("e", "x", t, t as i64);
+    }
+    assert_eq!(h.e.stats().quarantined, 0);
+    assert_eq!(h.e.stats().over_budget, 0);
 }

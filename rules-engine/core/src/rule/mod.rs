@@ -202,13 +202,13 @@ fn compile(sandbox: &Sandbox, source: &str, origin: &str) -> Result<Rule, RuleEr
         .engine()
         .compile(source)
         .map_err(|e| RuleError::new(Syntax, origin, e.0.to_string()).at_line(e.1.line()))?;
+    // Deterministic limits only: acceptance depends on the text, never on the load
+    // (a rule in a checkpoint compiles again on any machine).
     let value = sandbox
-        .with_deadline(|engine| engine.eval_ast::<Dynamic>(&ast))
+        .without_deadline(|engine| engine.eval_ast::<Dynamic>(&ast))
         .map_err(|e| {
             let f = explain(&e);
             let kind = match f.kind {
-                // A rule whose top level runs out of time is rejected like one that
-                // runs out of operations: publishing it again retries it.
                 FailureKind::Limit | FailureKind::Deadline => Limit,
                 FailureKind::Runtime => Runtime,
             };
@@ -280,8 +280,16 @@ impl Parser<'_> {
         let version = match map.remove("version") {
             None => 1,
             Some(v) => match v.as_int() {
-                Ok(n) if n >= 1 => n as u64,
-                _ => return Err(self.err(None, "`version` must be an integer >= 1")),
+                Ok(n) if n >= 1 && n as u64 <= crate::engine::MAX_VERSION => n as u64,
+                _ => {
+                    return Err(self.err(
+                        None,
+                        format!(
+                            "`version` must be an integer from 1 to {} (2^53 - 1)",
+                            crate::engine::MAX_VERSION
+                        ),
+                    ))
+                }
             },
         };
         let description = match map.remove("description") {

@@ -1,9 +1,12 @@
 //! The Rhai engine every rule runs in: resource limits, no `eval`, no modules,
-//! no clock, and a wall-clock deadline per evaluation.
+//! no clock, and a wall-clock budget per evaluation.
 //!
 //! The limits on operations, sizes and depths are deterministic: the same script on the
-//! same values hits them every time, so hitting one disables the group. The deadline is
-//! not (a CPU stall can trip it), so hitting it fails only that one evaluation.
+//! same values hits them every time, so hitting one disables the group. The budget is
+//! not (a CPU stall can trip it), so hitting it fails only that one evaluation; a rule
+//! that keeps exceeding it is quarantined, a decision recorded in the checkpoint and
+//! published, never recomputed. Compiling a rule uses the deterministic limits only,
+//! so whether a rule is accepted depends on its text alone.
 
 use super::Shape;
 use rhai::{Dynamic, Engine, EvalAltResult, Position};
@@ -25,7 +28,9 @@ pub struct Limits {
     /// Expression nesting at the top level and inside functions.
     pub max_expr_depth: usize,
     pub max_fn_expr_depth: usize,
-    /// Bytes of one string, elements of one array (nested arrays count), entries of one map.
+    /// Bytes of one string, elements of one array (nested arrays count), entries of one
+    /// map. Small on purpose: they also bound what one built-in call (`pad`, `split`,
+    /// `+`) can cost between two clock checks.
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
@@ -34,11 +39,14 @@ pub struct Limits {
     pub max_functions: usize,
     /// Size of a rule's source text.
     pub max_script_bytes: usize,
-    /// Wall-clock budget of one evaluation; catches what the operation count cannot
-    /// (e.g. slow native calls). A hit fails that evaluation only: it depends on the
-    /// machine's load, so it may not change what the rule decides later.
+    /// Wall-clock budget of one evaluation, from the start of the call; catches what
+    /// the operation count cannot (e.g. slow native calls). A call stopped by it fails
+    /// that evaluation only; a call that finished over it still counts as over.
     #[serde(with = "humantime_ms")]
     pub eval_deadline: Duration,
+    /// Evaluations of one rule in a row over `eval_deadline` before the rule is
+    /// quarantined (no longer evaluated until a new version). 0: never.
+    pub quarantine_after: u32,
 }
 
 impl Default for Limits {
@@ -48,13 +56,14 @@ impl Default for Limits {
             max_call_levels: 16,
             max_expr_depth: 64,
             max_fn_expr_depth: 32,
-            max_string_size: 64 * 1024,
-            max_array_size: 10_000,
-            max_map_size: 1_000,
+            max_string_size: 4 * 1024,
+            max_array_size: 1_024,
+            max_map_size: 256,
             max_variables: 256,
             max_functions: 64,
             max_script_bytes: 64 * 1024,
             eval_deadline: Duration::from_millis(50),
+            quarantine_after: 5,
         }
     }
 }
@@ -73,34 +82,26 @@ mod humantime_ms {
 }
 
 /// The deadline of the evaluation in progress, read by the engine's progress hook.
-///
-/// Reading the clock costs about as much as a short group evaluation, so the clock
-/// is not read when an evaluation starts: the hook reads it at its first check
-/// (after [`CLOCK_CHECK_EVERY`] operations, which most evaluations never reach) and
-/// the budget runs from there.
+/// Set from the clock when each call starts, so the budget covers the whole call.
 #[derive(Debug)]
 struct Deadline {
     base: Instant,
     budget_ns: u64,
-    /// Nanoseconds after `base`; [`ARMED`] when an evaluation started and the hook
-    /// has not looked at the clock yet.
+    /// Nanoseconds after `base`; [`NEVER`] outside evaluations (compiling).
     at_ns: AtomicU64,
 }
 
-const ARMED: u64 = 0;
+const NEVER: u64 = u64::MAX;
 
 impl Deadline {
-    /// Called by the hook every few hundred operations.
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(NEVER - 1)
+    }
+
+    /// Called by the hook every [`CLOCK_CHECK_EVERY`] operations.
     fn expired(&self) -> bool {
-        let now = self.base.elapsed().as_nanos() as u64;
-        match self.at_ns.load(Ordering::Relaxed) {
-            ARMED => {
-                self.at_ns
-                    .store(now.saturating_add(self.budget_ns).max(1), Ordering::Relaxed);
-                false
-            }
-            at => now > at,
-        }
+        let at = self.at_ns.load(Ordering::Relaxed);
+        at != NEVER && self.now_ns() > at
     }
 }
 
@@ -118,8 +119,9 @@ pub(crate) fn is_deadline_message(message: &str) -> bool {
 }
 
 /// How often (in operations) the progress hook looks at the clock: reading it on every
-/// operation would cost more than the operation.
-const CLOCK_CHECK_EVERY: u64 = 512;
+/// operation would cost more than the operation. With the size limits, 128 operations
+/// of the costliest built-ins take well under a millisecond.
+const CLOCK_CHECK_EVERY: u64 = 128;
 
 /// A configured Rhai engine. Compile and evaluate rules only through one of these.
 pub struct Sandbox {
@@ -195,7 +197,7 @@ impl Sandbox {
         let deadline = Arc::new(Deadline {
             base: Instant::now(),
             budget_ns: limits.eval_deadline.as_nanos() as u64,
-            at_ns: AtomicU64::new(ARMED),
+            at_ns: AtomicU64::new(NEVER),
         });
         let hook = Arc::clone(&deadline);
         engine.on_progress(move |ops| {
@@ -257,9 +259,23 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Run `f` under the per-evaluation deadline.
-    pub(crate) fn with_deadline<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
-        self.deadline.at_ns.store(ARMED, Ordering::Relaxed);
+    /// Run `f` under the per-evaluation budget, counted from now. Also returns whether
+    /// the call took longer than the budget (stopped by it, or finished over it).
+    pub(crate) fn with_deadline<T>(&self, f: impl FnOnce(&Engine) -> T) -> (T, bool) {
+        let d = &*self.deadline;
+        let start = d.now_ns();
+        d.at_ns
+            .store(start.saturating_add(d.budget_ns), Ordering::Relaxed);
+        let out = f(&self.engine);
+        let over = d.now_ns().saturating_sub(start) > d.budget_ns;
+        d.at_ns.store(NEVER, Ordering::Relaxed);
+        (out, over)
+    }
+
+    /// Run `f` under the deterministic limits only (no clock): compiling a rule, whose
+    /// acceptance must depend on its text alone, never on the machine's load.
+    pub(crate) fn without_deadline<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        self.deadline.at_ns.store(NEVER, Ordering::Relaxed);
         f(&self.engine)
     }
 }
@@ -342,7 +358,9 @@ mod tests {
     use super::*;
 
     fn eval(sandbox: &Sandbox, script: &str) -> Result<Dynamic, ScriptFailure> {
-        sandbox.with_deadline(|e| e.eval::<Dynamic>(script).map_err(|err| explain(&err)))
+        sandbox
+            .with_deadline(|e| e.eval::<Dynamic>(script).map_err(|err| explain(&err)))
+            .0
     }
 
     #[test]
@@ -368,8 +386,62 @@ mod tests {
     }
 
     #[test]
-    fn memory_bombs_hit_size_limits() {
+    fn the_budget_runs_from_the_start_of_every_call() {
+        let s = Sandbox::new(Limits {
+            max_operations: 0,
+            eval_deadline: Duration::from_millis(30),
+            ..Limits::default()
+        });
+        // A first call that ends quickly, then a long wait: the next call still gets
+        // its whole budget and no more (the clock starts with the call).
+        assert!(eval(&s, "1 + 1").is_ok());
+        std::thread::sleep(Duration::from_millis(40));
+        let started = Instant::now();
+        let (r, over) = s.with_deadline(|e| e.eval::<Dynamic>("loop { }").map_err(|x| explain(&x)));
+        assert_eq!(r.unwrap_err().kind, FailureKind::Deadline);
+        assert!(over);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        // A short call is within budget.
+        let (r, over) = s.with_deadline(|e| e.eval::<i64>("40 + 2"));
+        assert_eq!(r.unwrap(), 42);
+        assert!(!over);
+    }
+
+    #[test]
+    fn builtins_are_bounded_by_the_size_limits() {
         let s = Sandbox::new(Limits::default());
+        for bomb in [
+            r#"let s = ""; s.pad(60000, "x"); s.len()"#,
+            "let a = []; a.pad(100000, 0); a.len()",
+            r#"let s = "x"; s.pad(5000, "y"); s"#,
+        ] {
+            let e = eval(&s, bomb).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Limit, "{bomb}: {e:?}");
+        }
+        // Within the limits they work.
+        assert!(eval(&s, r#"let s = ""; s.pad(1000, "x"); s.len()"#).is_ok());
+    }
+
+    #[test]
+    fn compiling_uses_no_clock() {
+        // A zero budget stops any evaluation at its first clock check, but the
+        // top level run under `without_deadline` is only bound by operations.
+        let s = Sandbox::new(Limits {
+            eval_deadline: Duration::ZERO,
+            ..Limits::default()
+        });
+        let r = s.without_deadline(|e| e.eval::<i64>("let i = 0; while i < 5000 { i += 1; } i"));
+        assert_eq!(r.unwrap(), 5000);
+    }
+
+    #[test]
+    fn memory_bombs_hit_size_limits() {
+        // A generous budget: what stops them must be a deterministic limit (an
+        // unoptimised build needs more than 50 ms for 100,000 operations).
+        let s = Sandbox::new(Limits {
+            eval_deadline: Duration::from_secs(30),
+            ..Limits::default()
+        });
         for bomb in [
             r#"let s = "xxxxxxxx"; loop { s += s; }"#,
             "let a = []; loop { a.push(1); }",

@@ -140,6 +140,9 @@ pub enum StatusKind {
     Ignored,
     /// Delete of a rule that is not loaded.
     NotFound,
+    /// Loaded, but no longer evaluated: its evaluations kept exceeding the time budget.
+    /// `error` says why and from which event time; a new version lifts it.
+    Quarantined,
 }
 
 /// The status message on `{prefix}/status/{ruleId}` (retained, QoS 1):
@@ -207,6 +210,27 @@ impl RuleStatus {
             version,
             status: StatusKind::Rejected,
             error: Some(error.into()),
+            outcome: None,
+            instance: instance.into(),
+            at: at_ms,
+        }
+    }
+
+    /// The engine quarantined a loaded rule at `event_time` (its evaluations kept
+    /// exceeding the time budget): a decision, published so it can be reproduced.
+    pub fn quarantined(
+        rule_id: impl Into<String>,
+        version: u64,
+        event_time: u64,
+        why: &str,
+        instance: impl Into<String>,
+        at_ms: u64,
+    ) -> RuleStatus {
+        RuleStatus {
+            rule_id: rule_id.into(),
+            version: Some(version),
+            status: StatusKind::Quarantined,
+            error: Some(format!("from event time {event_time}: {why}")),
             outcome: None,
             instance: instance.into(),
             at: at_ms,

@@ -6,9 +6,10 @@ use crate::control::ControlConfig;
 use crate::output::{self, WebhookConfig};
 use crate::source::KinesisSourceConfig;
 use linewatch_rules_core::eval::Partition;
+use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::sequencer::{LatePolicy, SequencerConfig};
 use linewatch_rules_core::transition::EventSource;
-use linewatch_rules_core::watermark::WatermarkConfig;
+use linewatch_rules_core::watermark::{self, WatermarkConfig};
 use linewatch_rules_core::workers::MAX_WORKERS;
 use linewatch_runtime::problems::Problems;
 use serde::Deserialize;
@@ -61,6 +62,66 @@ pub struct ServiceConfig {
     /// rule state, webhook bodies and the saved outbox.
     #[serde(default = "default_max_point_bytes")]
     pub max_point_bytes: usize,
+    #[serde(default)]
+    pub rules: RulesSection,
+    #[serde(default)]
+    pub health: HealthSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// The time budget of rule evaluations (the other sandbox limits are fixed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSection {
+    /// Wall-clock budget of one group evaluation, from the start of the call.
+    #[serde(default = "default_eval_budget", with = "humantime_serde")]
+    pub eval_budget: Duration,
+    /// Evaluations of one rule in a row over the budget before it is quarantined; 0: never.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+}
+
+impl Default for RulesSection {
+    fn default() -> Self {
+        RulesSection {
+            eval_budget: default_eval_budget(),
+            quarantine_after: default_quarantine_after(),
+        }
+    }
+}
+
+/// When `/healthz` says `degraded` (still 200: the instance works, something needs a look).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// Wall clock minus the watermark above this: degraded.
+    #[serde(default = "default_max_watermark_lag", with = "humantime_serde")]
+    pub max_watermark_lag: Duration,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            max_watermark_lag: default_max_watermark_lag(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Distinct `sender` label values per metric; later senders share `other`.
+    #[serde(default = "default_max_sender_labels")]
+    pub max_sender_labels: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            max_sender_labels: default_max_sender_labels(),
+        }
+    }
 }
 
 /// Far above any real data point (a few hundred bytes), far below Kinesis' 1 MiB.
@@ -83,6 +144,22 @@ pub struct WatermarkSection {
     pub advance_interval: Duration,
     #[serde(default)]
     pub late_policy: LatePolicy,
+    /// An event time beyond the record's arrival time plus this is refused.
+    #[serde(default = "watermark::default_future_skew", with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// A sender still sending whose event time has not advanced for this long stops
+    /// holding the watermark back (a frozen clock; reported as degraded).
+    #[serde(default = "watermark::default_stall_after", with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// A sender seen once holds the watermark back at most this long.
+    #[serde(
+        default = "watermark::default_first_seen_grace",
+        with = "humantime_serde"
+    )]
+    pub first_seen_grace: Duration,
+    /// Senders silent this long are forgotten (at least `idle_timeout`).
+    #[serde(default = "watermark::default_prune_after", with = "humantime_serde")]
+    pub prune_after: Duration,
 }
 
 impl Default for WatermarkSection {
@@ -92,6 +169,10 @@ impl Default for WatermarkSection {
             idle_timeout: default_idle_timeout(),
             advance_interval: default_advance_interval(),
             late_policy: LatePolicy::default(),
+            max_future_skew: watermark::default_future_skew(),
+            stall_after: watermark::default_stall_after(),
+            first_seen_grace: watermark::default_first_seen_grace(),
+            prune_after: watermark::default_prune_after(),
         }
     }
 }
@@ -145,6 +226,18 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_advance_interval() -> Duration {
     Duration::from_millis(200)
+}
+fn default_eval_budget() -> Duration {
+    Limits::default().eval_deadline
+}
+fn default_quarantine_after() -> u32 {
+    Limits::default().quarantine_after
+}
+fn default_max_watermark_lag() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_sender_labels() -> usize {
+    100
 }
 fn default_account() -> String {
     "000000000000".into()
@@ -236,6 +329,23 @@ impl ServiceConfig {
         {
             p.push("watermark.advance_interval", "must be between 1ms and 60s");
         }
+        if w.prune_after < w.idle_timeout {
+            p.push(
+                "watermark.prune_after",
+                "must be at least watermark.idle_timeout (forgetting a sender may not change a decision)",
+            );
+        }
+        if w.stall_after.is_zero() {
+            p.push("watermark.stall_after", "must be more than 0");
+        }
+        if self.rules.eval_budget < Duration::from_millis(1)
+            || self.rules.eval_budget > Duration::from_secs(10)
+        {
+            p.push("rules.eval_budget", "must be between 1ms and 10s");
+        }
+        if self.metrics.max_sender_labels == 0 {
+            p.push("metrics.max_sender_labels", "must be at least 1");
+        }
         if self.events.account.is_empty() {
             p.push("events.account", "must not be empty");
         }
@@ -253,8 +363,21 @@ impl ServiceConfig {
             watermark: WatermarkConfig {
                 max_out_of_orderness: self.watermark.max_out_of_orderness,
                 idle_timeout: self.watermark.idle_timeout,
+                max_future_skew: self.watermark.max_future_skew,
+                stall_after: self.watermark.stall_after,
+                first_seen_grace: self.watermark.first_seen_grace,
+                prune_after: self.watermark.prune_after,
             },
             late_policy: self.watermark.late_policy,
+        }
+    }
+
+    /// The sandbox limits: the defaults with the configured time budget.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            eval_deadline: self.rules.eval_budget,
+            quarantine_after: self.rules.quarantine_after,
+            ..Limits::default()
         }
     }
 
@@ -378,6 +501,36 @@ mod tests {
             "{shown:#?}"
         );
         assert!(shown[3].starts_with("11: webhooks[0].url:"), "{shown:#?}");
+    }
+
+    #[test]
+    fn the_bounds_on_time_and_budgets_are_configured_and_checked() {
+        let base = "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"s\"\n[mqtt]\n";
+        let cfg: ServiceConfig = toml::from_str(base).unwrap();
+        let w = cfg.sequencer().watermark;
+        assert_eq!(w.max_future_skew, Duration::from_secs(300));
+        assert_eq!(cfg.limits().eval_deadline, Duration::from_millis(50));
+        assert!(cfg.problems().is_empty(), "{}", cfg.problems());
+        let cfg: ServiceConfig = toml::from_str(&format!(
+            "{base}[watermark]\nmax_future_skew = \"1m\"\nstall_after = \"0s\"\nidle_timeout = \"30s\"\nprune_after = \"10s\"\n\
+             [rules]\neval_budget = \"0ms\"\nquarantine_after = 2\n[health]\nmax_watermark_lag = \"5s\"\n\
+             [metrics]\nmax_sender_labels = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.sequencer().watermark.max_future_skew,
+            Duration::from_secs(60)
+        );
+        assert_eq!(cfg.limits().quarantine_after, 2);
+        assert_eq!(
+            problem_keys(&cfg.problems()),
+            vec![
+                "watermark.prune_after",
+                "watermark.stall_after",
+                "rules.eval_budget",
+                "metrics.max_sender_labels"
+            ]
+        );
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct OpsView {
     pub last_checkpoint: Option<u64>,
     /// Why the instance is not healthy, if it is not.
     pub problems: Vec<String>,
+    /// `ok` or `degraded` (running, but something needs a look: see `degraded`).
+    pub status: &'static str,
+    /// Stalled senders, quarantined rules, a watermark lag over the threshold. Still
+    /// 200: restarting would not help, an alert should fire.
+    pub degraded: Vec<String>,
     #[serde(skip)]
     pub rules: Vec<RuleView>,
     #[serde(skip)]
@@ -72,6 +77,8 @@ impl OpsView {
             watermark: None,
             last_checkpoint: None,
             problems: Vec::new(),
+            status: "ok",
+            degraded: Vec::new(),
             rules: Vec::new(),
             states: Vec::new(),
         }
@@ -99,9 +106,14 @@ struct ViewHealth(SharedView);
 
 impl Health for ViewHealth {
     fn check(&self) -> (bool, serde_json::Value) {
-        let view = read(&self.0);
+        let mut view = read(&self.0).clone();
         let ok = view.phase == Phase::Running && view.problems.is_empty();
-        let details = serde_json::to_value(&*view)
+        view.status = match (ok, view.degraded.is_empty()) {
+            (false, _) => "unhealthy",
+            (true, true) => "ok",
+            (true, false) => "degraded",
+        };
+        let details = serde_json::to_value(&view)
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
         (ok, details)
     }

@@ -34,12 +34,53 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Caps the distinct `sender` label values: the first `max` senders get their own
+/// series, later ones share `other` (120,000 fake sender ids must not make `/metrics`
+/// 32 MB). A sender keeps the label it got first.
+#[derive(Debug)]
+pub struct SenderLabels {
+    max: usize,
+    known: std::collections::HashSet<String>,
+}
+
+pub const OTHER_SENDERS: &str = "other";
+
+impl SenderLabels {
+    pub fn new(max: usize) -> SenderLabels {
+        SenderLabels {
+            max,
+            known: std::collections::HashSet::new(),
+        }
+    }
+
+    pub fn label(&mut self, sender: &str) -> SenderLabel {
+        if self.known.contains(sender) {
+            return SenderLabel {
+                sender: sender.to_owned(),
+            };
+        }
+        if self.known.len() < self.max {
+            self.known.insert(sender.to_owned());
+            return SenderLabel {
+                sender: sender.to_owned(),
+            };
+        }
+        SenderLabel {
+            sender: OTHER_SENDERS.to_owned(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineMetrics {
     /// Records read from the stream, by what became of them.
     pub records: Family<OutcomeLabel, Counter>,
     pub late: Family<SenderLabel, Counter>,
+    pub future: Family<SenderLabel, Counter>,
     pub senders: Family<StateLabel, Gauge>,
+    pub senders_pruned: Counter,
+    pub over_budget: Counter,
+    pub rules_quarantined: Gauge,
     pub watermark_ms: Gauge,
     pub watermark_lag_seconds: Gauge<f64, AtomicU64>,
     pub reorder_buffered: Gauge,
@@ -65,7 +106,11 @@ impl Default for EngineMetrics {
         EngineMetrics {
             records: Family::default(),
             late: Family::default(),
+            future: Family::default(),
             senders: Family::default(),
+            senders_pruned: Counter::default(),
+            over_budget: Counter::default(),
+            rules_quarantined: Gauge::default(),
             watermark_ms: Gauge::default(),
             watermark_lag_seconds: Gauge::default(),
             reorder_buffered: Gauge::default(),
@@ -102,9 +147,29 @@ impl EngineMetrics {
             self.late.clone(),
         );
         r.register(
+            "future_points",
+            "Points refused for an event time beyond their arrival time plus watermark.max_future_skew, per sender",
+            self.future.clone(),
+        );
+        r.register(
             "senders",
-            "Senders known to the watermark, active or idle",
+            "Senders known to the watermark, by state (active, idle, one_off, stalled)",
             self.senders.clone(),
+        );
+        r.register(
+            "senders_pruned",
+            "Senders forgotten after watermark.prune_after without a point",
+            self.senders_pruned.clone(),
+        );
+        r.register(
+            "evaluations_over_budget",
+            "Condition-group evaluations that took longer than rules.eval_budget",
+            self.over_budget.clone(),
+        );
+        r.register(
+            "rules_quarantined",
+            "Rules quarantined for exceeding their time budget",
+            self.rules_quarantined.clone(),
         );
         r.register(
             "watermark_ms",
@@ -196,5 +261,20 @@ impl EngineMetrics {
             "Checkpoints that could not be written",
             self.checkpoint_failures.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_labels_are_capped_with_an_other_bucket() {
+        let mut l = SenderLabels::new(2);
+        assert_eq!(l.label("a").sender, "a");
+        assert_eq!(l.label("b").sender, "b");
+        assert_eq!(l.label("c").sender, OTHER_SENDERS);
+        assert_eq!(l.label("a").sender, "a");
+        assert_eq!(l.label("d").sender, OTHER_SENDERS);
     }
 }

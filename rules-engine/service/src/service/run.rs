@@ -13,7 +13,7 @@ use super::config::{parse_partition, ServiceConfig};
 use super::dead_points::PointDeadLetters;
 use super::http::{self, OpsView, Phase, RuleView, SharedView};
 use super::metrics::{
-    EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabel, StateLabel, StatusLabel,
+    EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabels, StateLabel, StatusLabel,
 };
 use crate::control::{self, ControlEvent, ControlHandle, ControlMetrics, RuleStatus, StatusKind};
 use crate::output::{
@@ -24,9 +24,10 @@ use crate::source::{KinesisSource, ShardPositions, SourceBatch, SourceMetrics, S
 use linewatch_rules_core::engine::{
     Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate,
 };
+use linewatch_rules_core::eval::DiagnosticKind;
 use linewatch_rules_core::eval::{EvalStats, Partition};
-use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::transition::EventSource;
+use linewatch_rules_core::watermark::SenderStatus;
 use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::{SharedClock, SystemClock};
 use std::collections::BTreeSet;
@@ -155,15 +156,27 @@ pub async fn run(
     let engine_cfg = EngineConfig {
         sequencer: cfg.sequencer(),
         workers: cfg.workers,
-        limits: Limits::default(),
+        limits: cfg.limits(),
         partition,
     };
     let outbox = Outbox::new(&cfg.webhooks);
     let (engine, positions, outbox) = match loaded {
         Some(cp) => {
-            let (engine, problems) = Engine::restore(engine_cfg, cp.engine)?;
+            let (mut engine, problems) = Engine::restore(engine_cfg, cp.engine)?;
             for (rule, why) in problems {
                 tracing::warn!(rule, why, "rule from the checkpoint not restored");
+            }
+            // A checkpoint written before the future bound may carry a watermark
+            // dragged ahead by a far-future point: put it back (docs/rules.md).
+            let (repair, dropped) = engine.repair_future(clock.now_ms());
+            if !repair.is_empty() || dropped > 0 {
+                tracing::warn!(
+                    watermark_was = ?repair.watermark_was,
+                    watermark_now = ?engine.sequencer().watermark(),
+                    senders_forgotten = ?repair.senders_forgotten,
+                    buffered_points_dropped = dropped,
+                    "the checkpoint's watermark was beyond the future bound; repaired"
+                );
             }
             tracing::info!(
                 checkpoint = cp.sequence,
@@ -231,8 +244,11 @@ pub async fn run(
         max_point_bytes: cfg.max_point_bytes,
         clock: clock.clone(),
         last_stats: EvalStats::default(),
-        idle_timeout: cfg.watermark.idle_timeout.as_millis() as u64,
         last_checkpoint: None,
+        sender_labels: SenderLabels::new(cfg.metrics.max_sender_labels),
+        max_lag_ms: cfg.health.max_watermark_lag.as_millis() as u64,
+        pending_statuses: Vec::new(),
+        last_pruned: 0,
     };
     lp.set_phase(Phase::SyncingRules);
     let mut present = BTreeSet::new();
@@ -303,6 +319,7 @@ pub async fn run(
                 _ = shutdown.cancelled() => break,
                 _ = advance.tick() => {
                     lp.tick()?;
+                    lp.publish_pending().await;
                     let found: Vec<String> = source_problems
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -371,9 +388,14 @@ struct Loop {
     dead_points: PointDeadLetters,
     max_point_bytes: usize,
     last_stats: EvalStats,
-    idle_timeout: u64,
     last_checkpoint: Option<u64>,
     clock: SharedClock,
+    sender_labels: SenderLabels,
+    /// `/healthz` is degraded above this watermark lag.
+    max_lag_ms: u64,
+    /// Statuses decided during a tick (quarantines), published after it.
+    pending_statuses: Vec<RuleStatus>,
+    last_pruned: u64,
 }
 
 impl Loop {
@@ -468,6 +490,7 @@ impl Loop {
                 StatusKind::Deleted => "deleted",
                 StatusKind::Ignored => "ignored",
                 StatusKind::NotFound => "not_found",
+                StatusKind::Quarantined => "quarantined",
             };
             tracing::info!(rule = rule_id, version = ?status.version, status = label, "rule change");
             self.metrics
@@ -482,6 +505,18 @@ impl Loop {
 
     async fn publish(&self, status: RuleStatus) {
         self.control.publish_status(&status).await;
+    }
+
+    async fn publish_pending(&mut self) {
+        for status in std::mem::take(&mut self.pending_statuses) {
+            self.metrics
+                .rule_changes
+                .get_or_create(&StatusLabel {
+                    status: "quarantined",
+                })
+                .inc();
+            self.publish(status).await;
+        }
     }
 
     fn on_batch(&mut self, batch: &SourceBatch) -> Result<(), ServiceError> {
@@ -516,8 +551,14 @@ impl Loop {
                 self.dead_point(now, &batch.shard_id, rec, "oversized", &why);
                 continue;
             }
-            let outcome = self.engine.on_record(&rec.data, now)?;
+            // The record's own arrival time bounds its event time, so re-reading the
+            // stream refuses the same points; the wall clock only when it has none.
+            let arrival = rec.arrival_ms.unwrap_or(now);
+            let outcome = self
+                .engine
+                .on_record_arrived(&rec.data, now, Some(arrival))?;
             let label = match &outcome {
+                RecordOutcome::Future { .. } => "future",
                 RecordOutcome::Buffered => "point",
                 RecordOutcome::Heartbeat => "heartbeat",
                 RecordOutcome::Invalid(_) => "invalid",
@@ -544,9 +585,7 @@ impl Loop {
                 } => {
                     self.metrics
                         .late
-                        .get_or_create(&SenderLabel {
-                            sender: sender.clone(),
-                        })
+                        .get_or_create(&self.sender_labels.label(&sender))
                         .inc();
                     if !applied {
                         let why = format!(
@@ -558,6 +597,24 @@ impl Loop {
                             .get_or_create(&ReasonLabel { reason: "late" })
                             .inc();
                     }
+                }
+                RecordOutcome::Future {
+                    sender,
+                    timestamp,
+                    bound,
+                } => {
+                    self.metrics
+                        .future
+                        .get_or_create(&self.sender_labels.label(&sender))
+                        .inc();
+                    let why = format!(
+                        "future: timestamp {timestamp} beyond the record's arrival time {arrival} plus watermark.max_future_skew ({bound}) (sender {sender})"
+                    );
+                    self.dead_point(now, &batch.shard_id, rec, "future", &why);
+                    self.metrics
+                        .dead_letters
+                        .get_or_create(&ReasonLabel { reason: "future" })
+                        .inc();
                 }
                 RecordOutcome::Buffered | RecordOutcome::Heartbeat => {}
             }
@@ -601,6 +658,16 @@ impl Loop {
         for d in &out.diagnostics {
             tracing::warn!(rule = %d.rule_id, group = %d.group, equipment = %d.equipment_id,
                 line = ?d.line, kind = ?d.kind, message = %d.message, "rule diagnostic");
+            if d.kind == DiagnosticKind::RuleQuarantined {
+                self.pending_statuses.push(RuleStatus::quarantined(
+                    &d.rule_id,
+                    d.rule_version,
+                    d.event_time,
+                    &d.message,
+                    self.instance.clone(),
+                    now,
+                ));
+            }
         }
         self.metrics
             .diagnostics
@@ -625,17 +692,63 @@ impl Loop {
                 .set(now.saturating_sub(w) as f64 / 1000.0);
         }
         m.reorder_buffered.set(seq.buffered() as i64);
-        let senders = seq.tracker().senders();
-        let idle = senders
-            .iter()
-            .filter(|s| now.saturating_sub(s.last_seen) > self.idle_timeout)
-            .count();
-        m.senders
-            .get_or_create(&StateLabel { state: "idle" })
-            .set(idle as i64);
-        m.senders
-            .get_or_create(&StateLabel { state: "active" })
-            .set((senders.len() - idle) as i64);
+        let tracker = seq.tracker();
+        let (mut active, mut idle, mut one_off) = (0, 0, 0);
+        let mut degraded = Vec::new();
+        let mut stalled = 0usize;
+        for s in tracker.senders() {
+            match tracker.status(s, now) {
+                SenderStatus::Active => active += 1,
+                SenderStatus::Idle => idle += 1,
+                SenderStatus::OneOff => one_off += 1,
+                SenderStatus::Stalled => {
+                    stalled += 1;
+                    // Named up to a few; the count says the rest.
+                    if stalled <= 10 {
+                        degraded.push(format!(
+                            "sender {} stalled: still sending, event time stuck at {} for {} s",
+                            s.name(),
+                            s.highest,
+                            now.saturating_sub(s.advanced_at) / 1000
+                        ));
+                    }
+                }
+            }
+        }
+        if stalled > 10 {
+            degraded.push(format!("{} more stalled senders", stalled - 10));
+        }
+        for (state, n) in [
+            ("active", active),
+            ("idle", idle),
+            ("one_off", one_off),
+            ("stalled", stalled),
+        ] {
+            m.senders.get_or_create(&StateLabel { state }).set(n as i64);
+        }
+        let pruned = tracker.pruned();
+        m.senders_pruned
+            .inc_by(pruned.saturating_sub(self.last_pruned));
+        self.last_pruned = pruned;
+        let quarantined = self.engine.quarantined();
+        m.rules_quarantined.set(quarantined.len() as i64);
+        for (rule, why) in quarantined {
+            degraded.push(format!("rule {rule} {why}"));
+        }
+        if let Some(w) = watermark {
+            let lag = now.saturating_sub(w);
+            if lag > self.max_lag_ms {
+                degraded.push(format!(
+                    "watermark lag {} s above health.max_watermark_lag {} s",
+                    lag / 1000,
+                    self.max_lag_ms / 1000
+                ));
+            }
+        }
+        self.view
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .degraded = degraded;
         m.rules_loaded.set(self.engine.rules().len() as i64);
         let s = self.engine.stats();
         let l = self.last_stats;
@@ -645,6 +758,8 @@ impl Loop {
             .inc_by(s.group_errors.saturating_sub(l.group_errors));
         m.timers_fired
             .inc_by(s.timers_fired.saturating_sub(l.timers_fired));
+        m.over_budget
+            .inc_by(s.over_budget.saturating_sub(l.over_budget));
         self.last_stats = s;
         if let Some(at) = self.last_checkpoint {
             m.checkpoint_age_seconds
