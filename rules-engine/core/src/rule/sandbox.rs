@@ -34,12 +34,23 @@ pub struct Limits {
     pub max_functions: usize,
     /// Size of a rule's source text.
     pub max_script_bytes: usize,
+    /// Fan-out of one rule: equipment × the tags of every group (each pair of an
+    /// equipment and a group's tag is a slot of state). Checked at load.
+    pub max_fan_out: u64,
+    /// Estimated memory of one rule (source, equipment ids, values its closures
+    /// captured, state slots), checked at load; see [`crate::rule::Rule::footprint`].
+    pub max_rule_bytes: u64,
+    /// The same estimate summed over every loaded rule, checked by the engine.
+    pub max_total_rule_bytes: u64,
     /// Wall-clock budget of one evaluation; catches what the operation count cannot
     /// (e.g. slow native calls). A hit fails that evaluation only: it depends on the
     /// machine's load, so it may not change what the rule decides later.
     #[serde(with = "humantime_ms")]
     pub eval_deadline: Duration,
 }
+
+/// 1,024 equipment × 64 group tags, or 64 equipment × 1,024 (64 groups of 16 tags).
+pub const DEFAULT_MAX_FAN_OUT: u64 = 65_536;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -54,6 +65,9 @@ impl Default for Limits {
             max_variables: 256,
             max_functions: 64,
             max_script_bytes: 64 * 1024,
+            max_fan_out: DEFAULT_MAX_FAN_OUT,
+            max_rule_bytes: 16 * 1024 * 1024,
+            max_total_rule_bytes: 1024 * 1024 * 1024,
             eval_deadline: Duration::from_millis(50),
         }
     }

@@ -222,6 +222,7 @@ impl ServiceConfig {
         }
         p.extend(self.kinesis.check());
         p.extend(self.mqtt.check());
+        p.extend(self.mqtt.check_engine());
         p.extend(output::check_all(&self.webhooks));
         p
     }
@@ -292,6 +293,7 @@ mod tests {
             stream = ""
             [mqtt]
             port = 0
+            auth.accept_unsigned = true
             [[webhooks]]
             name = "a"
             url = "ftp://x"
@@ -321,7 +323,7 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
             file.path(),
-            "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"\"\n[mqtt]\nport = 0\n",
+            "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"\"\n[mqtt]\nport = 0\nauth.accept_unsigned = true\n",
         )
         .unwrap();
         let err = ServiceConfig::load(file.path()).unwrap_err().to_string();
