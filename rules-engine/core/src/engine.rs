@@ -727,4 +727,56 @@ mod tests {
             prop_assert_eq!(straight, resumed);
         }
     }
+
+    #[test]
+    fn the_all_rules_memory_budget_rejects_with_the_figure_and_keeps_the_rest() {
+        let mut c = cfg(Partition::ALL, 1);
+        let one = Rule::compile(&Sandbox::new(Limits::default()), &script("a", 1), "x")
+            .unwrap()
+            .footprint()
+            .bytes;
+        c.limits.max_total_rule_bytes = one * 2 + one / 2;
+        let mut e = Engine::new(c).unwrap();
+        for id in ["a", "b"] {
+            let s = script(id, 1);
+            assert!(matches!(
+                e.on_rule(id, Some((1, &s))).unwrap(),
+                RuleUpdate::Applied(_)
+            ));
+        }
+        let s = script("c", 1);
+        match e.on_rule("c", Some((1, &s))).unwrap() {
+            RuleUpdate::Rejected { error, .. } => {
+                assert!(error.contains("all rules together"), "{error}");
+                assert!(error.contains(&format!("the limit is {}", one * 2 + one / 2)), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A new version of a loaded rule replaces its share, and a delete frees it.
+        let s = script("b", 2);
+        assert!(matches!(e.on_rule("b", Some((2, &s))).unwrap(), RuleUpdate::Applied(_)));
+        e.on_rule("a", None).unwrap();
+        let s = script("c", 1);
+        assert!(matches!(e.on_rule("c", Some((1, &s))).unwrap(), RuleUpdate::Applied(_)));
+        assert_eq!(e.rules().keys().collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_rule_compiled_elsewhere_applies_like_one_compiled_here() {
+        let mut e = Engine::new(cfg(Partition::ALL, 1)).unwrap();
+        let compiler = e.compiler();
+        let s = script("a", 1);
+        let c = std::thread::spawn(move || compiler.prepare_unless("a", 3, &s, false))
+            .join()
+            .unwrap();
+        assert!(c.compiled_ok());
+        assert!(matches!(e.apply_compiled(c).unwrap(), RuleUpdate::Applied(_)));
+        // Skipped as "same as loaded": unchanged, nothing compiled.
+        let same = e.compiler().prepare_unless("a", 3, &script("a", 1), true);
+        assert_eq!(e.apply_compiled(same).unwrap(), RuleUpdate::Unchanged { version: 3 });
+        // Skipped wrongly (it is not the loaded one): the engine compiles it itself.
+        let newer = e.compiler().prepare_unless("a", 4, &script("a", 9), true);
+        assert!(matches!(e.apply_compiled(newer).unwrap(), RuleUpdate::Applied(_)));
+        assert_eq!(e.rules()["a"].version, 4);
+    }
 }

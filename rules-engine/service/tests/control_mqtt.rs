@@ -497,10 +497,10 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
     .await;
     match seen.last() {
         Some(ControlEvent::Rule {
-            rule_id, message, ..
+            rule_id, payload, ..
         }) => {
             assert_eq!(rule_id, "after");
-            assert_eq!(message.as_ref().map(|m| m.version), Some(1));
+            assert_eq!(payload.version(), Some(1));
         }
         other => panic!("{other:?}"),
     }

@@ -371,7 +371,7 @@ mod tests {
                                        sa in "\\PC{0,8}", sb in "\\PC{0,8}") {
             let x = rule_signing_bytes(&a, va, Operation::Upsert { script: &sa });
             let y = rule_signing_bytes(&b, vb, Operation::Upsert { script: &sb });
-            prop_assert_eq!(x == y, (a == b && va == vb && sa == sb));
+            prop_assert_eq!(x == y, a == b && va == vb && sa == sb);
         }
     }
 }
