@@ -100,8 +100,9 @@ async fn huge_oversized_backwards_and_non_json_rules_are_rejected_and_change_not
         .await;
     let rules_before = svc.get_json("/rules").unwrap();
     let author = auth::read_secret_key(svc.config().mqtt.author_key.as_ref().unwrap()).unwrap();
-    let topic = |id: &str| svc.config().rule_topic(id);
-    let status = |id: &str| svc.config().status_topic(id);
+    let cfg = svc.config().clone();
+    let topic = |id: &str| cfg.rule_topic(id);
+    let status = |id: &str| cfg.status_topic(id);
 
     // 1. A retained 10 MB message (a signed rule whose script is 10 MB).
     let big = RuleMessage::signed("jam-big", 1, "x".repeat(10 * 1024 * 1024), &author);
