@@ -62,7 +62,12 @@ async fn unsigned_untrusted_retargeted_and_replayed_messages_change_nothing() {
     // Signed by a key the engine does not trust.
     let (intruder, _) = rules::key_pair(env.dir(), "intruder");
     let intruder = auth::read_secret_key(&intruder).unwrap();
-    let m = RuleMessage::signed(RULE, 3, machine_rule(RULE, 3, &machines, 70.0, "1s"), &intruder);
+    let m = RuleMessage::signed(
+        RULE,
+        3,
+        machine_rule(RULE, 3, &machines, 70.0, "1s"),
+        &intruder,
+    );
     env.broker
         .publish_retained(&topic, &m.encode())
         .await
@@ -73,7 +78,12 @@ async fn unsigned_untrusted_retargeted_and_replayed_messages_change_nothing() {
 
     // The author's signature on another rule id (re-targeted).
     let other = "au-other";
-    let m = RuleMessage::signed(RULE, 4, machine_rule(other, 4, &machines, 70.0, "1s"), &author);
+    let m = RuleMessage::signed(
+        RULE,
+        4,
+        machine_rule(other, 4, &machines, 70.0, "1s"),
+        &author,
+    );
     env.broker
         .publish_retained(&svc.config().rule_topic(other), &m.encode())
         .await
@@ -85,7 +95,12 @@ async fn unsigned_untrusted_retargeted_and_replayed_messages_change_nothing() {
         .await;
 
     // The author's signed upsert turned into a delete of the same id and version.
-    let m = RuleMessage::signed(RULE, 5, machine_rule(RULE, 5, &machines, 70.0, "1s"), &author);
+    let m = RuleMessage::signed(
+        RULE,
+        5,
+        machine_rule(RULE, 5, &machines, 70.0, "1s"),
+        &author,
+    );
     let forged = DeleteMessage {
         version: Some(5),
         signature: m.signature.clone(),
@@ -120,19 +135,36 @@ async fn unsigned_untrusted_retargeted_and_replayed_messages_change_nothing() {
         .await
         .unwrap();
     env.broker
-        .wait_json(&status, wait, |v| v["status"] == "ignored" && v["version"] == 1)
+        .wait_json(&status, wait, |v| {
+            v["status"] == "ignored" && v["version"] == 1
+        })
         .await;
 
     // `publish` with the intruder's key: the engine's (signed) rejection, exit 1.
     let file = env.rule_file("v7.rhai", &machine_rule(RULE, 7, &machines, 70.0, "1s"));
     let mut args = vec!["publish".to_owned(), file.display().to_string()];
-    args.extend(svc.control_args().into_iter().filter(|a| !a.ends_with("author.key") && a != "--key"));
-    args.extend(["--key".into(), env.dir().join("keys/intruder.key").display().to_string()]);
-    args.extend(["--version".into(), "7".into(), "--wait".into(), "10s".into()]);
+    args.extend(
+        svc.control_args()
+            .into_iter()
+            .filter(|a| !a.ends_with("author.key") && a != "--key"),
+    );
+    args.extend([
+        "--key".into(),
+        env.dir().join("keys/intruder.key").display().to_string(),
+    ]);
+    args.extend([
+        "--version".into(),
+        "7".into(),
+        "--wait".into(),
+        "10s".into(),
+    ]);
     let res = run_cli(&args, Duration::from_secs(30)).await;
     res.expect_code(1);
     assert!(has_error(&res.json(), json!(7), "not trusted"), "{res}");
-    assert_eq!(rules_of(&svc).await, json!([{"ruleId": RULE, "version": 6}]));
+    assert_eq!(
+        rules_of(&svc).await,
+        json!([{"ruleId": RULE, "version": 6}])
+    );
 
     // A signed delete works and names the version it deletes.
     let res = svc.delete(RULE).await;
@@ -218,7 +250,11 @@ fn passwd(file: &Path, user: &str, password: &str) {
         .args([user, password])
         .output()
         .expect("mosquitto_passwd");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +322,12 @@ async fn with_the_documented_acl_only_the_author_reaches_the_engine() {
     // not stored.
     let mut intruder = Client::connect(broker.port(), "intruder", "intruder-pw").await;
     let author = author_key(&svc);
-    let evil = RuleMessage::signed(RULE, 9, machine_rule(RULE, 9, &machines, 1.0, "1s"), &author);
+    let evil = RuleMessage::signed(
+        RULE,
+        9,
+        machine_rule(RULE, 9, &machines, 1.0, "1s"),
+        &author,
+    );
     intruder
         .publish(&svc.config().rule_topic(RULE), true, evil.encode())
         .await;
@@ -363,6 +404,9 @@ async fn publish_exits_4_when_only_statuses_not_signed_by_the_engine_answer() {
     let res = run_cli(&args, Duration::from_secs(30)).await;
     forger.abort();
     res.expect_code(4);
-    assert!(res.stdout.trim().is_empty(), "printed a forged status: {res}");
+    assert!(
+        res.stdout.trim().is_empty(),
+        "printed a forged status: {res}"
+    );
     assert!(res.stderr.contains("not from the engine"), "{res}");
 }

@@ -27,8 +27,16 @@ use std::time::{Duration, Instant};
 
 const MAIN: &str = "jam-main";
 
+/// Mosquitto as docs/control-topic.md says to run it for the engine: a session queue
+/// that holds a burst of rules (its default, 1,000, drops the rest of a flood).
 fn private_broker(env: &Env) -> Mosquitto {
-    Mosquitto::start(MosquittoOptions::default(), env.dir())
+    Mosquitto::start(
+        MosquittoOptions {
+            port: None,
+            extra_conf: "max_queued_messages 20000\n".into(),
+        },
+        env.dir(),
+    )
 }
 
 /// The first message on `topic` (a retained one arrives at once) that `accept` takes.
@@ -64,13 +72,27 @@ async fn status_on(port: u16, topic: &str, accept: impl Fn(&Value) -> bool) -> V
 
 fn mosquitto_pub(port: u16, topic: &str, file: Option<&std::path::Path>) {
     let mut cmd = std::process::Command::new("mosquitto_pub");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-r", "-q", "1"]);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+        "-r",
+        "-q",
+        "1",
+    ]);
     match file {
         Some(f) => cmd.arg("-f").arg(f),
         None => cmd.arg("-n"),
     };
     let out = cmd.output().expect("mosquitto_pub");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +105,11 @@ async fn huge_oversized_backwards_and_non_json_rules_are_rejected_and_change_not
     let mut svc = RulesService::start(cfg, env.dir());
     let machines = scenario::machines("jm", 2);
     let st = svc
-        .publish_text("main.rhai", &machine_rule(MAIN, 2, &machines, 80.0, "500ms"), 2)
+        .publish_text(
+            "main.rhai",
+            &machine_rule(MAIN, 2, &machines, 80.0, "500ms"),
+            2,
+        )
         .await;
     assert_eq!(st["status"], "accepted", "{st}");
     let base = base_time();
@@ -93,10 +119,14 @@ async fn huge_oversized_backwards_and_non_json_rules_are_rejected_and_change_not
     env.put(&mut feed).await;
     let before = env
         .receiver
-        .wait_for("transitions of the main rule", Duration::from_secs(30), |r| {
-            let n = r.request_count();
-            (n > 0).then_some(n).ok_or(format!("{n} requests"))
-        })
+        .wait_for(
+            "transitions of the main rule",
+            Duration::from_secs(30),
+            |r| {
+                let n = r.request_count();
+                (n > 0).then_some(n).ok_or(format!("{n} requests"))
+            },
+        )
         .await;
     let rules_before = svc.get_json("/rules").unwrap();
     let author = auth::read_secret_key(svc.config().mqtt.author_key.as_ref().unwrap()).unwrap();
@@ -111,7 +141,10 @@ async fn huge_oversized_backwards_and_non_json_rules_are_rejected_and_change_not
     mosquitto_pub(port, &topic("jam-big"), Some(&big_file));
     let st = status_on(port, &status("jam-big"), |v| v["status"] == "rejected").await;
     assert!(
-        st["error"].as_str().unwrap().contains("above mqtt.max_message_bytes"),
+        st["error"]
+            .as_str()
+            .unwrap()
+            .contains("above mqtt.max_message_bytes"),
         "{st}"
     );
 
@@ -145,7 +178,11 @@ let gs = []; for i in 0..64 { gs.push(#{ name: "g" + i, tags: ["a", "b"], state:
     assert_eq!(res.json()["status"], "ignored", "{res}");
 
     // 5. Not JSON.
-    mosquitto_pub(port, &topic("jam-text"), Some(&env.rule_file("text.txt", "hello")));
+    mosquitto_pub(
+        port,
+        &topic("jam-text"),
+        Some(&env.rule_file("text.txt", "hello")),
+    );
     let st = status_on(port, &status("jam-text"), |v| v["status"] == "rejected").await;
     assert!(st["error"].as_str().unwrap().contains("not JSON"), "{st}");
 
@@ -158,10 +195,16 @@ let gs = []; for i in 0..64 { gs.push(#{ name: "g" + i, tags: ["a", "b"], state:
     feed.heartbeats(&machines, step_time(base, 120) + 3000);
     env.put(&mut feed).await;
     env.receiver
-        .wait_for("transitions after the abuse", Duration::from_secs(30), |r| {
-            let n = r.request_count();
-            (n > before).then_some(()).ok_or(format!("{n} requests, {before} before"))
-        })
+        .wait_for(
+            "transitions after the abuse",
+            Duration::from_secs(30),
+            |r| {
+                let n = r.request_count();
+                (n > before)
+                    .then_some(())
+                    .ok_or(format!("{n} requests, {before} before"))
+            },
+        )
         .await;
     mosquitto_pub(port, &topic("jam-big"), None);
 }
@@ -183,7 +226,11 @@ fn flood_messages(n: usize, key: &auth::SecretKey, prefix: &str) -> Vec<(String,
 
 /// Publishes every message retained at QoS 1 and waits for the PUBACKs.
 async fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) {
-    let mut opts = MqttOptions::new(format!("jam-flood-{}", std::process::id()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(
+        format!("jam-flood-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut ev) = AsyncClient::new(opts, 256);
     let n = messages.len();
@@ -217,8 +264,12 @@ async fn ten_thousand_signed_rules_are_absorbed_while_data_keeps_flowing() {
     cfg.mqtt.port = port;
     let mut svc = RulesService::start(cfg, env.dir());
     let machines = scenario::machines("jf", 2);
-    svc.publish_text("main.rhai", &machine_rule(MAIN, 1, &machines, 80.0, "500ms"), 1)
-        .await;
+    svc.publish_text(
+        "main.rhai",
+        &machine_rule(MAIN, 1, &machines, 80.0, "500ms"),
+        1,
+    )
+    .await;
     let author = auth::read_secret_key(svc.config().mqtt.author_key.as_ref().unwrap()).unwrap();
     let messages = flood_messages(N, &author, &env.prefix);
 
@@ -228,13 +279,11 @@ async fn ten_thousand_signed_rules_are_absorbed_while_data_keeps_flowing() {
     let started = Instant::now();
     let flood = tokio::spawn(publish_all(port, messages));
     // Data goes on during the flood: 10 steps (1 s of event time) every 200 ms.
-    let records = |s: &linewatch_testkit::metrics::Scrape| {
-        s.sum("linewatch_rules_records_total", &[])
-    };
+    let records =
+        |s: &linewatch_testkit::metrics::Scrape| s.sum("linewatch_rules_records_total", &[]);
     let first = svc.scrape();
     let records_at_start = records(&first);
     let mut records_during_flood = records_at_start;
-    let mut max_lag = 0.0f64;
     let deadline = Instant::now() + wait::scaled(Duration::from_secs(300));
     let absorbed = loop {
         machine_cycle(&mut feed, &machines, base, step, step + 10);
@@ -242,7 +291,6 @@ async fn ten_thousand_signed_rules_are_absorbed_while_data_keeps_flowing() {
         env.put(&mut feed).await;
         let s = svc.scrape();
         let loaded = s.get("linewatch_rules_rules_loaded") as usize;
-        max_lag = max_lag.max(s.get("linewatch_rules_watermark_lag_seconds"));
         if loaded > N {
             break started.elapsed();
         }
@@ -267,7 +315,7 @@ async fn ten_thousand_signed_rules_are_absorbed_while_data_keeps_flowing() {
     flood.await.unwrap();
     let rate = N as f64 / absorbed.as_secs_f64();
     eprintln!(
-        "FIGURE flood: {N} signed rules absorbed in {:.1} s ({rate:.0} rules/s); max watermark lag during the flood {max_lag:.1} s; records processed during the flood {}",
+        "FIGURE flood: {N} signed rules absorbed in {:.1} s ({rate:.0} rules/s); records processed during the flood {}",
         absorbed.as_secs_f64(),
         records_during_flood - records_at_start
     );
@@ -291,8 +339,14 @@ async fn ten_thousand_signed_rules_are_absorbed_while_data_keeps_flowing() {
     feed.heartbeats(&machines, step_time(base, step) + 3000);
     env.put(&mut feed).await;
     env.receiver
-        .wait_for("transitions of the main rule", Duration::from_secs(30), |r| {
-            (r.request_count() > 0).then_some(()).ok_or("none".to_string())
-        })
+        .wait_for(
+            "transitions of the main rule",
+            Duration::from_secs(30),
+            |r| {
+                (r.request_count() > 0)
+                    .then_some(())
+                    .ok_or("none".to_string())
+            },
+        )
         .await;
 }

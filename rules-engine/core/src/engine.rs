@@ -155,9 +155,7 @@ impl Engine {
             }
             match engine.compiler.compile(&id, loaded.version, &loaded.script) {
                 Ok(rule) => {
-                    engine
-                        .footprints
-                        .insert(id.clone(), rule.footprint().bytes);
+                    engine.footprints.insert(id.clone(), rule.footprint().bytes);
                     engine.pool.apply(RuleChange::Upsert(Arc::new(rule)), at)?;
                     engine.rules.insert(id, loaded);
                 }
@@ -321,7 +319,9 @@ impl Engine {
             .map(|(_, b)| *b)
             .sum();
         let max = self.cfg.limits.max_total_rule_bytes;
-        if others.saturating_add(bytes) > max && self.rules.get(rule_id).is_none_or(|l| l.version < version) {
+        if others.saturating_add(bytes) > max
+            && self.rules.get(rule_id).is_none_or(|l| l.version < version)
+        {
             return Ok(RuleUpdate::Rejected {
                 version: Some(version),
                 error: format!(
@@ -400,7 +400,6 @@ impl Engine {
             diagnostics: out.diagnostics,
         })
     }
-
 }
 
 /// A rule message compiled by [`RuleCompiler::prepare`], ready for [`Engine::apply_compiled`].
@@ -748,16 +747,25 @@ mod tests {
         match e.on_rule("c", Some((1, &s))).unwrap() {
             RuleUpdate::Rejected { error, .. } => {
                 assert!(error.contains("all rules together"), "{error}");
-                assert!(error.contains(&format!("the limit is {}", one * 2 + one / 2)), "{error}");
+                assert!(
+                    error.contains(&format!("the limit is {}", one * 2 + one / 2)),
+                    "{error}"
+                );
             }
             other => panic!("{other:?}"),
         }
         // A new version of a loaded rule replaces its share, and a delete frees it.
         let s = script("b", 2);
-        assert!(matches!(e.on_rule("b", Some((2, &s))).unwrap(), RuleUpdate::Applied(_)));
+        assert!(matches!(
+            e.on_rule("b", Some((2, &s))).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
         e.on_rule("a", None).unwrap();
         let s = script("c", 1);
-        assert!(matches!(e.on_rule("c", Some((1, &s))).unwrap(), RuleUpdate::Applied(_)));
+        assert!(matches!(
+            e.on_rule("c", Some((1, &s))).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
         assert_eq!(e.rules().keys().collect::<Vec<_>>(), ["b", "c"]);
     }
 
@@ -770,13 +778,22 @@ mod tests {
             .join()
             .unwrap();
         assert!(c.compiled_ok());
-        assert!(matches!(e.apply_compiled(c).unwrap(), RuleUpdate::Applied(_)));
+        assert!(matches!(
+            e.apply_compiled(c).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
         // Skipped as "same as loaded": unchanged, nothing compiled.
         let same = e.compiler().prepare_unless("a", 3, &script("a", 1), true);
-        assert_eq!(e.apply_compiled(same).unwrap(), RuleUpdate::Unchanged { version: 3 });
+        assert_eq!(
+            e.apply_compiled(same).unwrap(),
+            RuleUpdate::Unchanged { version: 3 }
+        );
         // Skipped wrongly (it is not the loaded one): the engine compiles it itself.
         let newer = e.compiler().prepare_unless("a", 4, &script("a", 9), true);
-        assert!(matches!(e.apply_compiled(newer).unwrap(), RuleUpdate::Applied(_)));
+        assert!(matches!(
+            e.apply_compiled(newer).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
         assert_eq!(e.rules()["a"].version, 4);
     }
 }

@@ -6,8 +6,7 @@
 use linewatch_rules::cli::control::{self as cli, ConnectionArgs, DeleteArgs, PublishArgs};
 use linewatch_rules::control::{
     self, ControlConfig, ControlEvent, ControlHandle, ControlMetrics, DeleteMessage, RuleMessage,
-    RulePayload, RuleStatus,
-    StatusKind,
+    RulePayload, RuleStatus, StatusKind,
 };
 use linewatch_rules_core::{ChangeOutcome, Limits, Rule, Sandbox};
 use linewatch_testkit::peers::mosquitto::{Broker, Mosquitto, MosquittoOptions, RetainedCleanup};

@@ -245,7 +245,7 @@ fn compile(sandbox: &Sandbox, source: &str, origin: &str) -> Result<Rule, RuleEr
 }
 
 fn footprint(
-source: &str,
+    source: &str,
     equipment: &[String],
     groups: &[Group],
     curry: &[Vec<Dynamic>],
@@ -476,7 +476,6 @@ impl Parser<'_> {
     fn limit(&self, message: String) -> RuleError {
         RuleError::new(RuleErrorKind::Limit, self.origin, message).in_rule(self.rule.as_deref())
     }
-
 
     fn group(
         &self,

@@ -173,7 +173,8 @@ fn the_fan_out_budget_is_checked_at_load_with_the_figures() {
 
 #[test]
 fn the_memory_budget_counts_captured_values_and_state_slots() {
-    let small = r#"#{ id: "m", equipment: "e", groups: [ #{ name: "g", tags: ["t"], state: |v| "OK" } ] }"#;
+    let small =
+        r#"#{ id: "m", equipment: "e", groups: [ #{ name: "g", tags: ["t"], state: |v| "OK" } ] }"#;
     // A closure capturing a 40 KB string: the capture is counted.
     let big = r#"let s = "x"; s.pad(40000, 'y'); #{ id: "m", equipment: "e", groups: [ #{ name: "g", tags: ["t"], state: |v| if s.len() > 0 { "OK" } else { "IDLE" } } ] }"#;
     let sandbox = Sandbox::new(Limits::default());

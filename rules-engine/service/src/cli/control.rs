@@ -318,7 +318,10 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         .wait_status(&status_topic, deadline, keys.engine.as_ref(), |s| {
             matches!(
                 s.status,
-                StatusKind::Deleted | StatusKind::NotFound | StatusKind::Rejected | StatusKind::Ignored
+                StatusKind::Deleted
+                    | StatusKind::NotFound
+                    | StatusKind::Rejected
+                    | StatusKind::Ignored
             )
         })
         .await?;

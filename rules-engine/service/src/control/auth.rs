@@ -312,16 +312,25 @@ mod tests {
     fn unsigned_and_untrusted_and_garbled_signatures_are_refused() {
         let bytes = rule_signing_bytes("r", 1, Operation::Delete);
         let strict = Trust::new(vec![key(1).public()], false);
-        assert!(strict.check(&bytes, None).unwrap_err().contains("not signed"));
+        assert!(strict
+            .check(&bytes, None)
+            .unwrap_err()
+            .contains("not signed"));
         let err = strict
             .check(&bytes, Some(&key(2).sign(&bytes)))
             .unwrap_err();
         assert!(err.contains("not trusted"), "{err}");
         let mut sig = key(1).sign(&bytes);
         sig.sig.truncate(10);
-        assert!(strict.check(&bytes, Some(&sig)).unwrap_err().contains("5 bytes"));
+        assert!(strict
+            .check(&bytes, Some(&sig))
+            .unwrap_err()
+            .contains("5 bytes"));
         sig.sig = "zz".into();
-        assert!(strict.check(&bytes, Some(&sig)).unwrap_err().contains("not hex"));
+        assert!(strict
+            .check(&bytes, Some(&sig))
+            .unwrap_err()
+            .contains("not hex"));
         let lax = Trust::new(vec![], true);
         assert_eq!(lax.check(&bytes, None), Ok(Verdict::UnsignedAccepted));
         // accept_unsigned does not make a bad signature good.

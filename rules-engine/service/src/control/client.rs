@@ -75,9 +75,11 @@ pub async fn start(
     opts.set_clean_session(false);
     let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
     let status_key = match &cfg.auth.status_key {
-        Some(path) => Some(Arc::new(auth::read_secret_key(path).map_err(|e| {
-            ControlError::Config(format!("mqtt.auth.status_key: {e}"))
-        })?)),
+        Some(path) => {
+            Some(Arc::new(auth::read_secret_key(path).map_err(|e| {
+                ControlError::Config(format!("mqtt.auth.status_key: {e}"))
+            })?))
+        }
         None => {
             warn!("control topic: mqtt.auth.status_key is not set: status messages are unsigned, and publish/delete cannot tell them from anyone else's");
             None

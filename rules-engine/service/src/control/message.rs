@@ -93,7 +93,8 @@ pub enum RulePayload {
     Delete(DeleteMessage),
 }
 
-const SHAPE: &str = r#"expected JSON {"version": N, "script": "..."} or {"delete": true, "version": N}"#;
+const SHAPE: &str =
+    r#"expected JSON {"version": N, "script": "..."} or {"delete": true, "version": N}"#;
 
 impl RulePayload {
     /// Decode a payload: empty means "delete the rule" (unsigned). Unknown fields are
@@ -122,11 +123,9 @@ impl RulePayload {
         };
         let signature = match obj.get("signature") {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(
-                serde_json::from_value::<Signature>(v.clone()).map_err(|e| {
-                    format!("\"signature\" must be {{\"key\": hex, \"sig\": hex}}: {e}")
-                })?,
-            ),
+            Some(v) => Some(serde_json::from_value::<Signature>(v.clone()).map_err(|e| {
+                format!("\"signature\" must be {{\"key\": hex, \"sig\": hex}}: {e}")
+            })?),
         };
         match obj.get("delete") {
             None | Some(serde_json::Value::Bool(false)) => {}
@@ -459,13 +458,16 @@ mod tests {
         };
         assert!(RulePayload::Delete(forged).check("r1", &trust).is_err());
         let empty = RulePayload::decode(b"").unwrap();
-        assert!(empty.check("r1", &trust).unwrap_err().contains("not signed"));
+        assert!(empty
+            .check("r1", &trust)
+            .unwrap_err()
+            .contains("not signed"));
         assert!(empty.check("r1", &Trust::new(vec![], true)).is_ok());
         assert_eq!(DeleteMessage::default().encode(), b"");
         let err = RulePayload::decode(br#"{"version": 1, "delete": 1}"#).unwrap_err();
         assert!(err.contains("must be true"), "{err}");
-        let err = RulePayload::decode(br#"{"version": 1, "script": "", "signature": 7}"#)
-            .unwrap_err();
+        let err =
+            RulePayload::decode(br#"{"version": 1, "script": "", "signature": 7}"#).unwrap_err();
         assert!(err.contains("signature"), "{err}");
     }
 

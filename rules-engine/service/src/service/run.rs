@@ -25,8 +25,8 @@ use crate::source::{KinesisSource, ShardPositions, SourceBatch, SourceMetrics, S
 use linewatch_rules_core::engine::{
     CompiledRule, Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate,
 };
-use linewatch_rules_core::lifecycle::ChangeOutcome;
 use linewatch_rules_core::eval::{EvalStats, Partition};
+use linewatch_rules_core::lifecycle::ChangeOutcome;
 use linewatch_rules_core::rule::Limits;
 use linewatch_rules_core::transition::EventSource;
 use linewatch_runtime::shutdown::CancellationToken;
