@@ -149,11 +149,9 @@ async fn huge_oversized_backwards_and_non_json_rules_are_rejected_and_change_not
     );
 
     // 2. 10,000 groups.
-    let groups = format!(
-        r#"let gs = []; for i in 0..10000 {{ gs.push(#{{ name: "g" + i, tags: ["temperature"], state: |v| "OK" }}); }}
-#{{ id: "jam-groups", equipment: ["jm-0"], groups: gs }}"#
-    );
-    let file = env.rule_file("groups.rhai", &groups);
+    let groups = r#"let gs = []; for i in 0..10000 { gs.push(#{ name: "g" + i, tags: ["temperature"], state: |v| "OK" }); }
+#{ id: "jam-groups", equipment: ["jm-0"], groups: gs }"#;
+    let file = env.rule_file("groups.rhai", groups);
     let res = svc.publish(&file, Some(1), Some("jam-groups"), "10s").await;
     res.expect_code(1);
     assert_eq!(res.json()["status"], "rejected", "{res}");
