@@ -94,6 +94,11 @@ pids+=($!)
 wait_for_line "$RUN/receiver.log" READY 20
 
 echo "== rule engine (logs in $RUN/rules.log, http://127.0.0.1:$RULES_PORT/states)"
+# Signed rules, as in production: a demo author key and the engine's status key, made once.
+mkdir -p "$RUN/keys"
+for k in author engine; do
+    [ -f "$RUN/keys/$k.key" ] || ./target/debug/linewatch-rules keygen "$RUN/keys/$k" > /dev/null
+done
 cat > "$RUN/rules.toml" <<EOF
 instance_id = "local"
 state_dir = "$RUN/rules-state"
@@ -112,6 +117,10 @@ poll_interval = "500ms"
 port = $MQTT_PORT
 topic_prefix = "linewatch-local"
 retained_wait = "3s"
+[mqtt.auth]
+trusted_keys = ["$RUN/keys/author.pub"]
+status_key = "$RUN/keys/engine.key"
+status_public_key = "$RUN/keys/engine.pub"
 [[webhooks]]
 name = "receiver"
 url = "http://127.0.0.1:$WEBHOOK_PORT/events"
@@ -121,7 +130,7 @@ EOF
 ./target/debug/linewatch-rules run --config "$RUN/rules.toml" > "$RUN/rules.log" 2>&1 &
 pids+=($!)
 ./target/debug/linewatch-rules publish rules-engine/examples/local/filling-machine-local.rhai \
-    --config "$RUN/rules.toml" --wait 30s
+    --config "$RUN/rules.toml" --key "$RUN/keys/author.key" --wait 30s
 
 echo "== state transitions at the webhook receiver (Ctrl-C stops everything)"
 echo "   (points in the stream: ./target/debug/lw-kinesis tail --endpoint http://127.0.0.1:$KINESIS_PORT --stream $STREAM)"

@@ -68,6 +68,52 @@ pub struct Mqtt {
     pub port: u16,
     pub topic_prefix: String,
     pub retained_wait: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    pub auth: MqttAuth,
+    /// The author's secret key `publish`/`delete` sign with (`--key`); not in the file.
+    #[serde(skip)]
+    pub author_key: Option<PathBuf>,
+}
+
+/// `[mqtt.auth]`: by default a fresh author key is trusted and statuses are signed.
+#[derive(Debug, Clone, Serialize)]
+pub struct MqttAuth {
+    pub trusted_keys: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_public_key: Option<PathBuf>,
+    pub accept_unsigned: bool,
+}
+
+/// `dir/keys/{name}.key` and `.pub`, made by `linewatch-rules keygen` unless they exist.
+#[track_caller]
+pub fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let keys = dir.join("keys");
+    let stem = keys.join(name);
+    let (secret, public) = (stem.with_extension("key"), stem.with_extension("pub"));
+    if secret.exists() && public.exists() {
+        return (secret, public);
+    }
+    if let Err(e) = std::fs::create_dir_all(&keys) {
+        panic!("cannot create {}: {e}", keys.display());
+    }
+    let out = std::process::Command::new(programs::rules())
+        .arg("keygen")
+        .arg(&stem)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run linewatch-rules keygen: {e}"));
+    if !out.status.success() {
+        panic!(
+            "linewatch-rules keygen {} failed: {}",
+            stem.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (secret, public)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +148,8 @@ impl RulesConfig {
         topic_prefix: &str,
         webhook_url: &str,
     ) -> RulesConfig {
+        let (author_key, author_pub) = key_pair(dir, "author");
+        let (engine_key, engine_pub) = key_pair(dir, "engine");
         RulesConfig {
             instance_id: "t1".into(),
             workers: 1,
@@ -133,6 +181,15 @@ impl RulesConfig {
                 port: mqtt_port,
                 topic_prefix: topic_prefix.to_owned(),
                 retained_wait: "3s".into(),
+                username: None,
+                password_env: None,
+                auth: MqttAuth {
+                    trusted_keys: vec![author_pub],
+                    status_key: Some(engine_key),
+                    status_public_key: Some(engine_pub),
+                    accept_unsigned: false,
+                },
+                author_key: Some(author_key),
             },
             webhooks: vec![Webhook {
                 name: "recv".into(),
@@ -367,11 +424,20 @@ impl RulesService {
         }
     }
 
-    fn config_args(&self) -> [String; 2] {
-        [
+    fn config_args(&self) -> Vec<String> {
+        vec![
             "--config".to_owned(),
             self.config_path.display().to_string(),
         ]
+    }
+
+    /// `--config FILE` and, when the config has an author key, `--key KEY`.
+    pub fn control_args(&self) -> Vec<String> {
+        let mut args = self.config_args();
+        if let Some(key) = &self.config.mqtt.author_key {
+            args.extend(["--key".to_owned(), key.display().to_string()]);
+        }
+        args
     }
 
     /// `publish SCRIPT --config … [--version N] [--id ID] --wait WAIT`.
@@ -384,7 +450,7 @@ impl RulesService {
         wait_for: &'a str,
     ) -> impl std::future::Future<Output = CommandResult> + 'a {
         let mut args = vec!["publish".to_owned(), script.display().to_string()];
-        args.extend(self.config_args());
+        args.extend(self.control_args());
         if let Some(v) = version {
             args.extend(["--version".to_owned(), v.to_string()]);
         }
@@ -425,7 +491,7 @@ impl RulesService {
     /// `delete RULE_ID --config …`.
     pub async fn delete(&self, rule_id: &str) -> CommandResult {
         let mut args = vec!["delete".to_owned(), rule_id.to_owned()];
-        args.extend(self.config_args());
+        args.extend(self.control_args());
         run_cli(&args, Duration::from_secs(30)).await
     }
 

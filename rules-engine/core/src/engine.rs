@@ -113,7 +113,9 @@ pub struct Engine {
     cfg: EngineConfig,
     seq: Sequencer,
     pool: WorkerPool,
-    sandbox: Sandbox,
+    compiler: RuleCompiler,
+    /// Load-time memory estimate of each loaded rule (the all-rules budget).
+    footprints: BTreeMap<String, u64>,
     rules: BTreeMap<String, LoadedRule>,
     states: BTreeMap<String, BTreeMap<String, StateView>>,
     /// Rules quarantined for their time budget → why (from the evaluators' diagnostics
@@ -141,7 +143,10 @@ impl Engine {
         Ok(Engine {
             seq: Sequencer::new(cfg.sequencer),
             pool: WorkerPool::new(cfg.workers, cfg.limits.clone())?,
-            sandbox: Sandbox::new(cfg.limits.clone()),
+            compiler: RuleCompiler {
+                sandbox: Arc::new(Sandbox::new(cfg.limits.clone())),
+            },
+            footprints: BTreeMap::new(),
             rules: BTreeMap::new(),
             states: BTreeMap::new(),
             quarantined: BTreeMap::new(),
@@ -163,8 +168,9 @@ impl Engine {
                 // Checkpointed under another partition count: not ours any more.
                 continue;
             }
-            match engine.compile(&id, loaded.version, &loaded.script) {
+            match engine.compiler.compile(&id, loaded.version, &loaded.script) {
                 Ok(rule) => {
+                    engine.footprints.insert(id.clone(), rule.footprint().bytes);
                     engine.pool.apply(RuleChange::Upsert(Arc::new(rule)), at)?;
                     engine.rules.insert(id, loaded);
                 }
@@ -303,6 +309,7 @@ impl Engine {
                 at,
             )?;
             self.rules.remove(rule_id);
+            self.footprints.remove(rule_id);
             self.states.remove(rule_id);
             self.quarantined.remove(rule_id);
             return Ok(match outcome {
@@ -310,12 +317,40 @@ impl Engine {
                 _ => RuleUpdate::Applied(outcome),
             });
         };
+        let compiled = self.compiler.prepare(rule_id, version, script, Some(self));
+        self.apply_compiled(compiled)
+    }
+
+    /// The compiler of this engine's rules, to compile off the thread that drives the
+    /// engine ([`RuleCompiler::prepare`]); [`Engine::apply_compiled`] applies the result.
+    pub fn compiler(&self) -> RuleCompiler {
+        self.compiler.clone()
+    }
+
+    /// Apply a rule compiled by [`RuleCompiler::prepare`] (on any thread). Cheap unless
+    /// the compiler skipped a message it believed unchanged and it is not: then it
+    /// compiles here.
+    pub fn apply_compiled(&mut self, c: CompiledRule) -> Result<RuleUpdate, EngineError> {
+        let CompiledRule {
+            rule_id,
+            version,
+            script,
+            result,
+        } = c;
+        let rule_id = rule_id.as_str();
+        if !self.cfg.partition.owns(rule_id) {
+            return Ok(RuleUpdate::NotOwned);
+        }
         if let Some(loaded) = self.rules.get(rule_id) {
             if loaded.version == version && loaded.script == script {
                 return Ok(RuleUpdate::Unchanged { version });
             }
         }
-        let rule = match self.compile(rule_id, version, script) {
+        let result = match result {
+            Some(r) => r,
+            None => self.compiler.compile(rule_id, version, &script),
+        };
+        let rule = match result {
             Ok(rule) => rule,
             Err(error) => {
                 return Ok(RuleUpdate::Rejected {
@@ -324,6 +359,27 @@ impl Engine {
                 })
             }
         };
+        let bytes = rule.footprint().bytes;
+        let others: u64 = self
+            .footprints
+            .iter()
+            .filter(|(id, _)| id.as_str() != rule_id)
+            .map(|(_, b)| *b)
+            .sum();
+        let max = self.cfg.limits.max_total_rule_bytes;
+        if others.saturating_add(bytes) > max
+            && self.rules.get(rule_id).is_none_or(|l| l.version < version)
+        {
+            return Ok(RuleUpdate::Rejected {
+                version: Some(version),
+                error: format!(
+                    "sandbox limit: all rules together would need about {} bytes (this one {bytes}), the limit is {max}",
+                    others.saturating_add(bytes)
+                ),
+            });
+        }
+        let script = script.as_str();
+        let at = self.seq.event_now();
         let equipment: BTreeSet<String> = rule.equipment().iter().cloned().collect();
         let outcome = self.pool.apply(RuleChange::Upsert(Arc::new(rule)), at)?;
         if !outcome.applied() {
@@ -338,6 +394,7 @@ impl Engine {
         );
         // A new version starts out of quarantine.
         self.quarantined.remove(rule_id);
+        self.footprints.insert(rule_id.to_owned(), bytes);
         if let Some(states) = self.states.get_mut(rule_id) {
             // Equipment dropped by an update have no state any more.
             states.retain(|e, _| equipment.contains(e));
@@ -405,6 +462,66 @@ impl Engine {
     /// wider one). See [`Sequencer::repair_future`].
     pub fn repair_future(&mut self, now: u64) -> (crate::watermark::FutureRepair, usize) {
         self.seq.repair_future(now)
+    }
+}
+
+/// A rule message compiled by [`RuleCompiler::prepare`], ready for [`Engine::apply_compiled`].
+#[derive(Debug)]
+pub struct CompiledRule {
+    pub rule_id: String,
+    pub version: u64,
+    pub script: String,
+    /// `None`: not compiled, because it looked like the loaded version (a retained
+    /// message delivered again); the engine compiles it if it is not.
+    result: Option<Result<Rule, String>>,
+}
+
+impl CompiledRule {
+    /// Compiled here, without an error (`false` also when the compile was skipped).
+    pub fn compiled_ok(&self) -> bool {
+        matches!(self.result, Some(Ok(_)))
+    }
+}
+
+/// Compiles rule messages for an [`Engine`] on any thread (rule compilation can take
+/// milliseconds; the thread driving the engine must not wait for it). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RuleCompiler {
+    sandbox: Arc<Sandbox>,
+}
+
+impl RuleCompiler {
+    /// Compile `script` as `rule_id` at `version`. With `loaded` (what the engine
+    /// holds, when the caller knows), a message identical to the loaded rule is not
+    /// compiled again.
+    pub fn prepare(
+        &self,
+        rule_id: &str,
+        version: u64,
+        script: &str,
+        loaded: Option<&Engine>,
+    ) -> CompiledRule {
+        let same = loaded
+            .and_then(|e| e.rules.get(rule_id))
+            .is_some_and(|l| l.version == version && l.script == script);
+        self.prepare_unless(rule_id, version, script, same)
+    }
+
+    /// Like [`RuleCompiler::prepare`], when the caller tracks what is loaded itself:
+    /// `same_as_loaded` skips the compile.
+    pub fn prepare_unless(
+        &self,
+        rule_id: &str,
+        version: u64,
+        script: &str,
+        same_as_loaded: bool,
+    ) -> CompiledRule {
+        CompiledRule {
+            rule_id: rule_id.to_owned(),
+            version,
+            script: script.to_owned(),
+            result: (!same_as_loaded).then(|| self.compile(rule_id, version, script)),
+        }
     }
 
     fn compile(&self, rule_id: &str, version: u64, script: &str) -> Result<Rule, String> {
@@ -757,5 +874,75 @@ mod tests {
             run(&mut second, &input[cut..], &mut resumed);
             prop_assert_eq!(straight, resumed);
         }
+    }
+
+    #[test]
+    fn the_all_rules_memory_budget_rejects_with_the_figure_and_keeps_the_rest() {
+        let mut c = cfg(Partition::ALL, 1);
+        let one = Rule::compile(&Sandbox::new(Limits::default()), &script("a", 1), "x")
+            .unwrap()
+            .footprint()
+            .bytes;
+        c.limits.max_total_rule_bytes = one * 2 + one / 2;
+        let mut e = Engine::new(c).unwrap();
+        for id in ["a", "b"] {
+            let s = script(id, 1);
+            assert!(matches!(
+                e.on_rule(id, Some((1, &s))).unwrap(),
+                RuleUpdate::Applied(_)
+            ));
+        }
+        let s = script("c", 1);
+        match e.on_rule("c", Some((1, &s))).unwrap() {
+            RuleUpdate::Rejected { error, .. } => {
+                assert!(error.contains("all rules together"), "{error}");
+                assert!(
+                    error.contains(&format!("the limit is {}", one * 2 + one / 2)),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A new version of a loaded rule replaces its share, and a delete frees it.
+        let s = script("b", 2);
+        assert!(matches!(
+            e.on_rule("b", Some((2, &s))).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
+        e.on_rule("a", None).unwrap();
+        let s = script("c", 1);
+        assert!(matches!(
+            e.on_rule("c", Some((1, &s))).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
+        assert_eq!(e.rules().keys().collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_rule_compiled_elsewhere_applies_like_one_compiled_here() {
+        let mut e = Engine::new(cfg(Partition::ALL, 1)).unwrap();
+        let compiler = e.compiler();
+        let s = script("a", 1);
+        let c = std::thread::spawn(move || compiler.prepare_unless("a", 3, &s, false))
+            .join()
+            .unwrap();
+        assert!(c.compiled_ok());
+        assert!(matches!(
+            e.apply_compiled(c).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
+        // Skipped as "same as loaded": unchanged, nothing compiled.
+        let same = e.compiler().prepare_unless("a", 3, &script("a", 1), true);
+        assert_eq!(
+            e.apply_compiled(same).unwrap(),
+            RuleUpdate::Unchanged { version: 3 }
+        );
+        // Skipped wrongly (it is not the loaded one): the engine compiles it itself.
+        let newer = e.compiler().prepare_unless("a", 4, &script("a", 9), true);
+        assert!(matches!(
+            e.apply_compiled(newer).unwrap(),
+            RuleUpdate::Applied(_)
+        ));
+        assert_eq!(e.rules()["a"].version, 4);
     }
 }

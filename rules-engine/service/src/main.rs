@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use linewatch_rules::cli::{
     self,
-    control::{DeleteArgs, PublishArgs},
+    control::{DeleteArgs, KeygenArgs, PublishArgs},
     dead_letters::{DeadLettersArgs, DeadLettersCommand},
 };
 use linewatch_rules::service::config::{parse_partition, ServiceConfig};
@@ -60,6 +60,9 @@ enum Command {
     Publish(PublishArgs),
     /// Delete a rule from the control topic and print the engine's answer.
     Delete(DeleteArgs),
+    /// Write an Ed25519 key pair: `STEM.key` (secret, mode 0600) and `STEM.pub`, for
+    /// signing rules (`publish --key`) or the engine's statuses (`mqtt.auth.status_key`).
+    Keygen(KeygenArgs),
     /// Events a webhook target refused or that ran out of retries.
     DeadLetters(DeadLettersArgs),
     /// Write the stream's data points (KPL aggregates de-aggregated) as NDJSON, the
@@ -162,6 +165,7 @@ fn main() -> ExitCode {
         } => run_service(&config, partition),
         Command::Publish(args) => runtime().and_then(|rt| rt.block_on(cli::control::publish(args))),
         Command::Delete(args) => runtime().and_then(|rt| rt.block_on(cli::control::delete(args))),
+        Command::Keygen(args) => cli::control::keygen(args),
         Command::DeadLetters(cmd) => dead_letters(cmd),
         Command::Capture(args) => run_capture(args),
         Command::Check { rules, config } => Ok(check(&rules, config.as_deref())),

@@ -5,8 +5,8 @@
 
 use linewatch_rules::cli::control::{self as cli, ConnectionArgs, DeleteArgs, PublishArgs};
 use linewatch_rules::control::{
-    self, ControlConfig, ControlEvent, ControlHandle, ControlMetrics, RuleMessage, RuleStatus,
-    StatusKind,
+    self, ControlConfig, ControlEvent, ControlHandle, ControlMetrics, DeleteMessage, RuleMessage,
+    RulePayload, RuleStatus, StatusKind,
 };
 use linewatch_rules_core::{ChangeOutcome, Limits, Rule, Sandbox};
 use linewatch_testkit::peers::mosquitto::{Broker, Mosquitto, MosquittoOptions, RetainedCleanup};
@@ -166,6 +166,7 @@ fn rule_json(version: u64, script: &str) -> Vec<u8> {
     RuleMessage {
         version,
         script: script.to_string(),
+        signature: None,
     }
     .encode()
 }
@@ -209,10 +210,14 @@ fn is_sync_done(ev: &ControlEvent) -> bool {
 fn rule_event(id: &str, version: Option<u64>, retained: bool) -> ControlEvent {
     ControlEvent::Rule {
         rule_id: id.to_string(),
-        message: version.map(|v| RuleMessage {
-            version: v,
-            script: script(id),
-        }),
+        payload: match version {
+            Some(v) => RulePayload::Upsert(RuleMessage {
+                version: v,
+                script: script(id),
+                signature: None,
+            }),
+            None => RulePayload::Delete(DeleteMessage::default()),
+        },
         retained,
     }
 }
@@ -377,7 +382,13 @@ async fn live_rules_and_deletes_and_malformed_messages() {
         .await;
     peer.publish(&topics.rule("r.1"), false, Vec::new()).await;
     let seen = events_until(&mut rx, Duration::from_secs(5), |e| {
-        matches!(e, ControlEvent::Rule { message: None, .. })
+        matches!(
+            e,
+            ControlEvent::Rule {
+                payload: RulePayload::Delete(_),
+                ..
+            }
+        )
     })
     .await;
     assert_eq!(
@@ -485,10 +496,10 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
     .await;
     match seen.last() {
         Some(ControlEvent::Rule {
-            rule_id, message, ..
+            rule_id, payload, ..
         }) => {
             assert_eq!(rule_id, "after");
-            assert_eq!(message.as_ref().map(|m| m.version), Some(1));
+            assert_eq!(payload.version(), Some(1));
         }
         other => panic!("{other:?}"),
     }
@@ -524,10 +535,14 @@ async fn fake_engine(
         let mut loaded: HashMap<String, u64> = HashMap::new();
         while let Some(ev) = rx.recv().await {
             let ControlEvent::Rule {
-                rule_id, message, ..
+                rule_id, payload, ..
             } = ev
             else {
                 continue;
+            };
+            let message = match payload {
+                RulePayload::Upsert(m) => Some(m),
+                RulePayload::Delete(_) => None,
             };
             let status = match message {
                 Some(m) => match Rule::compile(&sandbox, &m.script, &rule_id) {
@@ -654,6 +669,7 @@ async fn publish_and_delete_number_versions_and_map_statuses_to_exit_codes() {
     // Delete: deleted → 0, then not found → 1; the retained rule is gone.
     let delete = || DeleteArgs {
         rule_id: "cli-rule".into(),
+        version: None,
         connection: conn(port, &prefix),
         wait: scaled(Duration::from_secs(10)),
     };
@@ -691,6 +707,7 @@ async fn publish_without_an_engine_times_out_with_3() {
     );
     let code = cli::delete(DeleteArgs {
         rule_id: "lonely".into(),
+        version: None,
         connection: conn(port, &prefix),
         wait: Duration::from_millis(300),
     })

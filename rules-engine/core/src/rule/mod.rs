@@ -7,7 +7,7 @@ mod sandbox;
 
 pub use error::{RuleError, RuleErrorKind};
 pub(crate) use sandbox::{explain, is_deadline_message, FailureKind, ScriptFailure};
-pub use sandbox::{Limits, Sandbox};
+pub use sandbox::{Limits, Sandbox, DEFAULT_MAX_FAN_OUT};
 
 use rhai::{Dynamic, FnPtr, ImmutableString, Map, AST};
 use std::collections::HashSet;
@@ -43,7 +43,24 @@ pub struct Rule {
     pub(crate) fingerprints: Vec<u64>,
     pub(crate) shape: Arc<Shape>,
     pub(crate) origin: String,
+    pub(crate) footprint: Footprint,
 }
+
+/// What a rule costs, estimated at load from what it declares (deterministic: the
+/// same text gives the same figures on any machine and under any load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Footprint {
+    /// Equipment × the tags of every group: slots of per-equipment state.
+    pub fan_out: u64,
+    /// Estimated bytes: source, equipment ids, captured values, state slots.
+    pub bytes: u64,
+}
+
+/// Bytes one (equipment, group tag) slot of state costs at most: the last value, its
+/// quality and time, and the map entry holding them (measured: 40–150 bytes).
+pub const SLOT_BYTES: u64 = 160;
+/// Per equipment: its id's entry, current state, pending hold.
+pub const EQUIPMENT_BYTES: u64 = 256;
 
 /// The code of a rule: everything but its id, version, equipment and captured values.
 pub struct Shape {
@@ -124,6 +141,10 @@ impl Rule {
     }
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+    /// The load-time estimate the memory budgets are checked against.
+    pub fn footprint(&self) -> Footprint {
+        self.footprint
     }
     /// Does this rule share its compiled code with `other`?
     pub fn shares_code_with(&self, other: &Rule) -> bool {
@@ -221,6 +242,47 @@ fn compile(sandbox: &Sandbox, source: &str, origin: &str) -> Result<Rule, RuleEr
         rule: None,
     };
     def.rule(value, ast, sandbox)
+}
+
+fn footprint(
+    source: &str,
+    equipment: &[String],
+    groups: &[Group],
+    curry: &[Vec<Dynamic>],
+) -> Footprint {
+    let group_tags: u64 = groups.iter().map(|g| g.tags.len() as u64).sum();
+    let fan_out = equipment.len() as u64 * group_tags;
+    let ids: u64 = equipment
+        .iter()
+        .map(|e| e.len() as u64 + EQUIPMENT_BYTES)
+        .sum();
+    let captured: u64 = curry.iter().flatten().map(dynamic_bytes).sum();
+    let bytes = (source.len() as u64)
+        .saturating_add(ids)
+        .saturating_add(captured)
+        .saturating_add(fan_out.saturating_mul(SLOT_BYTES));
+    Footprint { fan_out, bytes }
+}
+
+/// Bytes a captured value holds, deep (strings, arrays, maps, blobs; 16 per value).
+fn dynamic_bytes(v: &Dynamic) -> u64 {
+    const VALUE: u64 = 16;
+    if let Some(s) = v.read_lock::<ImmutableString>() {
+        return VALUE + s.len() as u64;
+    }
+    if let Some(a) = v.read_lock::<rhai::Array>() {
+        return VALUE + a.iter().map(dynamic_bytes).sum::<u64>();
+    }
+    if let Some(m) = v.read_lock::<Map>() {
+        return VALUE
+            + m.iter()
+                .map(|(k, v)| k.len() as u64 + dynamic_bytes(v))
+                .sum::<u64>();
+    }
+    if let Some(b) = v.read_lock::<rhai::Blob>() {
+        return VALUE + b.len() as u64;
+    }
+    VALUE
 }
 
 struct Parser<'a> {
@@ -382,6 +444,23 @@ impl Parser<'_> {
                 tag_groups[t as usize].push(gi as u16);
             }
         }
+        let footprint = footprint(self.source, &equipment, &groups, &curry);
+        let limits = sandbox.limits();
+        if footprint.fan_out > limits.max_fan_out {
+            let group_tags: usize = groups.iter().map(|g| g.tags.len()).sum();
+            return Err(self.limit(format!(
+                "fan-out is {} ({} equipment × {group_tags} group tags), the limit is {}",
+                footprint.fan_out,
+                equipment.len(),
+                limits.max_fan_out
+            )));
+        }
+        if footprint.bytes > limits.max_rule_bytes {
+            return Err(self.limit(format!(
+                "the rule needs about {} bytes (source, equipment, captured values, {} state slots), the limit is {}",
+                footprint.bytes, footprint.fan_out, limits.max_rule_bytes
+            )));
+        }
         let shape = sandbox.share_shape(Shape {
             states,
             groups,
@@ -398,7 +477,12 @@ impl Parser<'_> {
             fingerprints,
             shape,
             origin: self.origin.to_owned(),
+            footprint,
         })
+    }
+
+    fn limit(&self, message: String) -> RuleError {
+        RuleError::new(RuleErrorKind::Limit, self.origin, message).in_rule(self.rule.as_deref())
     }
 
     fn group(

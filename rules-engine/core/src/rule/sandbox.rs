@@ -39,6 +39,14 @@ pub struct Limits {
     pub max_functions: usize,
     /// Size of a rule's source text.
     pub max_script_bytes: usize,
+    /// Fan-out of one rule: equipment × the tags of every group (each pair of an
+    /// equipment and a group's tag is a slot of state). Checked at load.
+    pub max_fan_out: u64,
+    /// Estimated memory of one rule (source, equipment ids, values its closures
+    /// captured, state slots), checked at load; see [`crate::rule::Rule::footprint`].
+    pub max_rule_bytes: u64,
+    /// The same estimate summed over every loaded rule, checked by the engine.
+    pub max_total_rule_bytes: u64,
     /// Wall-clock budget of one evaluation, from the start of the call; catches what
     /// the operation count cannot (e.g. slow native calls). A call stopped by it fails
     /// that evaluation only; a call that finished over it still counts as over.
@@ -48,6 +56,14 @@ pub struct Limits {
     /// quarantined (no longer evaluated until a new version). 0: never.
     pub quarantine_after: u32,
 }
+
+/// Size limits of a rule's definition (evaluated once, at compile): room for the
+/// documented maxima (1,024 equipment ids of up to 64 characters, 64 groups).
+pub const DEFINITION_MAX_STRING_BYTES: usize = 1024 * 1024;
+pub const DEFINITION_MAX_ARRAY_LEN: usize = 65_536;
+
+/// 1,024 equipment × 64 group tags, or 64 equipment × 1,024 (64 groups of 16 tags).
+pub const DEFAULT_MAX_FAN_OUT: u64 = 65_536;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -62,6 +78,9 @@ impl Default for Limits {
             max_variables: 256,
             max_functions: 64,
             max_script_bytes: 64 * 1024,
+            max_fan_out: DEFAULT_MAX_FAN_OUT,
+            max_rule_bytes: 16 * 1024 * 1024,
+            max_total_rule_bytes: 1024 * 1024 * 1024,
             eval_deadline: Duration::from_millis(50),
             quarantine_after: 5,
         }
@@ -126,6 +145,11 @@ const CLOCK_CHECK_EVERY: u64 = 128;
 /// A configured Rhai engine. Compile and evaluate rules only through one of these.
 pub struct Sandbox {
     engine: Engine,
+    /// Evaluates a rule's definition (the object literal, once, at compile) under wider
+    /// size limits: Rhai counts the strings of a container together, so a definition
+    /// with 1,024 equipment ids would not fit the 4 KiB a condition's call gets. The
+    /// fan-out and memory budgets bound what a definition may hold.
+    definer: Engine,
     deadline: Arc<Deadline>,
     limits: Limits,
     shapes: Mutex<Shapes>,
@@ -154,6 +178,36 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     pub fn new(limits: Limits) -> Self {
+        let mut engine = Self::build(&limits, limits.max_string_size, limits.max_array_size);
+        let definer = Self::build(
+            &limits,
+            limits.max_string_size.max(DEFINITION_MAX_STRING_BYTES),
+            limits.max_array_size.max(DEFINITION_MAX_ARRAY_LEN),
+        );
+        let deadline = Arc::new(Deadline {
+            base: Instant::now(),
+            budget_ns: limits.eval_deadline.as_nanos() as u64,
+            at_ns: AtomicU64::new(NEVER),
+        });
+        let hook = Arc::clone(&deadline);
+        engine.on_progress(move |ops| {
+            if ops.is_multiple_of(CLOCK_CHECK_EVERY) && hook.expired() {
+                Some(Dynamic::from(DEADLINE_MARK))
+            } else {
+                None
+            }
+        });
+        Sandbox {
+            engine,
+            definer,
+            deadline,
+            limits,
+            shapes: Mutex::new(Shapes::default()),
+        }
+    }
+
+    /// An engine with the packages a condition needs and every limit but the clock.
+    fn build(limits: &Limits, max_string_size: usize, max_array_size: usize) -> Engine {
         use rhai::packages::{
             BasicArrayPackage, BasicMapPackage, BasicMathPackage, BasicStringPackage,
             BitFieldPackage, CorePackage, LogicPackage, MoreStringPackage, Package,
@@ -177,8 +231,8 @@ impl Sandbox {
             .set_max_operations(limits.max_operations)
             .set_max_call_levels(limits.max_call_levels)
             .set_max_expr_depths(limits.max_expr_depth, limits.max_fn_expr_depth)
-            .set_max_string_size(limits.max_string_size)
-            .set_max_array_size(limits.max_array_size)
+            .set_max_string_size(max_string_size)
+            .set_max_array_size(max_array_size)
             .set_max_map_size(limits.max_map_size)
             .set_max_variables(limits.max_variables)
             .set_max_functions(limits.max_functions)
@@ -193,26 +247,7 @@ impl Sandbox {
         engine.on_debug(|s, _, pos| {
             tracing::debug!(target: "linewatch_rules_core::script", line = pos.line(), "{s}")
         });
-
-        let deadline = Arc::new(Deadline {
-            base: Instant::now(),
-            budget_ns: limits.eval_deadline.as_nanos() as u64,
-            at_ns: AtomicU64::new(NEVER),
-        });
-        let hook = Arc::clone(&deadline);
-        engine.on_progress(move |ops| {
-            if ops.is_multiple_of(CLOCK_CHECK_EVERY) && hook.expired() {
-                Some(Dynamic::from(DEADLINE_MARK))
-            } else {
-                None
-            }
-        });
-        Sandbox {
-            engine,
-            deadline,
-            limits,
-            shapes: Mutex::new(Shapes::default()),
-        }
+        engine
     }
 
     /// The shared copy of a rule's code: the same `Arc` for every rule whose shape is
@@ -274,9 +309,9 @@ impl Sandbox {
 
     /// Run `f` under the deterministic limits only (no clock): compiling a rule, whose
     /// acceptance must depend on its text alone, never on the machine's load.
+    /// Runs under the definition's wider size limits (see [`Sandbox`]'s `definer`).
     pub(crate) fn without_deadline<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
-        self.deadline.at_ns.store(NEVER, Ordering::Relaxed);
-        f(&self.engine)
+        f(&self.definer)
     }
 }
 

@@ -146,6 +146,57 @@ fn scripts_over_the_size_limit_are_rejected() {
     assert_eq!(e.kind, RuleErrorKind::Limit);
 }
 
+/// A rule over `equipment` ids with `groups` groups of `tags` tags each.
+fn fan_rule(equipment: usize, groups: usize, tags: usize) -> String {
+    format!(
+        r#"let eq = []; for i in 0..{equipment} {{ eq.push("e" + i); }}
+let ts = []; for i in 0..{tags} {{ ts.push("t" + i); }}
+let gs = []; for i in 0..{groups} {{ gs.push(#{{ name: "g" + i, tags: ts, state: |v| "OK" }}); }}
+#{{ id: "fan", equipment: eq, groups: gs }}"#
+    )
+}
+
+#[test]
+fn the_fan_out_budget_is_checked_at_load_with_the_figures() {
+    let sandbox = Sandbox::new(Limits::default());
+    let at_limit = Rule::compile(&sandbox, &fan_rule(1024, 2, 32), "fan.rhai").unwrap();
+    assert_eq!(at_limit.footprint().fan_out, 65_536);
+    let e = Rule::compile(&sandbox, &fan_rule(1024, 64, 2), "fan.rhai").unwrap_err();
+    assert_eq!(e.kind, RuleErrorKind::Limit);
+    assert!(
+        e.message
+            .contains("fan-out is 131072 (1024 equipment × 128 group tags), the limit is 65536"),
+        "{e}"
+    );
+    assert_eq!(e.rule.as_deref(), Some("fan"));
+}
+
+#[test]
+fn the_memory_budget_counts_captured_values_and_state_slots() {
+    let small =
+        r#"#{ id: "m", equipment: "e", groups: [ #{ name: "g", tags: ["t"], state: |v| "OK" } ] }"#;
+    // A closure capturing a 40 KB string: the capture is counted.
+    let big = r#"let s = "x"; s.pad(40000, 'y'); #{ id: "m", equipment: "e", groups: [ #{ name: "g", tags: ["t"], state: |v| if s.len() > 0 { "OK" } else { "IDLE" } } ] }"#;
+    let sandbox = Sandbox::new(Limits::default());
+    let a = Rule::compile(&sandbox, small, "m").unwrap().footprint();
+    let b = Rule::compile(&sandbox, big, "m").unwrap().footprint();
+    assert_eq!(a.fan_out, 1);
+    assert!(b.bytes >= a.bytes + 40_000, "{a:?} {b:?}");
+    let tight = Sandbox::new(Limits {
+        max_rule_bytes: 20_000,
+        ..Limits::default()
+    });
+    assert!(Rule::compile(&tight, small, "m").is_ok());
+    let e = Rule::compile(&tight, big, "m").unwrap_err();
+    assert_eq!(e.kind, RuleErrorKind::Limit);
+    assert!(
+        e.message.contains("the limit is 20000") && e.message.contains("bytes"),
+        "{e}"
+    );
+    // The same text gives the same figure (it is an estimate from the text alone).
+    assert_eq!(Rule::compile(&sandbox, big, "m").unwrap().footprint(), b);
+}
+
 fn thermal_fingerprint(src: &str) -> u64 {
     let r = compile(src).unwrap();
     let g = r

@@ -2,11 +2,19 @@
 //! topic (or take it off) and print the status an engine answers with.
 //!
 //! Exit codes: 0 accepted / deleted; 1 rejected, ignored or not found; 2 the script
-//! (or the retained message in the way) is broken, nothing was published; 3 no
-//! engine answered within `--wait`. Connection problems are errors (`Err`).
+//! (or the retained message in the way, or a key) is broken, nothing was published;
+//! 3 no engine answered within `--wait`; 4 only answers not signed by the engine's
+//! status key arrived (someone else answered). Connection problems are errors (`Err`).
+//!
+//! With `--key`, messages are signed by the author key; with the engine's public
+//! status key (`--engine-key` or `mqtt.auth.status_public_key`), only statuses it
+//! signed count as answers.
 
+use crate::control::auth::{self, SecretKey, Trust};
 use crate::control::config::MAX_PACKET_BYTES;
-use crate::control::{check_rule_id, ControlConfig, RuleMessage, RuleStatus, StatusKind, Topics};
+use crate::control::{
+    check_rule_id, ControlConfig, DeleteMessage, RuleMessage, RuleStatus, StatusKind, Topics,
+};
 use anyhow::{anyhow, bail, Context};
 use linewatch_rules_core::rule::{Limits, Rule, Sandbox};
 use rumqttc::{
@@ -44,6 +52,61 @@ pub struct ConnectionArgs {
     /// Environment variable holding the password.
     #[arg(long, value_name = "VAR")]
     pub password_env: Option<String>,
+    /// The author's secret key (`keygen`): sign the message. Engines that require
+    /// signed rules refuse unsigned ones.
+    #[arg(long, value_name = "FILE.key")]
+    pub key: Option<PathBuf>,
+    /// The engine's public status key: only statuses it signed count as answers
+    /// (default: `mqtt.auth.status_public_key` of `--config`).
+    #[arg(long, value_name = "FILE.pub")]
+    pub engine_key: Option<PathBuf>,
+}
+
+/// `keygen STEM`: a fresh key pair in `STEM.key` (mode 0600) and `STEM.pub`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeygenArgs {
+    /// Path without extension, e.g. `keys/author`; existing files are never overwritten.
+    pub stem: PathBuf,
+}
+
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    let key = SecretKey::generate().context("no random source for the key")?;
+    let (secret, public) = auth::write_key_pair(&args.stem, &key)?;
+    eprintln!(
+        "wrote {} (secret, mode 0600) and {}",
+        secret.display(),
+        public.display()
+    );
+    println!("{}", key.public().to_hex());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The signing key and the status verifier of a command.
+struct Keys {
+    author: Option<SecretKey>,
+    engine: Option<Trust>,
+}
+
+fn load_keys(args: &ConnectionArgs, cfg: &ControlConfig) -> anyhow::Result<Keys> {
+    let author = match &args.key {
+        Some(p) => Some(auth::read_secret_key(p).context("--key")?),
+        None => None,
+    };
+    let engine_path = args
+        .engine_key
+        .clone()
+        .or_else(|| cfg.auth.status_public_key.clone());
+    let engine = match engine_path {
+        Some(p) => Some(Trust::new(
+            vec![auth::read_public_key(&p).context("engine status key")?],
+            false,
+        )),
+        None => {
+            eprintln!("warning: no engine status key (--engine-key or mqtt.auth.status_public_key): any client on the broker could write the answer printed here");
+            None
+        }
+    };
+    Ok(Keys { author, engine })
 }
 
 /// `publish RULE.rhai`: compile locally, publish retained under the next version, wait
@@ -66,12 +129,16 @@ pub struct PublishArgs {
     pub wait: Duration,
 }
 
-/// `delete RULE_ID`: clear the rule's retained message, wait for an engine's status.
+/// `delete RULE_ID`: with `--key`, a signed delete (retained, a tombstone); without,
+/// clear the rule's retained message. Waits for an engine's status.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeleteArgs {
     pub rule_id: String,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// A signed delete removes versions up to this one (default: the retained version).
+    #[arg(long)]
+    pub version: Option<u64>,
     /// How long to wait for an engine's status.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
@@ -79,6 +146,13 @@ pub struct DeleteArgs {
 
 pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let cfg = connection_config(&args.connection)?;
+    let keys = match load_keys(&args.connection, &cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let source = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let rule_id = match &args.id {
@@ -127,9 +201,13 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             }
         },
     };
-    let payload = RuleMessage {
-        version,
-        script: source,
+    let payload = match &keys.author {
+        Some(key) => RuleMessage::signed(&rule_id, version, source, key),
+        None => RuleMessage {
+            version,
+            script: source,
+            signature: None,
+        },
     }
     .encode();
     if payload.len() > MAX_PACKET_BYTES - rule_topic.len() - 16 {
@@ -148,7 +226,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 
     let deadline = Instant::now() + args.wait;
     let answer = conn
-        .wait_status(&status_topic, deadline, |s| {
+        .wait_status(&status_topic, deadline, keys.engine.as_ref(), |s| {
             s.version == Some(version)
                 && matches!(
                     s.status,
@@ -157,8 +235,13 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
     let acked = conn.puback_seen;
+    let forged = conn.forged_seen;
     conn.close().await;
     Ok(match answer {
+        None if forged > 0 => {
+            eprintln!("{forged} answer(s) on {status_topic} were not signed by the engine's status key: someone else answered; no authentic status within {}", humantime::format_duration(args.wait));
+            ExitCode::from(4)
+        }
         Some((status, raw)) => {
             println!("{raw}");
             match status.status {
@@ -180,26 +263,76 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
         eprintln!("RULE_ID: {e}");
         return Ok(ExitCode::from(2));
     }
+    let keys = match load_keys(&args.connection, &cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let topics = Topics::new(cfg.topic_prefix.clone());
     let rule_topic = topics.rule(&args.rule_id);
     let status_topic = topics.status(&args.rule_id);
 
     let mut conn = Conn::connect(&cfg).await?;
-    conn.subscribe(&[&status_topic]).await?;
-    conn.publish(&rule_topic, Vec::new()).await?;
-    eprintln!(
-        "cleared {rule_topic}; waiting up to {} for a status",
-        humantime::format_duration(args.wait)
-    );
+    let payload = match &keys.author {
+        None => DeleteMessage::default(),
+        Some(key) => {
+            // A signed delete names the version it deletes (the retained one), so it
+            // cannot remove a later version if replayed.
+            conn.subscribe(&[&rule_topic, &status_topic]).await?;
+            let version = match (args.version, conn.retained_version(&rule_topic).await?) {
+                (Some(v), _) => v,
+                (None, Ok(Some(v))) => v,
+                (None, Ok(None)) => {
+                    eprintln!("no rule is retained on {rule_topic}; pass --version N to delete rule versions up to N");
+                    conn.close().await;
+                    return Ok(ExitCode::from(2));
+                }
+                (None, Err(e)) => {
+                    eprintln!("the retained message on {rule_topic} is not a rule message ({e}); pass --version N");
+                    conn.close().await;
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            DeleteMessage::signed(&args.rule_id, version, key)
+        }
+    };
+    if keys.author.is_none() {
+        conn.subscribe(&[&status_topic]).await?;
+    }
+    conn.publish(&rule_topic, payload.encode()).await?;
+    match payload.version {
+        Some(v) => eprintln!(
+            "published a signed delete of {} up to version {v} on {rule_topic}; waiting up to {} for a status",
+            args.rule_id,
+            humantime::format_duration(args.wait)
+        ),
+        None => eprintln!(
+            "cleared {rule_topic}; waiting up to {} for a status",
+            humantime::format_duration(args.wait)
+        ),
+    }
     let deadline = Instant::now() + args.wait;
     let answer = conn
-        .wait_status(&status_topic, deadline, |s| {
-            matches!(s.status, StatusKind::Deleted | StatusKind::NotFound)
+        .wait_status(&status_topic, deadline, keys.engine.as_ref(), |s| {
+            matches!(
+                s.status,
+                StatusKind::Deleted
+                    | StatusKind::NotFound
+                    | StatusKind::Rejected
+                    | StatusKind::Ignored
+            )
         })
         .await?;
     let acked = conn.puback_seen;
+    let forged = conn.forged_seen;
     conn.close().await;
     Ok(match answer {
+        None if forged > 0 => {
+            eprintln!("{forged} answer(s) on {status_topic} were not signed by the engine's status key: someone else answered; no authentic status within {}", humantime::format_duration(args.wait));
+            ExitCode::from(4)
+        }
         Some((status, raw)) => {
             println!("{raw}");
             match status.status {
@@ -273,6 +406,8 @@ struct Conn {
     /// Publishes that arrived while waiting for something else.
     backlog: Vec<Publish>,
     puback_seen: bool,
+    /// Statuses that did not verify against the engine's status key.
+    forged_seen: usize,
 }
 
 impl Conn {
@@ -291,6 +426,7 @@ impl Conn {
             broker: format!("{}:{}", cfg.host, cfg.port),
             backlog: Vec::new(),
             puback_seen: false,
+            forged_seen: 0,
         };
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
@@ -389,6 +525,7 @@ impl Conn {
         &mut self,
         topic: &str,
         deadline: Instant,
+        engine: Option<&Trust>,
         want: impl Fn(&RuleStatus) -> bool,
     ) -> anyhow::Result<Option<(RuleStatus, String)>> {
         let mut pending: Vec<Publish> = std::mem::take(&mut self.backlog);
@@ -399,6 +536,13 @@ impl Conn {
                 }
                 match RuleStatus::decode(&p.payload) {
                     Ok(s) if want(&s) => {
+                        if let Some(trust) = engine {
+                            if let Err(e) = s.verify(trust) {
+                                eprintln!("ignoring a status on {topic} not from the engine: {e}");
+                                self.forged_seen += 1;
+                                continue;
+                            }
+                        }
                         let raw = String::from_utf8_lossy(&p.payload).into_owned();
                         return Ok(Some((s, raw)));
                     }

@@ -11,8 +11,9 @@
 //! was disconnected leaves no retained message to find, but the broker queues the
 //! delete (QoS 1) for the session and delivers it on reconnect.
 
+use super::auth::{self, SecretKey};
 use super::config::ControlConfig;
-use super::message::{check_rule_id, RuleMessage, RuleStatus, Topics};
+use super::message::{check_rule_id, RulePayload, RuleStatus, Topics};
 use super::metrics::ControlMetrics;
 use super::sync::InitialSync;
 use super::{ControlError, ControlEvent};
@@ -28,13 +29,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-/// Requests (status publishes) the client queues before `publish_status` waits.
-const REQUEST_CAPACITY: usize = 256;
+/// Requests of the rules connection (subscribe, disconnect).
+const REQUEST_CAPACITY: usize = 64;
+/// Status publishes queued on the status connection; beyond, a status is dropped
+/// (counted as `result="dropped"`): publishing never waits.
+const STATUS_CAPACITY: usize = 4096;
 /// Events queued for the engine. Rule changes are rare; this absorbs a burst of
 /// retained rules at start-up.
 const EVENT_CAPACITY: usize = 1024;
-/// `publish_status` gives up (logs, counts) after this: the engine must not stall
-/// on a full request queue while the broker is away.
+/// Bound on queueing the DISCONNECTs at shutdown.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -44,6 +47,10 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct ControlHandle {
     client: AsyncClient,
+    /// A connection of its own for statuses: the rules connection may wait on the
+    /// engine (back-pressure of a burst of rules) and must not hold statuses back.
+    status_client: AsyncClient,
+    status_key: Option<Arc<SecretKey>>,
     topics: Topics,
     metrics: ControlMetrics,
     stop: CancellationToken,
@@ -61,12 +68,26 @@ pub async fn start(
     cfg: &ControlConfig,
     client_id: String,
     metrics: ControlMetrics,
-    rng: fastrand::Rng,
+    mut rng: fastrand::Rng,
 ) -> Result<(ControlHandle, mpsc::Receiver<ControlEvent>), ControlError> {
     let client_id = cfg.client_id.clone().unwrap_or(client_id);
     let mut opts = cfg.mqtt_options(&client_id)?;
     opts.set_clean_session(false);
     let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
+    let status_key = match &cfg.auth.status_key {
+        Some(path) => {
+            Some(Arc::new(auth::read_secret_key(path).map_err(|e| {
+                ControlError::Config(format!("mqtt.auth.status_key: {e}"))
+            })?))
+        }
+        None => {
+            warn!("control topic: mqtt.auth.status_key is not set: status messages are unsigned, and publish/delete cannot tell them from anyone else's");
+            None
+        }
+    };
+    let mut status_opts = cfg.mqtt_options(&format!("{client_id}-status"))?;
+    status_opts.set_clean_session(true);
+    let (status_client, status_loop) = AsyncClient::new(status_opts, STATUS_CAPACITY);
     let topics = Topics::new(cfg.topic_prefix.clone());
     let broker = format!("{}:{}", cfg.host, cfg.port);
     let (raw_tx, raw_rx) = mpsc::channel(64);
@@ -79,9 +100,15 @@ pub async fn start(
         topics.rules_filter(),
         raw_tx,
         stop.clone(),
-        Reconnect::new(rng),
+        Reconnect::new(rng.fork()),
+    ));
+    let status_poller = tokio::spawn(status_loop_run(
+        status_loop,
+        stop.clone(),
+        Reconnect::new(rng.fork()),
     ));
     let dispatcher = Dispatcher {
+        max_message_bytes: cfg.max_message_bytes,
         topics: topics.clone(),
         metrics: metrics.clone(),
         events: events_tx,
@@ -92,11 +119,13 @@ pub async fn start(
     let dispatcher = tokio::spawn(dispatcher.run(raw_rx));
     let handle = ControlHandle {
         client,
+        status_client,
+        status_key,
         topics,
         metrics,
         _stop_on_drop: Arc::new(stop.clone().drop_guard()),
         stop,
-        tasks: Arc::new(Mutex::new(vec![poller, dispatcher])),
+        tasks: Arc::new(Mutex::new(vec![poller, dispatcher, status_poller])),
     };
     Ok((handle, events_rx))
 }
@@ -106,9 +135,10 @@ impl ControlHandle {
         &self.topics
     }
 
-    /// Queue `status` on `{prefix}/status/{ruleId}` (retained, QoS 1). Waits at most
-    /// about a second for room in the queue; a failure is logged and counted, never
-    /// returned: the rule set has changed either way.
+    /// Queue `status` on `{prefix}/status/{ruleId}` (retained, QoS 1), signed with
+    /// the status key when there is one. Never waits: when the queue is full (the
+    /// broker is away) the status is dropped, logged and counted; the rule set has
+    /// changed either way.
     pub async fn publish_status(&self, status: &RuleStatus) {
         if let Err(e) = check_rule_id(&status.rule_id) {
             warn!(rule_id = %status.rule_id, error = %e, "control topic: no status published: the rule id cannot be a topic level");
@@ -116,21 +146,18 @@ impl ControlHandle {
             return;
         }
         let topic = self.topics.status(&status.rule_id);
-        let publish = self
-            .client
-            .publish(&topic, QoS::AtLeastOnce, true, status.encode());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(())) => {
+        let payload = status.encode_signed(self.status_key.as_deref());
+        match self
+            .status_client
+            .try_publish(&topic, QoS::AtLeastOnce, true, payload)
+        {
+            Ok(()) => {
                 debug!(%topic, status = ?status.status, version = ?status.version, "control topic: status queued");
                 self.metrics.status("queued");
             }
-            Ok(Err(e)) => {
-                warn!(%topic, error = %e, "control topic: status not published");
-                self.metrics.status("failed");
-            }
-            Err(_) => {
-                warn!(%topic, timeout = ?PUBLISH_TIMEOUT, "control topic: status not published: the MQTT request queue stayed full (broker away?)");
-                self.metrics.status("failed");
+            Err(e) => {
+                warn!(%topic, error = %e, "control topic: status dropped: the status queue is full (broker away?)");
+                self.metrics.status("dropped");
             }
         }
     }
@@ -140,11 +167,13 @@ impl ControlHandle {
     /// couple of seconds are aborted.
     pub async fn shutdown(&self) {
         self.stop.cancel();
-        if tokio::time::timeout(PUBLISH_TIMEOUT, self.client.disconnect())
-            .await
-            .is_err()
-        {
-            debug!("control topic: request queue full at shutdown; not waiting for DISCONNECT");
+        for client in [&self.client, &self.status_client] {
+            if tokio::time::timeout(PUBLISH_TIMEOUT, client.disconnect())
+                .await
+                .is_err()
+            {
+                debug!("control topic: request queue full at shutdown; not waiting for DISCONNECT");
+            }
         }
         let tasks: Vec<_> = match self.tasks.lock() {
             Ok(mut t) => t.drain(..).collect(),
@@ -233,6 +262,39 @@ async fn poll_loop(
     }
 }
 
+/// Drives the status connection: publishes go out as the broker takes them. Errors
+/// are logged once per loss (the rules connection reports the broker's health).
+async fn status_loop_run(
+    mut eventloop: EventLoop,
+    stop: CancellationToken,
+    mut reconnect: Reconnect,
+) {
+    let mut up = true;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                reconnect.reset();
+                up = true;
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                if stop.is_cancelled() {
+                    return;
+                }
+                if std::mem::replace(&mut up, false) {
+                    warn!(error = %e, "control topic: status connection lost; statuses wait (queue bounded)");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(reconnect.next_delay()) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
 /// Reconnect delays: doubling from [`BACKOFF_MIN`] to [`BACKOFF_MAX`], each ±25 % so
 /// that many instances do not reconnect in lock-step after a broker restart.
 struct Reconnect {
@@ -263,6 +325,7 @@ impl Reconnect {
 }
 
 struct Dispatcher {
+    max_message_bytes: usize,
     topics: Topics,
     metrics: ControlMetrics,
     events: mpsc::Sender<ControlEvent>,
@@ -351,23 +414,38 @@ impl Dispatcher {
                 };
             }
         };
-        match RuleMessage::decode(&p.payload) {
-            Ok(message) => {
-                self.sync
-                    .rule_message(now, &rule_id, p.retain, message.is_some());
-                match &message {
-                    Some(m) => {
+        if p.payload.len() > self.max_message_bytes {
+            // Still retained activity: the start-up wait must not end in the middle.
+            self.sync.rule_message(now, &rule_id, p.retain, false);
+            self.metrics.malformed("too_large");
+            let error = format!(
+                "payload is {} bytes, above mqtt.max_message_bytes ({}); not read",
+                p.payload.len(),
+                self.max_message_bytes
+            );
+            warn!(topic = %p.topic, %error, "control topic: oversized rule message; ignored");
+            return ControlEvent::Malformed {
+                topic: p.topic,
+                error,
+            };
+        }
+        match RulePayload::decode(&p.payload) {
+            Ok(payload) => {
+                let upsert = matches!(payload, RulePayload::Upsert(_));
+                self.sync.rule_message(now, &rule_id, p.retain, upsert);
+                match &payload {
+                    RulePayload::Upsert(m) => {
                         self.metrics.message("rule");
-                        info!(%rule_id, version = m.version, retained = p.retain, bytes = p.payload.len(), "control topic: rule received");
+                        info!(%rule_id, version = m.version, retained = p.retain, bytes = p.payload.len(), signed = m.signature.is_some(), "control topic: rule received");
                     }
-                    None => {
+                    RulePayload::Delete(d) => {
                         self.metrics.message("delete");
-                        info!(%rule_id, retained = p.retain, "control topic: delete received");
+                        info!(%rule_id, version = ?d.version, retained = p.retain, signed = d.signature.is_some(), "control topic: delete received");
                     }
                 }
                 ControlEvent::Rule {
                     rule_id,
-                    message,
+                    payload,
                     retained: p.retain,
                 }
             }

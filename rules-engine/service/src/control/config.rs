@@ -9,10 +9,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Largest MQTT packet accepted or sent. rumqttc's default (10 KiB) is below a rule
-/// script's limit (64 KiB, more once JSON-escaped), and an oversize packet drops the
-/// connection — with a retained message, on every reconnect. Keep this well above.
-pub const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
+/// Largest MQTT packet the client reads or sends. An incoming packet above it drops
+/// the connection (MQTT 3.1.1 cannot refuse one message), and a retained one comes
+/// back on every reconnect; so this is well above any rule message
+/// ([`DEFAULT_MAX_MESSAGE_BYTES`]): a larger message is read, refused with a status,
+/// and the connection stays. The broker's `max_packet_size` (docs/control-topic.md)
+/// must be at or below it.
+pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default of `mqtt.max_message_bytes`: a rule message above it is refused unread
+/// (a script's own limit is 64 KiB; JSON escaping and a signature add to that).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// CA bundle used when `tls.ca_file` is not given (Debian/Ubuntu path).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -44,6 +51,29 @@ pub struct ControlConfig {
     /// arrived for this long.
     #[serde(with = "humantime_serde")]
     pub retained_quiet: Duration,
+    /// Rule messages larger than this are refused (status `rejected`) without being
+    /// decoded; at most [`MAX_PACKET_BYTES`].
+    pub max_message_bytes: usize,
+    /// Who may change rules and how the engine signs its answers.
+    pub auth: AuthConfig,
+}
+
+/// `[mqtt.auth]`: rules must be signed by a trusted author key; statuses are signed
+/// by the engine's key. Key files are written by `linewatch-rules keygen`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Public key files (`*.pub`) of the rule authors the engine trusts.
+    pub trusted_keys: Vec<PathBuf>,
+    /// The engine's secret key file (`*.key`, mode 0600): signs status messages.
+    pub status_key: Option<PathBuf>,
+    /// The public half of `status_key` (`*.pub`): what `publish`/`delete` verify
+    /// statuses with. The engine does not need it.
+    pub status_public_key: Option<PathBuf>,
+    /// Accept unsigned rule messages and deletes. For local demos only: anyone who
+    /// can publish on the broker then changes rules. Logged as a warning at start
+    /// and for every unsigned message.
+    pub accept_unsigned: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -71,6 +101,8 @@ impl Default for ControlConfig {
             keep_alive: Duration::from_secs(30),
             retained_wait: Duration::from_secs(10),
             retained_quiet: Duration::from_millis(500),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -91,6 +123,8 @@ impl fmt::Debug for ControlConfig {
             .field("keep_alive", &self.keep_alive)
             .field("retained_wait", &self.retained_wait)
             .field("retained_quiet", &self.retained_quiet)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -137,6 +171,12 @@ impl ControlConfig {
         if self.retained_quiet.is_zero() {
             p.push("mqtt.retained_quiet", "must be above 0");
         }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_PACKET_BYTES {
+            p.push(
+                "mqtt.max_message_bytes",
+                format!("must be 1 to {MAX_PACKET_BYTES}"),
+            );
+        }
         if let Some(tls) = &self.tls {
             if tls.client_cert.is_some() != tls.client_key.is_some() {
                 p.push("mqtt.tls", "client_cert and client_key go together");
@@ -151,6 +191,19 @@ impl ControlConfig {
             self.password_env.as_deref(),
             self.password_file.as_deref(),
         )
+    }
+
+    /// What only the engine needs: a way to trust rules. Without trusted keys and
+    /// without `accept_unsigned`, every rule would be rejected.
+    pub fn check_engine(&self) -> Problems {
+        let mut p = Problems::new();
+        if self.auth.trusted_keys.is_empty() && !self.auth.accept_unsigned {
+            p.push(
+                "mqtt.auth.trusted_keys",
+                "no trusted author key: every rule would be rejected; list the authors' public keys (linewatch-rules keygen), or set accept_unsigned = true for a local demo",
+            );
+        }
+        p
     }
 
     /// The rumqttc options: credentials (reading `password_env`/`_file`), TLS (reading the

@@ -1,5 +1,6 @@
 //! The control topic's wire formats: topic names, rule messages, status messages. Pure.
 
+use super::auth::{self, Operation, SecretKey, Signature, Trust, Verdict};
 use linewatch_rules_core::lifecycle::ChangeOutcome;
 use linewatch_rules_core::rule::MAX_ID_LEN;
 use serde::{Deserialize, Serialize};
@@ -65,34 +66,52 @@ pub fn check_rule_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A rule as carried on `{prefix}/rules/{ruleId}`: `{"version": 3, "script": "..."}`.
+/// A rule as carried on `{prefix}/rules/{ruleId}`:
+/// `{"version": 3, "script": "...", "signature": {"key": "..", "sig": ".."}}`.
 /// The version is authoritative (it overrides anything the script says).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleMessage {
     pub version: u64,
     pub script: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
-impl RuleMessage {
-    /// Decode a payload: empty means "delete the rule" (`Ok(None)`). Unknown fields are
-    /// ignored; anything else that is not the shape above is an error saying why.
-    pub fn decode(payload: &[u8]) -> Result<Option<RuleMessage>, String> {
+/// A delete: `{"delete": true, "version": 3, "signature": {..}}` deletes the rule if the
+/// loaded version is at most 3. An empty payload is an unsigned delete of any version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteMessage {
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+/// What a message on a rule topic asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RulePayload {
+    Upsert(RuleMessage),
+    Delete(DeleteMessage),
+}
+
+const SHAPE: &str =
+    r#"expected JSON {"version": N, "script": "..."} or {"delete": true, "version": N}"#;
+
+impl RulePayload {
+    /// Decode a payload: empty means "delete the rule" (unsigned). Unknown fields are
+    /// ignored; anything else that is not one of the shapes is an error saying why.
+    pub fn decode(payload: &[u8]) -> Result<RulePayload, String> {
         if payload.is_empty() {
-            return Ok(None);
+            return Ok(RulePayload::Delete(DeleteMessage::default()));
         }
-        let text = std::str::from_utf8(payload).map_err(|e| {
-            format!(
-                "payload is not UTF-8 ({e}); expected JSON {{\"version\": N, \"script\": \"...\"}}"
-            )
-        })?;
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| format!("payload is not UTF-8 ({e}); {SHAPE}"))?;
         // Decode in two steps so the error names the field at fault rather than serde's
         // generic "invalid type".
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            format!("payload is not JSON ({e}); expected {{\"version\": N, \"script\": \"...\"}}")
-        })?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("payload is not JSON ({e}); {SHAPE}"))?;
         let obj = value.as_object().ok_or_else(|| {
             format!(
-                "payload is JSON {}, expected an object {{\"version\": N, \"script\": \"...\"}}",
+                "payload is JSON {}, expected an object; {SHAPE}",
                 json_kind(&value)
             )
         })?;
@@ -102,17 +121,111 @@ impl RuleMessage {
                 .as_u64()
                 .ok_or_else(|| format!("\"version\" must be a non-negative integer, got {v}"))?,
         };
+        let signature = match obj.get("signature") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(serde_json::from_value::<Signature>(v.clone()).map_err(|e| {
+                format!("\"signature\" must be {{\"key\": hex, \"sig\": hex}}: {e}")
+            })?),
+        };
+        match obj.get("delete") {
+            None | Some(serde_json::Value::Bool(false)) => {}
+            Some(serde_json::Value::Bool(true)) => {
+                return Ok(RulePayload::Delete(DeleteMessage {
+                    version: Some(version),
+                    signature,
+                }))
+            }
+            Some(v) => return Err(format!("\"delete\" must be true, got {}", json_kind(v))),
+        }
         let script = match obj.get("script") {
             None => return Err("payload has no \"script\"".into()),
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(v) => return Err(format!("\"script\" must be a string, got {}", json_kind(v))),
         };
-        Ok(Some(RuleMessage { version, script }))
+        Ok(RulePayload::Upsert(RuleMessage {
+            version,
+            script,
+            signature,
+        }))
+    }
+
+    /// The version the message names, if any.
+    pub fn version(&self) -> Option<u64> {
+        match self {
+            RulePayload::Upsert(m) => Some(m.version),
+            RulePayload::Delete(d) => d.version,
+        }
+    }
+
+    /// Is this message authorised for `rule_id` under `trust`? An unsigned empty
+    /// payload only passes with `accept_unsigned`.
+    pub fn check(&self, rule_id: &str, trust: &Trust) -> Result<Verdict, String> {
+        match self {
+            RulePayload::Upsert(m) => trust.check(
+                &auth::rule_signing_bytes(
+                    rule_id,
+                    m.version,
+                    Operation::Upsert { script: &m.script },
+                ),
+                m.signature.as_ref(),
+            ),
+            RulePayload::Delete(d) => match (d.version, &d.signature) {
+                (Some(v), sig) => trust.check(
+                    &auth::rule_signing_bytes(rule_id, v, Operation::Delete),
+                    sig.as_ref(),
+                ),
+                (None, _) => trust.check(&[], None),
+            },
+        }
+    }
+}
+
+impl RuleMessage {
+    /// Decode an upsert; `Ok(None)` for any delete (see [`RulePayload::decode`]).
+    pub fn decode(payload: &[u8]) -> Result<Option<RuleMessage>, String> {
+        Ok(match RulePayload::decode(payload)? {
+            RulePayload::Upsert(m) => Some(m),
+            RulePayload::Delete(_) => None,
+        })
+    }
+
+    /// An upsert of `rule_id` signed with `key`.
+    pub fn signed(rule_id: &str, version: u64, script: String, key: &SecretKey) -> RuleMessage {
+        let bytes =
+            auth::rule_signing_bytes(rule_id, version, Operation::Upsert { script: &script });
+        RuleMessage {
+            version,
+            signature: Some(key.sign(&bytes)),
+            script,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        // A struct of a u64 and a String always serialises.
+        // A struct of a u64 and strings always serialises.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl DeleteMessage {
+    /// A delete of `rule_id` up to `version`, signed with `key`.
+    pub fn signed(rule_id: &str, version: u64, key: &SecretKey) -> DeleteMessage {
+        let bytes = auth::rule_signing_bytes(rule_id, version, Operation::Delete);
+        DeleteMessage {
+            version: Some(version),
+            signature: Some(key.sign(&bytes)),
+        }
+    }
+
+    /// The payload: empty when unsigned and without a version (the plain MQTT clear).
+    pub fn encode(&self) -> Vec<u8> {
+        if self.version.is_none() && self.signature.is_none() {
+            return Vec::new();
+        }
+        let mut v = serde_json::json!({"delete": true, "version": self.version});
+        if let Some(sig) = &self.signature {
+            v["signature"] = serde_json::json!(sig);
+        }
+        v.to_string().into_bytes()
     }
 }
 
@@ -162,6 +275,9 @@ pub struct RuleStatus {
     pub instance: String,
     /// Unix milliseconds.
     pub at: u64,
+    /// By the engine's status key (`mqtt.auth.status_key`), over the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 impl RuleStatus {
@@ -194,6 +310,7 @@ impl RuleStatus {
             instance: instance.into(),
             at: at_ms,
             outcome: Some(outcome),
+            signature: None,
         }
     }
 
@@ -213,6 +330,7 @@ impl RuleStatus {
             outcome: None,
             instance: instance.into(),
             at: at_ms,
+            signature: None,
         }
     }
 
@@ -234,6 +352,7 @@ impl RuleStatus {
             outcome: None,
             instance: instance.into(),
             at: at_ms,
+            signature: None,
         }
     }
 
@@ -244,6 +363,28 @@ impl RuleStatus {
 
     pub fn decode(payload: &[u8]) -> Result<RuleStatus, String> {
         serde_json::from_slice(payload).map_err(|e| format!("status is not a status message: {e}"))
+    }
+
+    /// The payload, signed with `key` when there is one.
+    pub fn encode_signed(&self, key: Option<&SecretKey>) -> Vec<u8> {
+        let mut s = self.clone();
+        s.signature = None;
+        let Some(key) = key else {
+            return s.encode();
+        };
+        let unsigned = s.encode();
+        s.signature = Some(key.sign(&auth::status_signing_bytes(&unsigned)));
+        s.encode()
+    }
+
+    /// Is this status signed by one of `keys` (the engines' status keys)?
+    pub fn verify(&self, trust: &Trust) -> Result<Verdict, String> {
+        let mut unsigned = self.clone();
+        unsigned.signature = None;
+        trust.check(
+            &auth::status_signing_bytes(&unsigned.encode()),
+            self.signature.as_ref(),
+        )
     }
 }
 
@@ -286,7 +427,8 @@ mod tests {
             RuleMessage::decode(br##"{"version": 3, "script": "#{}", "author": "me"}"##),
             Ok(Some(RuleMessage {
                 version: 3,
-                script: "#{}".into()
+                script: "#{}".into(),
+                signature: None,
             }))
         );
         let cases: [(&[u8], &str); 8] = [
@@ -316,8 +458,59 @@ mod tests {
         let m = RuleMessage {
             version: 9,
             script: "#{ id: \"a\" }\n// \"quoted\"".into(),
+            signature: None,
         };
         assert_eq!(RuleMessage::decode(&m.encode()), Ok(Some(m)));
+    }
+
+    #[test]
+    fn signed_rules_and_deletes_round_trip_and_verify_only_for_their_rule() {
+        let key = SecretKey::from_seed([3; 32]);
+        let trust = Trust::new(vec![key.public()], false);
+        let m = RuleMessage::signed("r1", 4, "#{}".into(), &key);
+        let p = RulePayload::decode(&m.encode()).unwrap();
+        assert_eq!(p, RulePayload::Upsert(m.clone()));
+        assert!(p.check("r1", &trust).is_ok());
+        assert!(p.check("r2", &trust).is_err(), "re-targeted");
+        let d = DeleteMessage::signed("r1", 4, &key);
+        let p = RulePayload::decode(&d.encode()).unwrap();
+        assert_eq!(p, RulePayload::Delete(d.clone()));
+        assert!(p.check("r1", &trust).is_ok());
+        // The upsert's signature on a delete of the same id and version.
+        let forged = DeleteMessage {
+            version: Some(4),
+            signature: m.signature.clone(),
+        };
+        assert!(RulePayload::Delete(forged).check("r1", &trust).is_err());
+        let empty = RulePayload::decode(b"").unwrap();
+        assert!(empty
+            .check("r1", &trust)
+            .unwrap_err()
+            .contains("not signed"));
+        assert!(empty.check("r1", &Trust::new(vec![], true)).is_ok());
+        assert_eq!(DeleteMessage::default().encode(), b"");
+        let err = RulePayload::decode(br#"{"version": 1, "delete": 1}"#).unwrap_err();
+        assert!(err.contains("must be true"), "{err}");
+        let err =
+            RulePayload::decode(br#"{"version": 1, "script": "", "signature": 7}"#).unwrap_err();
+        assert!(err.contains("signature"), "{err}");
+    }
+
+    #[test]
+    fn statuses_signed_by_the_engine_verify_and_tampering_shows() {
+        let key = SecretKey::from_seed([5; 32]);
+        let trust = Trust::new(vec![key.public()], false);
+        let s = RuleStatus::rejected("r", Some(2), "bad", "rules-1", 9);
+        let signed = RuleStatus::decode(&s.encode_signed(Some(&key))).unwrap();
+        assert!(signed.verify(&trust).is_ok());
+        let mut lie = signed.clone();
+        lie.status = StatusKind::Accepted;
+        assert!(lie.verify(&trust).is_err());
+        let unsigned = RuleStatus::decode(&s.encode_signed(None)).unwrap();
+        assert!(unsigned.verify(&trust).unwrap_err().contains("not signed"));
+        let other = SecretKey::from_seed([6; 32]);
+        let by_other = RuleStatus::decode(&s.encode_signed(Some(&other))).unwrap();
+        assert!(by_other.verify(&trust).unwrap_err().contains("not trusted"));
     }
 
     #[test]

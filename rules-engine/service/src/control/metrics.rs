@@ -19,7 +19,7 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `queued` or `failed`.
+    /// `queued`, `dropped` (the status queue was full) or `failed`.
     pub result: String,
 }
 
@@ -36,6 +36,10 @@ pub struct ControlMetrics {
     pub connected: Gauge,
     /// Status messages handed to the MQTT client, or failed to be.
     pub statuses: Family<ResultLabel, Counter>,
+    /// Rule messages refused as not authorised, by reason (`unsigned`, `bad_signature`).
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Unsigned rule messages let through by `accept_unsigned`.
+    pub unsigned_accepted: Counter,
 }
 
 impl ControlMetrics {
@@ -63,9 +67,27 @@ impl ControlMetrics {
         );
         r.register(
             "statuses",
-            "Status messages queued for publishing (result=queued) or not (result=failed)",
+            "Status messages queued for publishing (result=queued), dropped on a full queue (dropped) or not publishable (failed)",
             self.statuses.clone(),
         );
+        r.register(
+            "refused",
+            "Rule messages refused as not authorised (unsigned, bad_signature)",
+            self.refused.clone(),
+        );
+        r.register(
+            "unsigned_accepted",
+            "Unsigned rule messages accepted because mqtt.auth.accept_unsigned is on",
+            self.unsigned_accepted.clone(),
+        );
+    }
+
+    pub(crate) fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn message(&self, kind: &str) {

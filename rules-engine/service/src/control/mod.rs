@@ -1,6 +1,8 @@
 //! The MQTT control topic: rules in, status out.
 //!
 //! * [`message`]: topic names, the rule and status payloads (pure);
+//! * [`auth`]: signed rules and statuses, key files (Ed25519);
+//! * [`intake`]: verify and compile rule messages off the engine's task;
 //! * [`sync`]: when the retained rules have all arrived after start-up (pure);
 //! * [`config`]: the `[mqtt]` table;
 //! * [`client`]: the connection — subscribes, reconnects, emits [`ControlEvent`]s,
@@ -10,26 +12,31 @@
 //! The engine decides what a message does (compile, version check, apply); this
 //! module only carries messages. Formats and semantics: `docs/control-topic.md`.
 
+pub mod auth;
 pub mod client;
 pub mod config;
+pub mod intake;
 pub mod message;
 pub mod metrics;
 pub mod sync;
 
 pub use client::{start, ControlHandle};
-pub use config::{ControlConfig, TlsConfig};
-pub use message::{check_rule_id, RuleMessage, RuleStatus, StatusKind, Topics};
+pub use config::{AuthConfig, ControlConfig, TlsConfig};
+pub use message::{
+    check_rule_id, DeleteMessage, RuleMessage, RulePayload, RuleStatus, StatusKind, Topics,
+};
 pub use metrics::ControlMetrics;
 
 /// What the control connection tells the engine, in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlEvent {
-    /// A rule message: `Some` adds or replaces the rule (at `message.version`),
-    /// `None` (an empty payload) deletes it. `retained`: delivered because of the
-    /// subscription (the stored state) rather than published just now.
+    /// A rule message: an upsert adds or replaces the rule (at its version), a delete
+    /// removes it. Not verified yet (the engine checks signatures). `retained`:
+    /// delivered because of the subscription (the stored state) rather than published
+    /// just now.
     Rule {
         rule_id: String,
-        message: Option<RuleMessage>,
+        payload: RulePayload,
         retained: bool,
     },
     /// A message on the rule topics that is neither: bad topic or bad payload. The

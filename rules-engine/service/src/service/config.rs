@@ -354,6 +354,7 @@ impl ServiceConfig {
         }
         p.extend(self.kinesis.check());
         p.extend(self.mqtt.check());
+        p.extend(self.mqtt.check_engine());
         p.extend(output::check_all(&self.webhooks));
         p
     }
@@ -437,6 +438,7 @@ mod tests {
             stream = ""
             [mqtt]
             port = 0
+            auth.accept_unsigned = true
             [[webhooks]]
             name = "a"
             url = "ftp://x"
@@ -466,7 +468,7 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
             file.path(),
-            "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"\"\n[mqtt]\nport = 0\n",
+            "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"\"\n[mqtt]\nport = 0\nauth.accept_unsigned = true\n",
         )
         .unwrap();
         let err = ServiceConfig::load(file.path()).unwrap_err().to_string();
@@ -481,7 +483,7 @@ mod tests {
 
     #[test]
     fn type_errors_typos_and_validation_are_reported_together_with_lines() {
-        let text = "state_dir = \"/tmp/x\"\nworkers = 0\n[kinesis]\nstream = \"s\"\nregion = \"r\"\npoll_intervall = \"1s\"\n[mqtt]\nport = 70000\n[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\n";
+        let text = "state_dir = \"/tmp/x\"\nworkers = 0\n[kinesis]\nstream = \"s\"\nregion = \"r\"\npoll_intervall = \"1s\"\n[mqtt]\nport = 70000\nauth = { accept_unsigned = true }\n[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\n";
         let p = ServiceConfig::parse(text).expect_err("four problems");
         let shown: Vec<String> = p
             .iter()
@@ -500,12 +502,12 @@ mod tests {
             shown[2].starts_with("8: mqtt.port: invalid value: integer `70000`"),
             "{shown:#?}"
         );
-        assert!(shown[3].starts_with("11: webhooks[0].url:"), "{shown:#?}");
+        assert!(shown[3].starts_with("12: webhooks[0].url:"), "{shown:#?}");
     }
 
     #[test]
     fn the_bounds_on_time_and_budgets_are_configured_and_checked() {
-        let base = "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"s\"\n[mqtt]\n";
+        let base = "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"s\"\n[mqtt]\nauth = { accept_unsigned = true }\n";
         let cfg: ServiceConfig = toml::from_str(base).unwrap();
         let w = cfg.sequencer().watermark;
         assert_eq!(w.max_future_skew, Duration::from_secs(300));

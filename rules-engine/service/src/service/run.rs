@@ -15,6 +15,8 @@ use super::http::{self, OpsView, Phase, RuleView, SharedView};
 use super::metrics::{
     EngineMetrics, OutcomeLabel, ReasonLabel, SenderLabels, StateLabel, StatusLabel,
 };
+use crate::control::auth::{self, Trust};
+use crate::control::intake::{self, Intake, IntakeSetup};
 use crate::control::{self, ControlEvent, ControlHandle, ControlMetrics, RuleStatus, StatusKind};
 use crate::output::{
     self, DeadLetterStore, DeliveryContext, Outbox, OutboxSnapshot, OutputMetrics, PendingEvent,
@@ -22,10 +24,11 @@ use crate::output::{
 };
 use crate::source::{KinesisSource, ShardPositions, SourceBatch, SourceMetrics, SourceRecord};
 use linewatch_rules_core::engine::{
-    Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate,
+    CompiledRule, Engine, EngineConfig, EngineError, EngineSnapshot, RecordOutcome, RuleUpdate,
 };
 use linewatch_rules_core::eval::DiagnosticKind;
 use linewatch_rules_core::eval::{EvalStats, Partition};
+use linewatch_rules_core::lifecycle::ChangeOutcome;
 use linewatch_rules_core::transition::EventSource;
 use linewatch_rules_core::watermark::SenderStatus;
 use linewatch_runtime::shutdown::CancellationToken;
@@ -220,6 +223,8 @@ pub async fn run(
         )));
     }
 
+    // Who may change rules.
+    let trust = load_trust(&cfg.mqtt.auth)?;
     // The control topic: rules first, then data.
     let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(|| {
         format!(
@@ -227,10 +232,25 @@ pub async fn run(
             partition.index, partition.count
         )
     });
-    let (control, mut control_rx) =
-        control::start(&cfg.mqtt, client_id, control_metrics, rng.fork())
+    let (control, control_events) =
+        control::start(&cfg.mqtt, client_id, control_metrics.clone(), rng.fork())
             .await
             .map_err(|e| ServiceError::Start(format!("control topic: {e}")))?;
+    let accept_unsigned = trust.accept_unsigned();
+    let (mut control_rx, intake_task) = intake::spawn(
+        control_events,
+        IntakeSetup {
+            trust,
+            compiler: engine.compiler(),
+            partition,
+            loaded: engine
+                .rules()
+                .iter()
+                .map(|(id, r)| (id.clone(), r.version, r.script.clone()))
+                .collect(),
+            metrics: control_metrics,
+        },
+    );
 
     let mut lp = Loop {
         engine,
@@ -252,34 +272,46 @@ pub async fn run(
     };
     lp.set_phase(Phase::SyncingRules);
     let mut present = BTreeSet::new();
-    // `Some(timed_out)` once the retained rules are in; `None` on shutdown.
+    // The wait is bounded by `retained_wait` from here, whatever the broker sends and
+    // however long compiling takes: rules still arriving apply while data flows.
+    let sync_deadline = tokio::time::Instant::now() + cfg.mqtt.retained_wait;
+    // `Some(complete)` once the retained rules are in (or the wait is over); `None` on shutdown.
     let synced = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break None,
-            ev = control_rx.recv() => match ev {
-                Some(ControlEvent::InitialSyncDone { rules, timed_out }) => {
+            _ = tokio::time::sleep_until(sync_deadline) => {
+                tracing::warn!(rules = lp.engine.rules().len(), "stopped waiting for retained rules after retained_wait; going on with what is loaded, the rest applies as it arrives");
+                break Some(false);
+            }
+            item = control_rx.recv() => match item {
+                Some(Intake::Event(ControlEvent::InitialSyncDone { rules, timed_out })) => {
                     if timed_out {
                         tracing::warn!(rules, "stopped waiting for retained rules (retained_wait); going on with what arrived");
                     } else {
                         tracing::info!(rules, "retained rules received");
                     }
-                    break Some(timed_out);
+                    break Some(!timed_out);
                 }
-                Some(ev) => {
-                    if let ControlEvent::Rule { rule_id, message, .. } = &ev {
-                        if message.is_some() { present.insert(rule_id.clone()); } else { present.remove(rule_id); }
+                Some(item) => {
+                    match &item {
+                        Intake::Upsert { compiled, .. } => { present.insert(compiled.rule_id.clone()); }
+                        Intake::Delete { rule_id, .. } => { present.remove(rule_id); }
+                        _ => {}
                     }
-                    lp.on_control(ev).await?;
+                    lp.on_intake(item).await?;
                 }
                 None => return Err(ServiceError::Start("the control topic task stopped".into())),
             },
         }
     };
+    let synced = synced.map(|complete| !complete);
     if let Some(timed_out) = synced {
         // Only a complete view of the retained rules says which ones were deleted
         // while this instance was down; after a timeout (broker unreachable) the
         // checkpoint's rules stay, and a deletion takes effect when it arrives.
-        let deleted = if timed_out {
+        // With signed rules, a rule goes only by a signed delete: a retained message
+        // that vanished (anyone may clear one) deletes nothing.
+        let deleted = if timed_out || !accept_unsigned {
             Vec::new()
         } else {
             lp.engine.forget_missing(&present)?
@@ -338,7 +370,7 @@ pub async fn run(
                     lp.checkpoint(&mut store, &positions)?;
                 }
                 ev = control_rx.recv(), if control_open => match ev {
-                    Some(ev) => lp.on_control(ev).await?,
+                    Some(ev) => lp.on_intake(ev).await?,
                     None => {
                         // Keep processing data with the rules loaded.
                         tracing::error!("the control topic task stopped; rule changes are not received any more");
@@ -369,6 +401,7 @@ pub async fn run(
         }
     }
     lp.control.shutdown().await;
+    intake_task.abort();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
@@ -410,13 +443,44 @@ impl Loop {
         }
     }
 
+    async fn on_intake(&mut self, item: Intake) -> Result<(), ServiceError> {
+        match item {
+            Intake::Upsert { compiled, .. } => self.on_compiled(compiled).await,
+            Intake::Delete {
+                rule_id, version, ..
+            } => self.on_delete(&rule_id, version).await,
+            Intake::Refused {
+                rule_id,
+                version,
+                error,
+            } => {
+                self.count_change("rejected");
+                self.publish(RuleStatus::rejected(
+                    &rule_id,
+                    version,
+                    error,
+                    self.instance.clone(),
+                    self.clock.now_ms(),
+                ))
+                .await;
+                Ok(())
+            }
+            Intake::Event(ev) => self.on_control(ev).await,
+        }
+    }
+
+    fn count_change(&self, label: &'static str) {
+        self.metrics
+            .rule_changes
+            .get_or_create(&StatusLabel { status: label })
+            .inc();
+    }
+
     async fn on_control(&mut self, ev: ControlEvent) -> Result<(), ServiceError> {
         match ev {
-            ControlEvent::Rule {
-                rule_id, message, ..
-            } => {
-                let message = message.as_ref().map(|m| (m.version, m.script.as_str()));
-                self.on_rule(&rule_id, message).await?;
+            ControlEvent::Rule { rule_id, .. } => {
+                // The intake turns these into Intake items; never here.
+                tracing::debug!(rule = rule_id, "unverified rule event ignored");
             }
             ControlEvent::Connected => {
                 self.view
@@ -448,10 +512,7 @@ impl Loop {
                         self.instance.clone(),
                         self.clock.now_ms(),
                     );
-                    self.metrics
-                        .rule_changes
-                        .get_or_create(&StatusLabel { status: "rejected" })
-                        .inc();
+                    self.count_change("rejected");
                     self.publish(status).await;
                 }
             }
@@ -460,12 +521,30 @@ impl Loop {
         Ok(())
     }
 
-    async fn on_rule(
-        &mut self,
-        rule_id: &str,
-        message: Option<(u64, &str)>,
-    ) -> Result<(), ServiceError> {
-        let update = self.engine.on_rule(rule_id, message)?;
+    async fn on_compiled(&mut self, compiled: CompiledRule) -> Result<(), ServiceError> {
+        let rule_id = compiled.rule_id.clone();
+        let update = self.engine.apply_compiled(compiled)?;
+        self.on_update(&rule_id, update).await
+    }
+
+    /// A delete up to `version` (`None`: any) leaves a newer rule alone: an old signed
+    /// delete replayed after a re-publish changes nothing.
+    async fn on_delete(&mut self, rule_id: &str, version: Option<u64>) -> Result<(), ServiceError> {
+        if let (Some(offered), Some(loaded)) = (version, self.engine.rules().get(rule_id)) {
+            if loaded.version > offered {
+                let outcome = ChangeOutcome::IgnoredStaleVersion {
+                    rule_id: rule_id.to_owned(),
+                    loaded: loaded.version,
+                    offered,
+                };
+                return self.on_update(rule_id, RuleUpdate::Stale(outcome)).await;
+            }
+        }
+        let update = self.engine.on_rule(rule_id, None)?;
+        self.on_update(rule_id, update).await
+    }
+
+    async fn on_update(&mut self, rule_id: &str, update: RuleUpdate) -> Result<(), ServiceError> {
         let at = self.clock.now_ms();
         let status = match update {
             RuleUpdate::NotOwned | RuleUpdate::Unchanged { .. } => None,
@@ -820,4 +899,20 @@ impl Loop {
         }
         Ok(())
     }
+}
+
+/// The trusted author keys of `[mqtt.auth]`, read now: a missing or unreadable key is
+/// a start-up error, not a rule rejected later.
+fn load_trust(cfg: &control::AuthConfig) -> Result<Trust, ServiceError> {
+    let mut keys = Vec::new();
+    for path in &cfg.trusted_keys {
+        let key = auth::read_public_key(path)
+            .map_err(|e| ServiceError::Start(format!("mqtt.auth.trusted_keys: {e}")))?;
+        tracing::info!(key = %key.to_hex(), file = %path.display(), "trusting rule author key");
+        keys.push(key);
+    }
+    if cfg.accept_unsigned {
+        tracing::warn!("mqtt.auth.accept_unsigned = true: UNSIGNED RULES ARE ACCEPTED; anyone who can publish on the broker can add, change and delete rules (local demos only)");
+    }
+    Ok(Trust::new(keys, cfg.accept_unsigned))
 }
