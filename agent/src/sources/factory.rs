@@ -2,6 +2,7 @@
 
 use super::config::{parse_protocol, CommonSourceConfig, ProtocolConfig, SourceConfig};
 use super::modbus::ModbusSourceConfig;
+use super::opcua::OpcUaSourceConfig;
 use super::source::SourceContext;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,10 +21,16 @@ pub struct Protocol {
 
 /// Adding a protocol: one line here, plus its folder under `sources/`
 /// (see `docs/sources.md`).
-pub const PROTOCOLS: &[Protocol] = &[Protocol {
-    kind: "modbus",
-    parse: parse_protocol::<ModbusSourceConfig>,
-}];
+pub const PROTOCOLS: &[Protocol] = &[
+    Protocol {
+        kind: "modbus",
+        parse: parse_protocol::<ModbusSourceConfig>,
+    },
+    Protocol {
+        kind: "opcua",
+        parse: parse_protocol::<OpcUaSourceConfig>,
+    },
+];
 
 /// The task that runs `cfg` until `ctx.shutdown`; spawn it.
 pub fn start(cfg: SourceConfig, ctx: SourceContext) -> SourceTask {

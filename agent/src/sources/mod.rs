@@ -12,6 +12,7 @@ pub mod driver;
 pub mod factory;
 pub mod link;
 pub mod modbus;
+pub mod opcua;
 pub mod source;
 pub mod status;
 

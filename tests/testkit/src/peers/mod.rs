@@ -11,4 +11,5 @@ pub mod kinesalite;
 pub mod kinesis_local;
 pub mod modbus_plc;
 pub mod mosquitto;
+pub mod opcua_server;
 pub mod webhook_receiver;
