@@ -22,8 +22,8 @@ Address space (string node ids, each in the namespace named before its dot):
 (default: filler, labeller): restart with the other order and every index changes.
 
 Security: --security none (default) | secure (Basic256Sha256 Sign and SignAndEncrypt only)
-| both. --users user:password,... enables username login (anonymous is then refused on
-secured endpoints); --pki DIR holds the server's certificate and key, created on first
+| both. --users user:password,... enables username login (a wrong password is refused);
+--pki DIR holds the server's certificate and key, created on first
 start and kept, so a restarted server presents the same certificate.
 
 Control: JSON lines on a second TCP port (127.0.0.1), one reply line per request:
@@ -223,9 +223,10 @@ async def main() -> int:
                 [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
                 {"countryName": "DE", "organizationName": "linewatch", "commonName": "linewatch test server"},
             )
+        # Before loading the certificate: asyncua checks the certificate carries the URI.
+        await server.set_application_uri("urn:linewatch:test-server")
         await server.load_certificate(str(cert))
         await server.load_private_key(str(key))
-        server.set_application_uri("urn:linewatch:test-server")
     server.set_security_policy(policies)
     tokens = [ua.AnonymousIdentityToken]
     if users:

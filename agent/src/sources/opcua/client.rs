@@ -293,7 +293,8 @@ impl OpcUaSource {
             .verify_server_certs(true)
             .session_retry_limit(0)
             .request_timeout(s.timeout)
-            .publish_timeout(s.watchdog.unwrap_or(s.timeout).max(s.timeout))
+            // Longer than the watchdog: a hung server trips the watchdog, not a publish error.
+            .publish_timeout(s.watchdog.map_or(s.timeout, |w| w + s.timeout))
             // Liveness is the watchdog's (publish responses), not keep-alive reads.
             .max_failed_keep_alive_count(0)
             .session_name(format!("linewatch-agent {}", self.identity.id))
@@ -365,6 +366,13 @@ impl OpcUaSource {
         }
         self.rejected.insert(tag, why.clone());
         pending.push((tag, Sample::bad(why)));
+    }
+
+    /// A node rejected in an earlier session works now: say so once.
+    fn accepted_again(&mut self, tag: usize) {
+        if self.rejected.remove(&tag).is_some() {
+            info!(source = %self.identity.id, tag = %self.identity.tags[tag].tag, "opcua node accepted again");
+        }
     }
 
     async fn open(&mut self) -> Result<OpcUaLink, LinkError> {
@@ -473,6 +481,7 @@ impl OpcUaSource {
             }
         }
         let mut items_ok = 0usize;
+        let mut subscriptions = 0usize;
         let mut polls = Vec::new();
         for gi in 0..self.groups.len() {
             let members: Vec<(usize, NodeId)> = self.groups[gi]
@@ -482,14 +491,19 @@ impl OpcUaSource {
                 .collect();
             match self.groups[gi].mode {
                 GroupMode::Poll => {
+                    for (t, _) in &members {
+                        self.accepted_again(*t);
+                    }
                     let mut iv = tokio::time::interval(self.groups[gi].interval);
                     iv.set_missed_tick_behavior(MissedTickBehavior::Skip);
                     polls.push((gi, iv, members));
                 }
                 GroupMode::Subscription => {
-                    items_ok += self
+                    let (subs, items) = self
                         .subscribe(&session, gi, members, per_call, &tx, &mut pending)
                         .await?;
+                    subscriptions += subs;
+                    items_ok += items;
                 }
             }
         }
@@ -515,14 +529,19 @@ impl OpcUaSource {
             polls,
             next_poll: 0,
             pending,
-            watchdog: self.cfg.watchdog.map(|b| Watchdog::new(b, now)),
+            // Without a subscription there is nothing to keep alive (polls time out instead).
+            watchdog: self
+                .cfg
+                .watchdog
+                .filter(|_| subscriptions > 0)
+                .map(|b| Watchdog::new(b, now)),
             metrics_tick,
             max_nodes_per_read: per_read,
         })
     }
 
-    /// Create the group's subscriptions and monitored items; returns the items
-    /// the server accepted. Items a subscription has no room for
+    /// Create the group's subscriptions and monitored items; returns how many
+    /// subscriptions were created and how many items the server accepted. Items a subscription has no room for
     /// (`BadTooManyMonitoredItems`) move to a new subscription.
     async fn subscribe(
         &mut self,
@@ -532,7 +551,7 @@ impl OpcUaSource {
         per_call: usize,
         tx: &mpsc::UnboundedSender<Event>,
         pending: &mut Vec<(usize, Sample)>,
-    ) -> Result<usize, LinkError> {
+    ) -> Result<(usize, usize), LinkError> {
         let g = &self.groups[gi];
         let (publishing, keep_alive, sampling, queue) =
             (g.publishing_interval, g.keep_alive_count, g.sampling, g.queue_size);
@@ -571,6 +590,7 @@ impl OpcUaSource {
                     let code = r.result.status_code;
                     if code.is_good() {
                         accepted += 1;
+                        self.accepted_again(t);
                     } else if code == StatusCode::BadTooManyMonitoredItems {
                         spill.push((t, n));
                     } else {
@@ -591,7 +611,7 @@ impl OpcUaSource {
             }
         }
         debug!(source = %self.identity.id, group = %self.groups[gi].name, subscriptions, accepted, "opcua group subscribed");
-        Ok(accepted)
+        Ok((subscriptions, accepted))
     }
 
     /// One notification's values as samples.

@@ -697,4 +697,33 @@ mod tests {
         assert_eq!(s.1.watchdog_bound(Duration::from_secs(1)), None);
         Ok(())
     }
+
+    #[test]
+    fn the_example_gateway_config_is_valid_and_warns_about_nothing() {
+        let text = include_str!("../../../../firmware-config/examples/opcua-gateway.toml");
+        let cfg = crate::config::Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.sources.len(), 1);
+        assert_eq!(cfg.sources[0].kind, "opcua");
+        assert_eq!(cfg.sources[0].tag_count(), 6);
+        assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings().to_strings());
+    }
+
+    #[test]
+    fn every_commented_security_mode_of_the_example_is_valid() {
+        let text = include_str!("../../../../firmware-config/examples/opcua-gateway.toml");
+        let plain = text
+            .replace("security_policy = \"None\"\n", "")
+            .replace("security_mode = \"None\"\n", "");
+        for block in [
+            "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\n",
+            "security_policy = \"Aes128_Sha256_RsaOaep\"\nsecurity_mode = \"Sign\"\n",
+            "security_policy = \"Aes256_Sha256_RsaPss\"\nsecurity_mode = \"Sign\"\n",
+            "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\nlogin = { type = \"username\", username = \"linewatch\", password_env = \"LINEWATCH_UA_PASSWORD\" }\n",
+        ] {
+            let t = plain.replacen("pki_dir = ", &format!("{block}pki_dir = "), 1);
+            if let Err(e) = crate::config::Config::parse(&t) {
+                panic!("{block}: {e}");
+            }
+        }
+    }
 }
