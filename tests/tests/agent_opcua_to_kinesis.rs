@@ -135,7 +135,7 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
             .unwrap_or_default()
     };
     assert_eq!(raw("int16"), "0x40900000 UncertainLastUsableValue");
-    assert_eq!(raw("uint16"), "0x808B0000 BadSensorFailure");
+    assert_eq!(raw("uint16"), "0x808C0000 BadSensorFailure");
     assert_eq!(raw("bool"), "", "Good has no rawQuality");
     assert!(raw("missing").contains("BadNodeIdUnknown"), "{}", raw("missing"));
     assert!(raw("unknown_ns").contains("urn:not-on-this-server"), "{}", raw("unknown_ns"));

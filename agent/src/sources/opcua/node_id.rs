@@ -215,8 +215,8 @@ mod tests {
         );
         let far = parse_node_id("ns=9;i=1").expect("parses");
         assert!(matches!(far.resolve(&ns()), Err(ResolveError::IndexOutOfRange(9, 4))));
-        let n = parse_node_id("i=85").and_then(|a| Ok(a.resolve(&[])));
-        assert_eq!(n.map(|r| r.map(|n| n.namespace)), Ok(Ok(0)));
+        let n = parse_node_id("i=85").map(|a| a.resolve(&[]).map(|n| n.namespace));
+        assert_eq!(n, Ok(Ok(0)));
     }
 
     fn address() -> impl Strategy<Value = NodeAddress> {

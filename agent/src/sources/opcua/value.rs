@@ -215,7 +215,7 @@ mod tests {
         );
         assert_eq!(
             raw_quality(StatusCode::UncertainSensorNotAccurate).as_deref(),
-            Some("0x408D0000 UncertainSensorNotAccurate")
+            Some("0x40930000 UncertainSensorNotAccurate")
         );
     }
 
@@ -305,7 +305,7 @@ mod tests {
 
         let s = sample(&dv(Variant::Double(4.5), StatusCode::BadSensorFailure), None);
         assert_eq!((s.quality, s.value), (Quality::Bad, Value::Null));
-        assert_eq!(s.raw_quality.as_deref(), Some("0x808B0000 BadSensorFailure"));
+        assert_eq!(s.raw_quality.as_deref(), Some("0x808C0000 BadSensorFailure"));
 
         let s = sample(&DataValue::null(), None);
         assert_eq!(s.quality, Quality::Bad);
