@@ -93,7 +93,8 @@ class Users(UserManager):
         self.users = users
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
-        if username is None and certificate is None:
+        # Anonymous (asyncua passes the channel's client certificate along with it).
+        if username is None:
             return User(role=UserRole.User)
         if username is not None and self.users.get(username) == password:
             return User(role=UserRole.User)

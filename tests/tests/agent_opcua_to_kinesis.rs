@@ -217,7 +217,7 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
 fn opcua_check_names_the_key_of_each_mistake() {
     use linewatch_e2e::agent::{check_config, AgentConfig};
     let scratch = Scratch::new("opcua-check");
-    let base = AgentConfig::new(scratch.path(), "http://127.0.0.1:4567", STREAM).to_toml();
+    let base = base_toml(&AgentConfig::new(scratch.path(), "http://127.0.0.1:4567", STREAM));
     let pki = scratch.path().join("pki");
     let good_tags = [filler_tag("Filler.Double")];
     let config = |keys: &str, tags: &[String]| {

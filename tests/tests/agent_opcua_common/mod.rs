@@ -63,7 +63,7 @@ impl std::ops::DerefMut for UaAgent {
 #[track_caller]
 pub fn start_agent(dir: &Path, kinesis_endpoint: &str, sources: &str, env: &[(&str, &str)]) -> UaAgent {
     let config = AgentConfig::new(dir, kinesis_endpoint, STREAM);
-    let text = format!("{}\n{sources}", config.to_toml());
+    let text = format!("{}\n{sources}", base_toml(&config));
     let path = dir.join("agent.toml");
     std::fs::write(&path, &text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     let mut spec = ProcessSpec::new("linewatch-agent", programs::agent(), &dir.join("agent.log"))
@@ -85,6 +85,17 @@ pub fn start_agent(dir: &Path, kinesis_endpoint: &str, sources: &str, env: &[(&s
         process: spec.start(),
         config,
     }
+}
+
+/// The harness's config as TOML without its (empty, Modbus-typed) `sources` array, so
+/// `[[sources]]` tables can follow.
+pub fn base_toml(config: &AgentConfig) -> String {
+    config
+        .to_toml()
+        .lines()
+        .filter(|l| l.trim() != "sources = []")
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub async fn kinesalite(scratch: &Scratch) -> Kinesalite {
