@@ -45,23 +45,33 @@ async fn opcua_server_restart_with_renumbered_namespaces_resumes_with_syn_then_f
     );
     let mut agent = start_agent(scratch.path(), &k.endpoint(), &sources, &[]);
     ua.set(&[write("Filler.Double", 1.0), write("Labeller.Speed", 10.0)]);
-    wait_stream(&k, "values before the restart", Duration::from_secs(60), |p| {
-        (has_value(p, "double", 1.0) && has_value(p, "speed", 10.0))
-            .then_some(())
-            .ok_or_else(|| "not yet".to_owned())
-    })
+    wait_stream(
+        &k,
+        "values before the restart",
+        Duration::from_secs(60),
+        |p| {
+            (has_value(p, "double", 1.0) && has_value(p, "speed", 10.0))
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
     .await;
 
     let port = ua.port();
     ua.stop();
-    let pts = wait_stream(&k, "Syn points for both tags", Duration::from_secs(30), |p| {
-        let syn = syn_points(p);
-        (["double", "speed"]
-            .iter()
-            .all(|t| syn.iter().any(|s| s.point.tag == *t)))
-        .then(|| p.to_vec())
-        .ok_or_else(|| format!("{} Syn points", syn.len()))
-    })
+    let pts = wait_stream(
+        &k,
+        "Syn points for both tags",
+        Duration::from_secs(30),
+        |p| {
+            let syn = syn_points(p);
+            (["double", "speed"]
+                .iter()
+                .all(|t| syn.iter().any(|s| s.point.tag == *t)))
+            .then(|| p.to_vec())
+            .ok_or_else(|| format!("{} Syn points", syn.len()))
+        },
+    )
     .await;
     for s in syn_points(&pts) {
         assert_eq!(s.point.quality, Quality::Bad, "{}", s.json);
@@ -69,31 +79,36 @@ async fn opcua_server_restart_with_renumbered_namespaces_resumes_with_syn_then_f
         assert!(s.point.meta.raw_quality.is_some(), "{}", s.json);
     }
 
-    // Restart on the same port with the namespaces registered the other way round
-    // (and one more first): every index changes.
+    // Restart on the same port with the namespaces registered the other way round:
+    // both indexes change.
     let mut ua = UaServer::start(
         UaOptions {
             port: Some(port),
-            namespaces: vec![
-                "urn:linewatch:first".into(),
-                LABELLER_NS.into(),
-                FILLER_NS.into(),
-            ],
+            namespaces: vec![LABELLER_NS.into(), FILLER_NS.into()],
             ..UaOptions::default()
         },
         scratch.path(),
     );
     let after = ua.namespaces();
     let index = |ns: &[String], uri: &str| ns.iter().position(|n| n == uri);
-    assert_ne!(index(&before, FILLER_NS), index(&after, FILLER_NS), "{before:?} {after:?}");
+    assert_ne!(
+        index(&before, FILLER_NS),
+        index(&after, FILLER_NS),
+        "{before:?} {after:?}"
+    );
     assert_ne!(index(&before, LABELLER_NS), index(&after, LABELLER_NS));
 
     ua.set(&[write("Filler.Double", 2.0), write("Labeller.Speed", 20.0)]);
-    let pts = wait_stream(&k, "values after the restart", Duration::from_secs(60), |p| {
-        (has_value(p, "double", 2.0) && has_value(p, "speed", 20.0))
-            .then(|| p.to_vec())
-            .ok_or_else(|| "not yet".to_owned())
-    })
+    let pts = wait_stream(
+        &k,
+        "values after the restart",
+        Duration::from_secs(60),
+        |p| {
+            (has_value(p, "double", 2.0) && has_value(p, "speed", 20.0))
+                .then(|| p.to_vec())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
     .await;
     agent.assert_running();
     for tag in ["double", "speed"] {
@@ -114,7 +129,12 @@ async fn opcua_server_restart_with_renumbered_namespaces_resumes_with_syn_then_f
         assert_eq!(next.point.quality, Quality::Ok, "{}", next.json);
     }
     let m = agent.scrape();
-    assert!(m.sum("linewatch_agent_opcua_sessions_total", &[("source", SOURCE)]) >= 2.0);
+    assert!(
+        m.sum(
+            "linewatch_agent_opcua_sessions_total",
+            &[("source", SOURCE)]
+        ) >= 2.0
+    );
     agent.terminate(Duration::from_secs(10));
 }
 
@@ -133,25 +153,29 @@ async fn opcua_watchdog_rebuilds_the_session_of_a_server_that_stopped_answering(
     );
     let mut agent = start_agent(scratch.path(), &k.endpoint(), &sources, &[]);
     ua.set(&[write("Filler.Double", 1.0), write("Labeller.Speed", 1.0)]);
-    wait_stream(&k, "values before the pause", Duration::from_secs(60), |p| {
-        has_value(p, "double", 1.0)
-            .then_some(())
-            .ok_or_else(|| "not yet".to_owned())
-    })
+    wait_stream(
+        &k,
+        "values before the pause",
+        Duration::from_secs(60),
+        |p| {
+            has_value(p, "double", 1.0)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
     .await;
 
     ua.pause();
     let paused = Instant::now();
     agent
-        .wait_metrics(
-            "the watchdog tripped",
-            Duration::from_secs(30),
-            |m| {
-                (m.sum("linewatch_agent_opcua_watchdog_trips_total", &[("source", SOURCE)]) >= 1.0)
-                    .then_some(())
-                    .ok_or_else(|| "no trip yet".to_owned())
-            },
-        )
+        .wait_metrics("the watchdog tripped", Duration::from_secs(30), |m| {
+            (m.sum(
+                "linewatch_agent_opcua_watchdog_trips_total",
+                &[("source", SOURCE)],
+            ) >= 1.0)
+                .then_some(())
+                .ok_or_else(|| "no trip yet".to_owned())
+        })
         .await;
     let tripped = paused.elapsed();
     // The bound, plus the metrics poll and a loaded machine's slack.
@@ -161,11 +185,16 @@ async fn opcua_watchdog_rebuilds_the_session_of_a_server_that_stopped_answering(
     );
     let log = std::fs::read_to_string(scratch.path().join("agent.log")).unwrap_or_default();
     assert!(log.contains("opcua watchdog"), "{log}");
-    wait_stream(&k, "Syn points while paused", Duration::from_secs(30), |p| {
-        (!syn_points(p).is_empty())
-            .then_some(())
-            .ok_or_else(|| "no Syn".to_owned())
-    })
+    wait_stream(
+        &k,
+        "Syn points while paused",
+        Duration::from_secs(30),
+        |p| {
+            (!syn_points(p).is_empty())
+                .then_some(())
+                .ok_or_else(|| "no Syn".to_owned())
+        },
+    )
     .await;
 
     ua.resume();
@@ -182,7 +211,11 @@ async fn opcua_watchdog_rebuilds_the_session_of_a_server_that_stopped_answering(
         .take_while(|p| !p.point.meta.flags.contains(Flag::Syn))
         .last()
         .expect("a point after the Syn");
-    assert!(first_after.point.meta.flags.contains(Flag::Fst), "{}", first_after.json);
+    assert!(
+        first_after.point.meta.flags.contains(Flag::Fst),
+        "{}",
+        first_after.json
+    );
     agent.assert_running();
     agent.terminate(Duration::from_secs(10));
 }

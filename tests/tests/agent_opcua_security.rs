@@ -41,30 +41,45 @@ async fn opcua_untrusted_server_is_refused_until_its_certificate_is_trusted() {
     );
 
     // Refused, logged with the path to copy, the certificate in rejected/.
-    let rejected = wait::until_blocking("the rejected server certificate", Duration::from_secs(60), || {
-        let log = std::fs::read_to_string(scratch.path().join("agent.log")).unwrap_or_default();
-        if !log.contains("opcua server certificate rejected: to trust it, copy") {
-            return Err("no rejection logged yet".to_owned());
-        }
-        let files: Vec<_> = std::fs::read_dir(pki.join("rejected"))
-            .map_err(|e| e.to_string())?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        match files.as_slice() {
-            [one] => Ok(one.clone()),
-            other => Err(format!("rejected/ holds {other:?}")),
-        }
-    });
+    let rejected = wait::until_blocking(
+        "the rejected server certificate",
+        Duration::from_secs(60),
+        || {
+            let log = std::fs::read_to_string(scratch.path().join("agent.log")).unwrap_or_default();
+            if !log.contains("opcua server certificate rejected: to trust it, copy") {
+                return Err("no rejection logged yet".to_owned());
+            }
+            let files: Vec<_> = std::fs::read_dir(pki.join("rejected"))
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            match files.as_slice() {
+                [one] => Ok(one.clone()),
+                other => Err(format!("rejected/ holds {other:?}")),
+            }
+        },
+    );
     let log = std::fs::read_to_string(scratch.path().join("agent.log")).unwrap_or_default();
-    assert!(log.contains(&rejected.display().to_string()), "the log names the file:\n{log}");
-    assert!(log.contains("thumbprint"), "the client's thumbprint is logged");
-    assert!(!log.contains("s3cret-pw"), "the password never reaches the log");
+    assert!(
+        log.contains(&rejected.display().to_string()),
+        "the log names the file:\n{log}"
+    );
+    assert!(
+        log.contains("thumbprint"),
+        "the client's thumbprint is logged"
+    );
+    assert!(
+        !log.contains("s3cret-pw"),
+        "the password never reaches the log"
+    );
     ua.set(&[write("Filler.Double", 1.5)]);
     let pts = k.read_all(STREAM).await;
     let pts = linewatch_testkit::points::decode(&pts);
     assert!(
-        of(&pts, "double").iter().all(|p| p.point.quality == Quality::Bad),
+        of(&pts, "double")
+            .iter()
+            .all(|p| p.point.quality == Quality::Bad),
         "nothing but Syn while untrusted"
     );
 
@@ -72,13 +87,18 @@ async fn opcua_untrusted_server_is_refused_until_its_certificate_is_trusted() {
     let name = rejected.file_name().expect("a file name");
     std::fs::copy(&rejected, pki.join("trusted").join(name)).expect("copy into trusted/");
     ua.set(&[write("Filler.Double", 2.5)]);
-    let pts = wait_stream(&k, "data over the secured session", Duration::from_secs(60), |p| {
-        of(p, "double")
-            .iter()
-            .any(|p| p.json["value"] == json!(2.5))
-            .then(|| p.to_vec())
-            .ok_or_else(|| "not yet".to_owned())
-    })
+    let pts = wait_stream(
+        &k,
+        "data over the secured session",
+        Duration::from_secs(60),
+        |p| {
+            of(p, "double")
+                .iter()
+                .any(|p| p.json["value"] == json!(2.5))
+                .then(|| p.to_vec())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
     .await;
     let good = of(&pts, "double")
         .into_iter()

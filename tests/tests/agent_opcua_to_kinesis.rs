@@ -70,7 +70,10 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
         &ua.endpoint(),
         &scratch.path().join("agent-pki"),
         "",
-        &format!("{}\n{deadband_group}", group("values", "100ms", "", &tags())),
+        &format!(
+            "{}\n{deadband_group}",
+            group("values", "100ms", "", &tags())
+        ),
     );
     let mut agent = start_agent(scratch.path(), &k.endpoint(), &sources, &[]);
 
@@ -80,11 +83,15 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
         write("Filler.Byte", 250),
         write("Filler.Int16", -300).status("UncertainLastUsableValue"),
         write("Filler.UInt16", 60000).status("BadSensorFailure"),
-        write("Filler.Int32", -70000).source_ts(None).server_ts(None),
+        write("Filler.Int32", -70000)
+            .source_ts(None)
+            .server_ts(None),
         write("Filler.UInt32", 4_000_000_000u64),
         write("Filler.Int64", i64::MIN),
         write("Filler.UInt64", u64::MAX),
-        write("Filler.Float", 1.5).source_ts(None).server_ts(Some(SRV_TS)),
+        write("Filler.Float", 1.5)
+            .source_ts(None)
+            .server_ts(Some(SRV_TS)),
         write("Filler.Double", 2.25).source_ts(Some(SRC_TS)),
         write("Filler.String", "héllo"),
         write("Filler.DateTime", SRC_TS),
@@ -107,25 +114,30 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
         ("datetime", json!("2026-01-01T00:00:00.123Z"), Quality::Ok),
         ("array_1", json!(7.5), Quality::Ok),
     ];
-    let pts = wait_stream(&k, "every written value in the stream", Duration::from_secs(60), |pts| {
-        for (tag, want, q) in &expected {
-            match last(pts, tag) {
-                Some(p) if &p.json["value"] == want && p.point.quality == *q => {}
-                other => {
-                    return Err(format!(
-                        "{tag}: want {want} {q:?}, last is {:?}",
-                        other.map(|p| p.json.to_string())
-                    ))
+    let pts = wait_stream(
+        &k,
+        "every written value in the stream",
+        Duration::from_secs(60),
+        |pts| {
+            for (tag, want, q) in &expected {
+                match last(pts, tag) {
+                    Some(p) if &p.json["value"] == want && p.point.quality == *q => {}
+                    other => {
+                        return Err(format!(
+                            "{tag}: want {want} {q:?}, last is {:?}",
+                            other.map(|p| p.json.to_string())
+                        ))
+                    }
                 }
             }
-        }
-        for tag in ["missing", "unknown_ns", "restricted"] {
-            if last(pts, tag).is_none() {
-                return Err(format!("no point for {tag} yet"));
+            for tag in ["missing", "unknown_ns", "restricted"] {
+                if last(pts, tag).is_none() {
+                    return Err(format!("no point for {tag} yet"));
+                }
             }
-        }
-        Ok(pts.to_vec())
-    })
+            Ok(pts.to_vec())
+        },
+    )
     .await;
     agent.assert_running();
 
@@ -137,9 +149,21 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
     assert_eq!(raw("int16"), "0x40900000 UncertainLastUsableValue");
     assert_eq!(raw("uint16"), "0x808C0000 BadSensorFailure");
     assert_eq!(raw("bool"), "", "Good has no rawQuality");
-    assert!(raw("missing").contains("BadNodeIdUnknown"), "{}", raw("missing"));
-    assert!(raw("unknown_ns").contains("urn:not-on-this-server"), "{}", raw("unknown_ns"));
-    assert!(raw("restricted").contains("BadUserAccessDenied"), "{}", raw("restricted"));
+    assert!(
+        raw("missing").contains("BadNodeIdUnknown"),
+        "{}",
+        raw("missing")
+    );
+    assert!(
+        raw("unknown_ns").contains("urn:not-on-this-server"),
+        "{}",
+        raw("unknown_ns")
+    );
+    assert!(
+        raw("restricted").contains("BadUserAccessDenied"),
+        "{}",
+        raw("restricted")
+    );
     for tag in ["missing", "unknown_ns", "restricted"] {
         let p = last(&pts, tag).map(|p| (p.point.quality, p.json["value"].clone()));
         assert_eq!(p, Some((Quality::Bad, Json::Null)), "{tag}");
@@ -158,7 +182,11 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
     // Fst on every tag's first point of the session.
     for (tag, _, _) in &expected {
         let first = of(&pts, tag).into_iter().next().expect("a point");
-        assert!(first.point.meta.flags.contains(Flag::Fst), "{tag}: {}", first.json);
+        assert!(
+            first.point.meta.flags.contains(Flag::Fst),
+            "{tag}: {}",
+            first.json
+        );
     }
     // Rejected nodes were reported once each (one point per session), not per publish.
     assert_eq!(of(&pts, "missing").len(), 1);
@@ -175,39 +203,77 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
     // change of `speed` (same subscription, no deadband) after them shows the server
     // has handled them.
     let temps = |pts: &[Shipped]| -> Vec<Json> {
-        of(pts, "temperature").iter().map(|p| p.json["value"].clone()).collect()
+        of(pts, "temperature")
+            .iter()
+            .map(|p| p.json["value"].clone())
+            .collect()
     };
     wait_stream(&k, "initial temperature", Duration::from_secs(30), |p| {
-        (temps(p) == [json!(20.0)]).then_some(()).ok_or(format!("{:?}", temps(p)))
+        (temps(p) == [json!(20.0)])
+            .then_some(())
+            .ok_or(format!("{:?}", temps(p)))
     })
     .await;
     for (i, t) in [20.3, 20.6, 20.9].into_iter().enumerate() {
         ua.set(&[write("Filler.Temperature", t)]);
         let speed = i as f64 + 1.0;
         ua.set(&[write("Labeller.Speed", speed)]);
-        wait_stream(&k, "speed after a small temperature change", Duration::from_secs(30), |p| {
-            last(p, "speed")
-                .filter(|s| s.json["value"] == json!(speed))
-                .map(|_| ())
-                .ok_or_else(|| "speed not yet".to_owned())
-        })
+        wait_stream(
+            &k,
+            "speed after a small temperature change",
+            Duration::from_secs(30),
+            |p| {
+                last(p, "speed")
+                    .filter(|s| s.json["value"] == json!(speed))
+                    .map(|_| ())
+                    .ok_or_else(|| "speed not yet".to_owned())
+            },
+        )
         .await;
     }
     ua.set(&[write("Filler.Temperature", 25.0)]);
-    let pts = wait_stream(&k, "a large temperature change", Duration::from_secs(30), |p| {
-        temps(p)
-            .contains(&json!(25.0))
-            .then(|| p.to_vec())
-            .ok_or(format!("{:?}", temps(p)))
-    })
+    let pts = wait_stream(
+        &k,
+        "a large temperature change",
+        Duration::from_secs(30),
+        |p| {
+            temps(p)
+                .contains(&json!(25.0))
+                .then(|| p.to_vec())
+                .ok_or(format!("{:?}", temps(p)))
+        },
+    )
     .await;
-    assert_eq!(temps(&pts), [json!(20.0), json!(25.0)], "small changes never reported");
+    assert_eq!(
+        temps(&pts),
+        [json!(20.0), json!(25.0)],
+        "small changes never reported"
+    );
 
     let m = agent.scrape();
-    assert!(m.sum("linewatch_agent_opcua_data_changes_total", &[("source", SOURCE)]) > 0.0);
-    assert!(m.sum("linewatch_agent_opcua_rejected_nodes", &[("source", SOURCE)]) >= 2.0);
-    assert_eq!(m.sum("linewatch_agent_opcua_session_state", &[("source", SOURCE)]), 2.0);
-    assert_eq!(m.sum("linewatch_agent_opcua_sessions_total", &[("source", SOURCE)]), 1.0);
+    assert!(
+        m.sum(
+            "linewatch_agent_opcua_data_changes_total",
+            &[("source", SOURCE)]
+        ) > 0.0
+    );
+    assert!(
+        m.sum(
+            "linewatch_agent_opcua_rejected_nodes",
+            &[("source", SOURCE)]
+        ) >= 2.0
+    );
+    assert_eq!(
+        m.sum("linewatch_agent_opcua_session_state", &[("source", SOURCE)]),
+        2.0
+    );
+    assert_eq!(
+        m.sum(
+            "linewatch_agent_opcua_sessions_total",
+            &[("source", SOURCE)]
+        ),
+        1.0
+    );
     agent.terminate(Duration::from_secs(10));
 }
 
@@ -217,13 +283,22 @@ async fn opcua_values_statuses_and_timestamps_arrive_in_kinesis() {
 fn opcua_check_names_the_key_of_each_mistake() {
     use linewatch_e2e::agent::{check_config, AgentConfig};
     let scratch = Scratch::new("opcua-check");
-    let base = base_toml(&AgentConfig::new(scratch.path(), "http://127.0.0.1:4567", STREAM));
+    let base = base_toml(&AgentConfig::new(
+        scratch.path(),
+        "http://127.0.0.1:4567",
+        STREAM,
+    ));
     let pki = scratch.path().join("pki");
     let good_tags = [filler_tag("Filler.Double")];
     let config = |keys: &str, tags: &[String]| {
         format!(
             "{base}\n{}",
-            ua_source("opc.tcp://127.0.0.1:4840/", &pki, keys, &group("g", "1s", "", tags))
+            ua_source(
+                "opc.tcp://127.0.0.1:4840/",
+                &pki,
+                keys,
+                &group("g", "1s", "", tags)
+            )
         )
     };
     let ok = check_config(&config("", &good_tags), scratch.path());
@@ -242,19 +317,29 @@ fn opcua_check_names_the_key_of_each_mistake() {
         (
             "an unreadable certificate",
             config(
-                &format!("certificate = \"{}\"\nprivate_key = \"{}\"", garbage.display(), key.display()),
+                &format!(
+                    "certificate = \"{}\"\nprivate_key = \"{}\"",
+                    garbage.display(),
+                    key.display()
+                ),
                 &good_tags,
             ),
             "sources[0].certificate",
         ),
         (
             "an unparsable node id",
-            config("", &["{ name = \"t\", node_id = \"nsu=urn:x;q=1\" }".to_owned()]),
+            config(
+                "",
+                &["{ name = \"t\", node_id = \"nsu=urn:x;q=1\" }".to_owned()],
+            ),
             "sources[0].groups[0].tags[0].node_id",
         ),
         (
             "an unknown security policy",
-            config("security_policy = \"Basic512\"\nsecurity_mode = \"Sign\"", &good_tags),
+            config(
+                "security_policy = \"Basic512\"\nsecurity_mode = \"Sign\"",
+                &good_tags,
+            ),
             "security_policy",
         ),
         (
@@ -268,17 +353,34 @@ fn opcua_check_names_the_key_of_each_mistake() {
     ];
     for (what, text, key) in cases {
         let r = check_config(&text, scratch.path());
-        assert!(!r.status.success(), "{what}: check must fail:\n{}", r.output);
-        assert!(r.output.contains(key), "{what}: the error names {key}:\n{}", r.output);
-        assert!(!r.output.contains("hunter2"), "{what}: no secret in the output");
+        assert!(
+            !r.status.success(),
+            "{what}: check must fail:\n{}",
+            r.output
+        );
+        assert!(
+            r.output.contains(key),
+            "{what}: the error names {key}:\n{}",
+            r.output
+        );
+        assert!(
+            !r.output.contains("hunter2"),
+            "{what}: no secret in the output"
+        );
     }
     let warned = check_config(
-        &config("", &["{ name = \"t\", node_id = \"ns=2;s=Filler.Double\" }".to_owned()]),
+        &config(
+            "",
+            &["{ name = \"t\", node_id = \"ns=2;s=Filler.Double\" }".to_owned()],
+        ),
         scratch.path(),
     );
     assert!(warned.status.success(), "{}", warned.output);
     assert!(
-        warned.output.contains("warning") && warned.output.contains("sources[0].groups[0].tags[0].node_id"),
+        warned.output.contains("warning")
+            && warned
+                .output
+                .contains("sources[0].groups[0].tags[0].node_id"),
         "{}",
         warned.output
     );

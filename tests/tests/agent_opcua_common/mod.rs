@@ -61,7 +61,12 @@ impl std::ops::DerefMut for UaAgent {
 
 /// Writes the config (the harness's base plus `sources`) and starts `linewatch-agent run`.
 #[track_caller]
-pub fn start_agent(dir: &Path, kinesis_endpoint: &str, sources: &str, env: &[(&str, &str)]) -> UaAgent {
+pub fn start_agent(
+    dir: &Path,
+    kinesis_endpoint: &str,
+    sources: &str,
+    env: &[(&str, &str)],
+) -> UaAgent {
     let config = AgentConfig::new(dir, kinesis_endpoint, STREAM);
     let text = format!("{}\n{sources}", base_toml(&config));
     let path = dir.join("agent.toml");

@@ -22,7 +22,7 @@ use opcua::client::{
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509};
 use opcua::types::{
     DataChangeNotification, DataValue, MessageSecurityMode, NodeId, NotificationMessage,
-    ReadValueId, StatusCode, TimestampsToReturn, Variant, VariableId,
+    ReadValueId, StatusCode, TimestampsToReturn, VariableId, Variant,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -309,7 +309,9 @@ impl OpcUaSource {
                     thumbprint = %cert.thumbprint().as_hex_string(),
                     "opcua client certificate (a server must trust it for secured endpoints)"
                 ),
-                Err(e) => warn!(source = %self.identity.id, error = %e, "opcua client certificate unreadable"),
+                Err(e) => {
+                    warn!(source = %self.identity.id, error = %e, "opcua client certificate unreadable")
+                }
             }
             if s.trust_unknown {
                 warn!(source = %self.identity.id, "trust_unknown_server_certificates = true: an unknown server certificate will be trusted on first use");
@@ -341,9 +343,7 @@ impl OpcUaSource {
                                 f.display()
                             ))
                         })?,
-                    (None, None) => {
-                        return Err(LinkError::Setup("no password source".to_owned()))
-                    }
+                    (None, None) => return Err(LinkError::Setup("no password source".to_owned())),
                 };
                 Ok(IdentityToken::new_user_name(username.clone(), password))
             }
@@ -385,13 +385,16 @@ impl OpcUaSource {
             endpoint: endpoint_url.clone(),
             status,
         };
-        let endpoints = tokio::time::timeout(timeout, client.get_server_endpoints_from_url(endpoint_url.as_str()))
-            .await
-            .map_err(|_| LinkError::ConnectTimeout {
-                endpoint: endpoint_url.clone(),
-                timeout,
-            })?
-            .map_err(|e| connect_err(e.to_string()))?;
+        let endpoints = tokio::time::timeout(
+            timeout,
+            client.get_server_endpoints_from_url(endpoint_url.as_str()),
+        )
+        .await
+        .map_err(|_| LinkError::ConnectTimeout {
+            endpoint: endpoint_url.clone(),
+            timeout,
+        })?
+        .map_err(|e| connect_err(e.to_string()))?;
         let policy = SecurityPolicy::from_str(self.cfg.policy.crate_name())
             .unwrap_or(SecurityPolicy::Unknown);
         let mode = match self.cfg.mode {
@@ -436,14 +439,13 @@ impl OpcUaSource {
             timeout,
         })?;
         if let Err(why) = up {
-            if why.contains("BadCertificateUntrusted") || why.contains("BadSecurityChecksFailed")
-            {
+            if why.contains("BadCertificateUntrusted") || why.contains("BadSecurityChecksFailed") {
                 let trusted = self.cfg.pki_dir.join("trusted");
-                let path = self
-                    .cfg
-                    .pki_dir
-                    .join("rejected")
-                    .join(rejected_file.as_deref().unwrap_or("<server certificate>.der"));
+                let path = self.cfg.pki_dir.join("rejected").join(
+                    rejected_file
+                        .as_deref()
+                        .unwrap_or("<server certificate>.der"),
+                );
                 warn!(
                     source = %self.identity.id,
                     endpoint = %endpoint_url,
@@ -553,8 +555,12 @@ impl OpcUaSource {
         pending: &mut Vec<(usize, Sample)>,
     ) -> Result<(usize, usize), LinkError> {
         let g = &self.groups[gi];
-        let (publishing, keep_alive, sampling, queue) =
-            (g.publishing_interval, g.keep_alive_count, g.sampling, g.queue_size);
+        let (publishing, keep_alive, sampling, queue) = (
+            g.publishing_interval,
+            g.keep_alive_count,
+            g.sampling,
+            g.queue_size,
+        );
         let mut queue_of_runs = plan::split(members, g.max_items);
         let mut accepted = 0usize;
         let mut subscriptions = 0usize;
@@ -600,7 +606,9 @@ impl OpcUaSource {
                 }
             }
             if !spill.is_empty() {
-                if spill.len() == self.groups[gi].tags.len() || subscriptions > self.groups[gi].tags.len() {
+                if spill.len() == self.groups[gi].tags.len()
+                    || subscriptions > self.groups[gi].tags.len()
+                {
                     for (t, _) in spill {
                         self.reject(t, "0x80DB0000 BadTooManyMonitoredItems".into(), pending);
                     }
@@ -743,7 +751,9 @@ async fn read_limits(session: &Session) -> (usize, usize) {
 /// Drive the crate's session event loop; report liveness and the end of the
 /// session. It stops at the first loss: reconnecting is the driver's.
 async fn run_events(
-    event_loop: opcua::client::SessionEventLoop<impl opcua::client::transport::Connector + Send + Sync + 'static>,
+    event_loop: opcua::client::SessionEventLoop<
+        impl opcua::client::transport::Connector + Send + Sync + 'static,
+    >,
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let stream = event_loop.enter();
@@ -753,8 +763,12 @@ async fn run_events(
             Some(Ok(SessionPollResult::Subscription(SubscriptionActivity::Publish))) => {
                 let _ = tx.send(Event::Alive);
             }
-            Some(Ok(SessionPollResult::ConnectionLost(code))) => break format!("connection lost: {code}"),
-            Some(Ok(SessionPollResult::ReconnectFailed(code))) => break format!("connect failed: {code}"),
+            Some(Ok(SessionPollResult::ConnectionLost(code))) => {
+                break format!("connection lost: {code}")
+            }
+            Some(Ok(SessionPollResult::ReconnectFailed(code))) => {
+                break format!("connect failed: {code}")
+            }
             Some(Ok(_)) => {}
             Some(Err(code)) => break code.to_string(),
             None => break "session closed".to_owned(),
@@ -784,8 +798,12 @@ fn prune_trusted_from_rejected(pki: &Path) {
         let stale = pki.join("rejected").join(entry.file_name());
         if stale.exists() {
             match std::fs::remove_file(&stale) {
-                Ok(()) => info!(certificate = %stale.display(), "opcua server certificate now trusted: removed its rejected copy"),
-                Err(e) => warn!(certificate = %stale.display(), error = %e, "cannot remove the rejected copy of a trusted certificate"),
+                Ok(()) => {
+                    info!(certificate = %stale.display(), "opcua server certificate now trusted: removed its rejected copy")
+                }
+                Err(e) => {
+                    warn!(certificate = %stale.display(), error = %e, "cannot remove the rejected copy of a trusted certificate")
+                }
             }
         }
     }
@@ -955,7 +973,10 @@ mod tests {
         std::fs::write(pki.path().join("rejected/srv [AB].der"), b"x")?;
         std::fs::write(pki.path().join("rejected/other [CD].der"), b"y")?;
         prune_trusted_from_rejected(pki.path());
-        assert!(pki.path().join("rejected/srv [AB].der").exists(), "not trusted yet");
+        assert!(
+            pki.path().join("rejected/srv [AB].der").exists(),
+            "not trusted yet"
+        );
         std::fs::copy(
             pki.path().join("rejected/srv [AB].der"),
             pki.path().join("trusted/srv [AB].der"),

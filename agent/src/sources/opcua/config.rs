@@ -200,16 +200,18 @@ impl OpcUaTag {
     /// The tag's own deadband, else its group's.
     pub fn deadband(&self, group: &TagGroup) -> Deadband {
         match (
-            self.deadband_absolute.or(if self.deadband_percent.is_some() {
-                None
-            } else {
-                group.deadband_absolute
-            }),
-            self.deadband_percent.or(if self.deadband_absolute.is_some() {
-                None
-            } else {
-                group.deadband_percent
-            }),
+            self.deadband_absolute
+                .or(if self.deadband_percent.is_some() {
+                    None
+                } else {
+                    group.deadband_absolute
+                }),
+            self.deadband_percent
+                .or(if self.deadband_absolute.is_some() {
+                    None
+                } else {
+                    group.deadband_percent
+                }),
         ) {
             (Some(a), _) => Deadband::Absolute(a),
             (None, Some(p)) => Deadband::Percent(p),
@@ -311,7 +313,10 @@ impl OpcUaSourceConfig {
             p.push(format!("{key}.watchdog"), "must be greater than zero");
         }
         if self.groups.is_empty() {
-            p.push(format!("{key}.groups"), "a source needs at least one tag group");
+            p.push(
+                format!("{key}.groups"),
+                "a source needs at least one tag group",
+            );
         }
         let mut names = std::collections::HashSet::new();
         let mut group_names = std::collections::HashSet::new();
@@ -319,18 +324,27 @@ impl OpcUaSourceConfig {
             let gk = format!("{key}.groups[{gi}]");
             check_id(p, &format!("{gk}.name"), &g.name);
             if !group_names.insert(g.name.as_str()) {
-                p.push(format!("{gk}.name"), format!("duplicate tag group {:?}", g.name));
+                p.push(
+                    format!("{gk}.name"),
+                    format!("duplicate tag group {:?}", g.name),
+                );
             }
             match g.mode {
                 GroupMode::Subscription => {
                     if g.publishing_interval.is_zero() {
-                        p.push(format!("{gk}.publishing_interval"), "must be greater than zero");
+                        p.push(
+                            format!("{gk}.publishing_interval"),
+                            "must be greater than zero",
+                        );
                     }
                     if g.queue_size == 0 {
                         p.push(format!("{gk}.queue_size"), "must be at least 1");
                     }
                     if g.max_items_per_subscription == 0 {
-                        p.push(format!("{gk}.max_items_per_subscription"), "must be at least 1");
+                        p.push(
+                            format!("{gk}.max_items_per_subscription"),
+                            "must be at least 1",
+                        );
                     }
                 }
                 GroupMode::Poll => {
@@ -394,11 +408,19 @@ impl OpcUaSourceConfig {
             }
             (true, false) => p.push(
                 format!("{key}.private_key"),
-                format!("{} is missing while the certificate {} exists", pkey.display(), cert.display()),
+                format!(
+                    "{} is missing while the certificate {} exists",
+                    pkey.display(),
+                    cert.display()
+                ),
             ),
             (false, true) => p.push(
                 format!("{key}.certificate"),
-                format!("{} is missing while the private key {} exists", cert.display(), pkey.display()),
+                format!(
+                    "{} is missing while the private key {} exists",
+                    cert.display(),
+                    pkey.display()
+                ),
             ),
         }
     }
@@ -443,7 +465,10 @@ impl OpcUaSourceConfig {
                 }
                 if let Some(var) = password_env {
                     if var.is_empty() {
-                        p.push(format!("{lk}.password_env"), "must name an environment variable");
+                        p.push(
+                            format!("{lk}.password_env"),
+                            "must name an environment variable",
+                        );
                     }
                 }
             }
@@ -466,10 +491,16 @@ fn check_deadband(p: &mut Problems, key: &str, abs: Option<f64>, pct: Option<f64
         );
     }
     if abs.is_some_and(|a| !a.is_finite() || a < 0.0) {
-        p.push(format!("{key}.deadband_absolute"), "must be a finite number ≥ 0");
+        p.push(
+            format!("{key}.deadband_absolute"),
+            "must be a finite number ≥ 0",
+        );
     }
     if pct.is_some_and(|a| !(0.0..=100.0).contains(&a)) {
-        p.push(format!("{key}.deadband_percent"), "must be between 0 and 100");
+        p.push(
+            format!("{key}.deadband_percent"),
+            "must be between 0 and 100",
+        );
     }
 }
 
@@ -491,7 +522,10 @@ fn check_certificate_file(p: &mut Problems, key: &str, path: &Path) {
 
 fn check_key_file(p: &mut Problems, key: &str, path: &Path) {
     if let Err(e) = opcua::crypto::CertificateStore::read_pkey(path) {
-        p.push(key, format!("cannot read the private key {}: {e}", path.display()));
+        p.push(
+            key,
+            format!("cannot read the private key {}: {e}", path.display()),
+        );
     }
 }
 
@@ -503,7 +537,9 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
     let authority = rest.split('/').next().unwrap_or_default();
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, port)) if !h.ends_with(']') && h.contains(':') => {
-            return Err(format!("{url:?}: an IPv6 host must be in brackets ({h} {port})"));
+            return Err(format!(
+                "{url:?}: an IPv6 host must be in brackets ({h} {port})"
+            ));
         }
         Some((h, port)) => (h, port),
         None => (authority, "4840"),
@@ -569,7 +605,11 @@ mod tests {
         );
         // `endpoint` twice is a TOML error: build the bad endpoint differently.
         assert!(s.is_err());
-        let mut s = source("", "", "[[groups.tags]]\nname = \"t\"\nnode_id = \"nsu=urn:x;q=1\"")?;
+        let mut s = source(
+            "",
+            "",
+            "[[groups.tags]]\nname = \"t\"\nnode_id = \"nsu=urn:x;q=1\"",
+        )?;
         s.1.endpoint = "tcp://plc:4840".into();
         let p = problems(&s);
         assert!(has(&p, "sources[0].endpoint: "), "{p:?}");
@@ -596,13 +636,25 @@ mod tests {
 
     #[test]
     fn passwords_come_from_env_or_file_never_inline() -> Result<(), toml::de::Error> {
-        let login = |l: &str| source(&format!("[login]\ntype = \"username\"\nusername = \"op\"\n{l}"), "", TAG);
+        let login = |l: &str| {
+            source(
+                &format!("[login]\ntype = \"username\"\nusername = \"op\"\n{l}"),
+                "",
+                TAG,
+            )
+        };
         let s = login("password = \"hunter2\"")?;
         let p = problems(&s);
-        assert!(has(&p, "sources[0].login.password: an inline password"), "{p:?}");
+        assert!(
+            has(&p, "sources[0].login.password: an inline password"),
+            "{p:?}"
+        );
         assert!(!format!("{:?}", s.1).contains("hunter2"));
         let s = login("password_file = \"/nonexistent/pw\"")?;
-        assert!(has(&problems(&s), "sources[0].login.password_file: cannot read"));
+        assert!(has(
+            &problems(&s),
+            "sources[0].login.password_file: cannot read"
+        ));
         let s = login("password_env = \"UA_PW\"")?;
         assert_eq!(problems(&s), Vec::<String>::new());
         Ok(())
@@ -626,11 +678,17 @@ mod tests {
             private_key: key,
         };
         let p = problems(&s);
-        assert!(has(&p, "sources[0].login.certificate: cannot read"), "{p:?}");
+        assert!(
+            has(&p, "sources[0].login.certificate: cannot read"),
+            "{p:?}"
+        );
         std::fs::remove_file(&cert)?;
         s.1.login = Login::Anonymous;
         let p = problems(&s);
-        assert!(has(&p, "sources[0].certificate: "), "a key without its certificate: {p:?}");
+        assert!(
+            has(&p, "sources[0].certificate: "),
+            "a key without its certificate: {p:?}"
+        );
         Ok(())
     }
 
@@ -645,8 +703,14 @@ mod tests {
         assert_eq!(g.tags[0].deadband(g), Deadband::Absolute(0.5));
         assert_eq!(g.tags[1].deadband(g), Deadband::Percent(2.0));
         let p = problems(&s);
-        assert!(has(&p, "sources[0].groups[0].tags[2].deadband_percent: give"), "{p:?}");
-        assert!(has(&p, "sources[0].groups[0].tags[2].deadband_absolute: must"), "{p:?}");
+        assert!(
+            has(&p, "sources[0].groups[0].tags[2].deadband_percent: give"),
+            "{p:?}"
+        );
+        assert!(
+            has(&p, "sources[0].groups[0].tags[2].deadband_absolute: must"),
+            "{p:?}"
+        );
         Ok(())
     }
 
@@ -658,7 +722,10 @@ mod tests {
         s.1.warnings("sources[0]", &mut w);
         let w = w.to_strings();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with("sources[0].groups[0].tags[0].node_id: "), "{w:?}");
+        assert!(
+            w[0].starts_with("sources[0].groups[0].tags[0].node_id: "),
+            "{w:?}"
+        );
         Ok(())
     }
 
@@ -693,7 +760,10 @@ mod tests {
         )?;
         let p = problems(&s);
         assert!(has(&p, "sources[0].groups[0].interval: "), "{p:?}");
-        assert!(has(&p, "sources[0].groups[0].tags[0].deadband_absolute: "), "{p:?}");
+        assert!(
+            has(&p, "sources[0].groups[0].tags[0].deadband_absolute: "),
+            "{p:?}"
+        );
         assert_eq!(s.1.watchdog_bound(Duration::from_secs(1)), None);
         Ok(())
     }
@@ -705,7 +775,11 @@ mod tests {
         assert_eq!(cfg.sources.len(), 1);
         assert_eq!(cfg.sources[0].kind, "opcua");
         assert_eq!(cfg.sources[0].tag_count(), 6);
-        assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings().to_strings());
+        assert!(
+            cfg.warnings().is_empty(),
+            "{:?}",
+            cfg.warnings().to_strings()
+        );
     }
 
     #[test]

@@ -128,7 +128,9 @@ impl NodeAddress {
             Ident::String(s) => Identifier::String(s.as_str().into()),
             // Both were checked when parsed.
             Ident::Guid(g) => Identifier::Guid(Guid::from_str(g).unwrap_or_default()),
-            Ident::Opaque(b) => Identifier::ByteString(ByteString::from_base64(b).unwrap_or_default()),
+            Ident::Opaque(b) => {
+                Identifier::ByteString(ByteString::from_base64(b).unwrap_or_default())
+            }
         };
         Ok(NodeId {
             namespace: index,
@@ -159,9 +161,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn ns() -> Vec<String> {
-        ["http://opcfoundation.org/UA/", "urn:server", "urn:line:filler", "urn:line:labeller"]
-            .map(String::from)
-            .to_vec()
+        [
+            "http://opcfoundation.org/UA/",
+            "urn:server",
+            "urn:line:filler",
+            "urn:line:labeller",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     #[test]
@@ -214,7 +221,10 @@ mod tests {
             Err(ResolveError::UnknownNamespace("urn:gone".into()))
         );
         let far = parse_node_id("ns=9;i=1").expect("parses");
-        assert!(matches!(far.resolve(&ns()), Err(ResolveError::IndexOutOfRange(9, 4))));
+        assert!(matches!(
+            far.resolve(&ns()),
+            Err(ResolveError::IndexOutOfRange(9, 4))
+        ));
         let n = parse_node_id("i=85").map(|a| a.resolve(&[]).map(|n| n.namespace));
         assert_eq!(n, Ok(Ok(0)));
     }

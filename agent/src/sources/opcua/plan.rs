@@ -61,7 +61,11 @@ pub fn monitored_item(
 /// `items` in runs of at most `limit` (a limit of 0 means one run).
 pub fn split<T>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
     if limit == 0 || items.len() <= limit {
-        return if items.is_empty() { Vec::new() } else { vec![items] };
+        return if items.is_empty() {
+            Vec::new()
+        } else {
+            vec![items]
+        };
     }
     let mut out = Vec::with_capacity(items.len().div_ceil(limit));
     let mut it = items.into_iter().peekable();
@@ -137,9 +141,18 @@ mod tests {
         assert_eq!(f.trigger, DataChangeTrigger::StatusValue);
         let f = filter(Deadband::Percent(2.0)).expect("filter");
         assert_eq!(f.deadband_type, 2);
-        let item = monitored_item(NodeId::new(2, 7), 4, Duration::from_millis(250), 5, Deadband::Absolute(1.0));
+        let item = monitored_item(
+            NodeId::new(2, 7),
+            4,
+            Duration::from_millis(250),
+            5,
+            Deadband::Absolute(1.0),
+        );
         let p = &item.requested_parameters;
-        assert_eq!((p.client_handle, p.sampling_interval, p.queue_size), (5, 250.0, 5));
+        assert_eq!(
+            (p.client_handle, p.sampling_interval, p.queue_size),
+            (5, 250.0, 5)
+        );
         assert!(!p.filter.is_null());
         let item = monitored_item(NodeId::new(2, 7), 0, Duration::ZERO, 1, Deadband::None);
         assert!(item.requested_parameters.filter.is_null());

@@ -105,13 +105,10 @@ fn float(f: f64) -> Result<Value, MapError> {
 pub fn map_variant(v: &Variant, index: Option<u32>) -> Result<Value, MapError> {
     match (v, index) {
         (Variant::Array(a), Some(i)) => {
-            let el = a
-                .values
-                .get(i as usize)
-                .ok_or(MapError::IndexOutOfRange {
-                    index: i,
-                    len: a.values.len(),
-                })?;
+            let el = a.values.get(i as usize).ok_or(MapError::IndexOutOfRange {
+                index: i,
+                len: a.values.len(),
+            })?;
             map_variant(el, None)
         }
         (Variant::Array(a), None) => Err(MapError::Array(
@@ -200,7 +197,10 @@ mod tests {
     #[test]
     fn severity_decides_the_quality() {
         assert_eq!(quality(StatusCode::Good), Quality::Ok);
-        assert_eq!(quality(StatusCode::UncertainLastUsableValue), Quality::Uncertain);
+        assert_eq!(
+            quality(StatusCode::UncertainLastUsableValue),
+            Quality::Uncertain
+        );
         assert_eq!(quality(StatusCode::BadNodeIdUnknown), Quality::Bad);
         assert_eq!(quality(StatusCode::BadUserAccessDenied), Quality::Bad);
         assert_eq!(quality(StatusCode::from(0xC000_0000u32)), Quality::Bad);
@@ -271,7 +271,10 @@ mod tests {
             Err(MapError::NotAnArray("Int32"))
         );
         assert_eq!(
-            map_variant(&Variant::from(opcua::types::ByteString::from(vec![1u8])), None),
+            map_variant(
+                &Variant::from(opcua::types::ByteString::from(vec![1u8])),
+                None
+            ),
             Err(MapError::Unmappable("ByteString"))
         );
         assert!(matches!(
@@ -289,7 +292,10 @@ mod tests {
         d.source_timestamp = Some(src);
         d.server_timestamp = Some(srv);
         let s = sample(&d, None);
-        assert_eq!((s.quality, s.value, s.raw_quality), (Quality::Ok, Value::Float(4.5), None));
+        assert_eq!(
+            (s.quality, s.value, s.raw_quality),
+            (Quality::Ok, Value::Float(4.5), None)
+        );
         assert_eq!(s.source_timestamp, Some(src_ms));
         assert_eq!(s.source_timestamp, Some(1_767_225_600_000));
         // No source timestamp: the server's.
@@ -299,13 +305,28 @@ mod tests {
         d.server_timestamp = Some(DateTime::null());
         assert_eq!(sample(&d, None).source_timestamp, None);
 
-        let s = sample(&dv(Variant::Double(4.5), StatusCode::UncertainLastUsableValue), None);
-        assert_eq!((s.quality, s.value), (Quality::Uncertain, Value::Float(4.5)));
-        assert_eq!(s.raw_quality.as_deref(), Some("0x40900000 UncertainLastUsableValue"));
+        let s = sample(
+            &dv(Variant::Double(4.5), StatusCode::UncertainLastUsableValue),
+            None,
+        );
+        assert_eq!(
+            (s.quality, s.value),
+            (Quality::Uncertain, Value::Float(4.5))
+        );
+        assert_eq!(
+            s.raw_quality.as_deref(),
+            Some("0x40900000 UncertainLastUsableValue")
+        );
 
-        let s = sample(&dv(Variant::Double(4.5), StatusCode::BadSensorFailure), None);
+        let s = sample(
+            &dv(Variant::Double(4.5), StatusCode::BadSensorFailure),
+            None,
+        );
         assert_eq!((s.quality, s.value), (Quality::Bad, Value::Null));
-        assert_eq!(s.raw_quality.as_deref(), Some("0x808C0000 BadSensorFailure"));
+        assert_eq!(
+            s.raw_quality.as_deref(),
+            Some("0x808C0000 BadSensorFailure")
+        );
 
         let s = sample(&DataValue::null(), None);
         assert_eq!(s.quality, Quality::Bad);

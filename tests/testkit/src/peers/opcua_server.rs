@@ -221,7 +221,11 @@ impl UaServer {
         let r = self.request(json!({"op": "namespaces"}));
         r["namespaces"]
             .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -247,4 +251,3 @@ impl UaServer {
         self.process.log_tail(lines)
     }
 }
-
