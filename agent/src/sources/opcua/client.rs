@@ -164,7 +164,7 @@ pub struct OpcUaLink {
     session: Arc<Session>,
     events: mpsc::UnboundedReceiver<Event>,
     _task: AbortOnDrop,
-    polls: Vec<(usize, Interval, Vec<(usize, NodeId)>)>,
+    polls: Vec<PollTimer>,
     next_poll: usize,
     /// Bad samples for the nodes rejected while connecting, sent as the first cycle.
     pending: Vec<(usize, Sample)>,
@@ -172,6 +172,9 @@ pub struct OpcUaLink {
     metrics_tick: Interval,
     max_nodes_per_read: usize,
 }
+
+/// A polled group: its index, timer, and resolved (tag, node) pairs.
+type PollTimer = (usize, Interval, Vec<(usize, NodeId)>);
 
 /// The session's event task ends with the link, however the link ends.
 struct AbortOnDrop(JoinHandle<()>);
@@ -212,7 +215,7 @@ impl OpcUaSource {
                     .entry(equipment)
                     .or_insert_with(|| Arc::from(equipment));
                 // Validation refused unparsable ids; a default keeps the index stable.
-                let address = parse_node_id(&t.node_id).unwrap_or_else(|_| NodeAddress {
+                let address = parse_node_id(&t.node_id).unwrap_or(NodeAddress {
                     namespace: super::node_id::Namespace::Index(0),
                     ident: super::node_id::Ident::Numeric(0),
                 });
@@ -472,9 +475,14 @@ impl OpcUaSource {
         let namespaces = read_namespaces(&session).await?;
         let (per_call, per_read) = read_limits(&session).await;
         let mut pending = Vec::new();
-        let mut resolved: Vec<Option<NodeId>> = Vec::with_capacity(self.tags.len());
-        for i in 0..self.tags.len() {
-            match self.tags[i].address.resolve(&namespaces) {
+        let resolutions: Vec<_> = self
+            .tags
+            .iter()
+            .map(|t| t.address.resolve(&namespaces))
+            .collect();
+        let mut resolved: Vec<Option<NodeId>> = Vec::with_capacity(resolutions.len());
+        for (i, r) in resolutions.into_iter().enumerate() {
+            match r {
                 Ok(n) => resolved.push(Some(n)),
                 Err(e) => {
                     self.reject(i, format!("BadNodeIdUnknown: {e}"), &mut pending);
@@ -485,7 +493,8 @@ impl OpcUaSource {
         let mut items_ok = 0usize;
         let mut subscriptions = 0usize;
         let mut polls = Vec::new();
-        for gi in 0..self.groups.len() {
+        let group_count = self.groups.len();
+        for gi in 0..group_count {
             let members: Vec<(usize, NodeId)> = self.groups[gi]
                 .tags
                 .iter()
@@ -751,9 +760,7 @@ async fn read_limits(session: &Session) -> (usize, usize) {
 /// Drive the crate's session event loop; report liveness and the end of the
 /// session. It stops at the first loss: reconnecting is the driver's.
 async fn run_events(
-    event_loop: opcua::client::SessionEventLoop<
-        impl opcua::client::transport::Connector + Send + Sync + 'static,
-    >,
+    event_loop: opcua::client::SessionEventLoop<impl opcua::client::transport::Connector + 'static>,
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let stream = event_loop.enter();
@@ -936,7 +943,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// The next poll group whose interval ticked (round robin, so none starves).
 fn next_tick<'a>(
-    polls: &'a mut [(usize, Interval, Vec<(usize, NodeId)>)],
+    polls: &'a mut [PollTimer],
     next: &'a mut usize,
 ) -> impl Future<Output = usize> + 'a {
     std::future::poll_fn(move |cx| {

@@ -547,7 +547,7 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
     if host.is_empty() || host.chars().any(char::is_whitespace) {
         return Err(format!("{url:?} has no valid host"));
     }
-    if port.parse::<u16>().map_or(true, |p| p == 0) {
+    if !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
         return Err(format!("{url:?} has no valid port ({port:?})"));
     }
     Ok(())
