@@ -166,7 +166,11 @@ impl Config {
     /// What works but should change (a deprecated key), each naming its key.
     /// `check` prints them; `run` logs them when it builds the Kinesis client.
     pub fn warnings(&self) -> Problems {
-        self.kinesis.aws.warnings("kinesis")
+        let mut p = self.kinesis.aws.warnings("kinesis");
+        for (i, s) in self.sources.iter().enumerate() {
+            s.warnings(&format!("sources[{i}]"), &mut p);
+        }
+        p
     }
 
     pub fn validate(&self) -> Problems {

@@ -84,6 +84,10 @@ pub trait ProtocolConfig: std::fmt::Debug + Send + Sync + 'static {
     /// (`sources[0]`), `common` its shared keys (e.g. the default equipment).
     fn validate(&self, common: &CommonSourceConfig, key: &str, p: &mut Problems);
 
+    /// What works but should change (e.g. a node id by namespace index), each
+    /// naming its key: `check` prints them, the source logs them at start.
+    fn warnings(&self, _key: &str, _p: &mut Problems) {}
+
     fn tag_count(&self) -> usize;
 
     fn clone_box(&self) -> Box<dyn ProtocolConfig>;
@@ -118,6 +122,10 @@ impl SourceConfig {
 
     pub fn tag_count(&self) -> usize {
         self.protocol.tag_count()
+    }
+
+    pub fn warnings(&self, key: &str, p: &mut Problems) {
+        self.protocol.warnings(key, p);
     }
 
     /// Shared keys first, then the protocol's; every problem names its full key path.
@@ -285,11 +293,11 @@ mod tests {
         let e = toml::from_str::<Sources>(&MODBUS.replace("type = \"modbus\"\n", ""))
             .expect_err("no type");
         assert!(e.to_string().contains("missing field `type`"), "{e}");
-        let e = toml::from_str::<Sources>(&MODBUS.replace("\"modbus\"", "\"opcua\""))
+        let e = toml::from_str::<Sources>(&MODBUS.replace("\"modbus\"", "\"profinet\""))
             .expect_err("unknown type");
         assert!(
             e.to_string()
-                .contains("unknown source type `opcua`, expected `modbus`"),
+                .contains("unknown source type `profinet`, expected `modbus` or `s7` or `opcua`"),
             "{e}"
         );
     }

@@ -6,7 +6,7 @@
 //!   stops from them), or it is the tag's first;
 //! - its quality differs from the last one sent;
 //! - it is a number and moved more than the deadband from the last value sent
-//!   (`deadband`, in the tag's units, or `deadband_percent` of the tag's `range`, the way
+//!   (`deadband_absolute`, in the tag's units, or `deadband_percent` of the tag's `range`, the way
 //!   OPC UA servers apply a percent deadband to a variable's EURange);
 //! - it is not a number (boolean, string, null) and differs at all from the last sent;
 //! - `max_silence` has passed since the last one sent, so a consumer can tell
@@ -30,7 +30,7 @@ pub struct ExceptionConfig {
     pub on_change: bool,
     /// Absolute deadband in the tag's (scaled) units.
     #[serde(default)]
-    pub deadband: Option<f64>,
+    pub deadband_absolute: Option<f64>,
     /// Deadband in percent of `range`.
     #[serde(default)]
     pub deadband_percent: Option<f64>,
@@ -46,14 +46,14 @@ impl ExceptionConfig {
     /// Whether the filter does anything.
     pub fn is_active(&self) -> bool {
         self.on_change
-            || self.deadband.is_some()
+            || self.deadband_absolute.is_some()
             || self.deadband_percent.is_some()
             || self.max_silence.is_some()
     }
 
     /// The absolute change a number must exceed, if a deadband is configured.
     pub fn threshold(&self) -> Option<f64> {
-        match (self.deadband, self.deadband_percent, self.range) {
+        match (self.deadband_absolute, self.deadband_percent, self.range) {
             (Some(d), _, _) => Some(d),
             (None, Some(p), Some([lo, hi])) => Some(p / 100.0 * (hi - lo).abs()),
             _ => None,
@@ -62,13 +62,13 @@ impl ExceptionConfig {
 
     /// Keys `self` overrides win over `defaults` (a tag's over its group's).
     pub fn or(self, defaults: ExceptionConfig) -> ExceptionConfig {
-        let has_deadband = self.deadband.is_some() || self.deadband_percent.is_some();
+        let has_deadband = self.deadband_absolute.is_some() || self.deadband_percent.is_some();
         ExceptionConfig {
             on_change: self.on_change || defaults.on_change,
-            deadband: if has_deadband {
-                self.deadband
+            deadband_absolute: if has_deadband {
+                self.deadband_absolute
             } else {
-                defaults.deadband
+                defaults.deadband_absolute
             },
             deadband_percent: if has_deadband {
                 self.deadband_percent
@@ -84,12 +84,18 @@ impl ExceptionConfig {
     pub fn check(&self, prefix: &str) -> Problems {
         let mut p = Problems::new();
         let k = |key: &str| join_key(prefix, key);
-        if self.deadband.is_some() && self.deadband_percent.is_some() {
-            p.push(k("deadband"), "give deadband or deadband_percent, not both");
+        if self.deadband_absolute.is_some() && self.deadband_percent.is_some() {
+            p.push(
+                k("deadband_absolute"),
+                "give deadband_absolute or deadband_percent, not both",
+            );
         }
-        if let Some(d) = self.deadband {
+        if let Some(d) = self.deadband_absolute {
             if !(d.is_finite() && d >= 0.0) {
-                p.push(k("deadband"), format!("must be a number ≥ 0, not {d}"));
+                p.push(
+                    k("deadband_absolute"),
+                    format!("must be a number ≥ 0, not {d}"),
+                );
             }
         }
         if let Some(pct) = self.deadband_percent {
@@ -219,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_deadband_holds_small_moves_and_passes_large_ones_and_quality_changes() {
-        let mut flt = ExceptionFilter::new(cfg("deadband = 0.5"));
+        let mut flt = ExceptionFilter::new(cfg("deadband_absolute = 0.5"));
         assert_eq!(flt.decide(&f(10.0), Quality::Ok, false, 0), Verdict::Pass);
         assert_eq!(
             flt.decide(&f(10.4), Quality::Ok, false, 1),
@@ -265,7 +271,7 @@ mod tests {
             Verdict::Suppress
         );
         assert_eq!(flt.decide(&s("STOP"), Quality::Ok, false, 2), Verdict::Pass);
-        let mut flt = ExceptionFilter::new(cfg("deadband = 1.0"));
+        let mut flt = ExceptionFilter::new(cfg("deadband_absolute = 1.0"));
         assert_eq!(
             flt.decide(&Value::Bool(true), Quality::Ok, false, 0),
             Verdict::Pass
@@ -285,11 +291,14 @@ mod tests {
         let keys = |text: &str| -> Vec<String> {
             cfg(text).check("t").iter().map(|p| p.key.clone()).collect()
         };
-        assert_eq!(keys("deadband = -1.0"), vec!["t.deadband"]);
+        assert_eq!(
+            keys("deadband_absolute = -1.0"),
+            vec!["t.deadband_absolute"]
+        );
         assert_eq!(keys("deadband_percent = 5.0"), vec!["t.deadband_percent"]);
         assert_eq!(
-            keys("deadband = 1.0\ndeadband_percent = 5.0\nrange = [0.0, 1.0]"),
-            vec!["t.deadband"]
+            keys("deadband_absolute = 1.0\ndeadband_percent = 5.0\nrange = [0.0, 1.0]"),
+            vec!["t.deadband_absolute"]
         );
         assert_eq!(keys("range = [5.0, 1.0]"), vec!["t.range"]);
         assert_eq!(keys("max_silence = \"0s\""), vec!["t.max_silence"]);
@@ -301,10 +310,10 @@ mod tests {
 
     #[test]
     fn a_tag_overrides_its_group() {
-        let group = cfg("deadband = 1.0\nmax_silence = \"30s\"");
+        let group = cfg("deadband_absolute = 1.0\nmax_silence = \"30s\"");
         let tag = cfg("deadband_percent = 5.0\nrange = [0.0, 10.0]");
         let both = tag.or(group);
-        assert_eq!(both.deadband, None);
+        assert_eq!(both.deadband_absolute, None);
         assert_eq!(both.threshold(), Some(0.5));
         assert_eq!(both.max_silence, Some(Duration::from_secs(30)));
         assert_eq!(ExceptionConfig::default().or(group), group);
@@ -316,12 +325,12 @@ mod tests {
         /// reading is held back once max_silence has passed since the last one sent.
         #[test]
         fn deadband_and_silence_hold(
-            deadband in 0.0f64..5.0,
+            deadband_absolute in 0.0f64..5.0,
             silence_ms in 1u64..5_000,
             steps in proptest::collection::vec((-10.0f64..10.0, 0u64..800, 0u8..10, any::<bool>()), 1..300),
         ) {
             let c = ExceptionConfig {
-                deadband: Some(deadband),
+                deadband_absolute: Some(deadband_absolute),
                 max_silence: Some(Duration::from_millis(silence_ms)),
                 ..ExceptionConfig::default()
             };
@@ -336,14 +345,14 @@ mod tests {
                 let v = flt.decide(&f(value), quality, forced, now);
                 match (v, last) {
                     (Verdict::Suppress, Some((lv, lq, lt))) => {
-                        prop_assert!((value - lv).abs() <= deadband);
+                        prop_assert!((value - lv).abs() <= deadband_absolute);
                         prop_assert_eq!(lq, quality);
                         prop_assert!(now - lt < silence_ms);
                         prop_assert!(!forced);
                     }
                     (Verdict::Suppress, None) => prop_assert!(false, "the first reading passes"),
                     (Verdict::Pass, Some((lv, lq, lt))) => {
-                        prop_assert!(forced || lq != quality || now - lt >= silence_ms || (value - lv).abs() > deadband);
+                        prop_assert!(forced || lq != quality || now - lt >= silence_ms || (value - lv).abs() > deadband_absolute);
                     }
                     (Verdict::Pass, None) => {}
                 }

@@ -2,6 +2,7 @@
 
 use super::config::{parse_protocol, CommonSourceConfig, ProtocolConfig, SourceConfig};
 use super::modbus::ModbusSourceConfig;
+use super::opcua::OpcUaSourceConfig;
 use super::s7::S7SourceConfig;
 use super::source::SourceContext;
 use std::future::Future;
@@ -29,6 +30,10 @@ pub const PROTOCOLS: &[Protocol] = &[
     Protocol {
         kind: "s7",
         parse: parse_protocol::<S7SourceConfig>,
+    },
+    Protocol {
+        kind: "opcua",
+        parse: parse_protocol::<OpcUaSourceConfig>,
     },
 ];
 

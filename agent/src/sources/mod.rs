@@ -13,6 +13,7 @@ pub mod exception;
 pub mod factory;
 pub mod link;
 pub mod modbus;
+pub mod opcua;
 pub mod s7;
 pub mod source;
 pub mod status;

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Points lost on purpose, by reason (`overflow_drop_oldest`, `overflow_reject_new`, `oversize`, ...).
     pub dropped: Family<ReasonLabel, Counter>,
     pub dead_letters: Family<ReasonLabel, Counter>,
+    /// The OPC UA sources' own (`linewatch_agent_opcua_…`).
+    pub opcua: crate::sources::opcua::metrics::OpcUaMetrics,
 }
 
 impl Metrics {
@@ -131,6 +133,7 @@ impl Metrics {
             "Records written to the dead-letter file, by reason",
             self.dead_letters.clone(),
         );
+        self.opcua.register(r);
     }
 
     pub fn source(&self, source: &str) -> SourceLabel {

@@ -11,5 +11,6 @@ pub mod kinesalite;
 pub mod kinesis_local;
 pub mod modbus_plc;
 pub mod mosquitto;
+pub mod opcua_server;
 pub mod s7_plc;
 pub mod webhook_receiver;

@@ -1,0 +1,253 @@
+//! The scriptable OPC UA server (`tests/sim/opcua_server.py`, the asyncua server from
+//! PyPI) and its control channel (a line-JSON TCP port: write values with a status and
+//! timestamps, read them back, list the namespaces).
+
+use crate::paths;
+use crate::ports;
+use crate::process::{ManagedProcess, ProcessSpec, Ready};
+use crate::wait;
+use serde_json::{json, Value as Json};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The two namespaces the server registers (see the script's header).
+pub const FILLER_NS: &str = "urn:linewatch:filler";
+pub const LABELLER_NS: &str = "urn:linewatch:labeller";
+
+/// How the server is started.
+#[derive(Debug, Clone)]
+pub struct UaOptions {
+    /// Port to listen on; `None` picks a free one (a restart passes the old one).
+    pub port: Option<u16>,
+    /// Order in which the namespaces are registered: the order decides their indexes.
+    pub namespaces: Vec<String>,
+    /// `none`, `secure` (Basic256Sha256 Sign / SignAndEncrypt only) or `both`.
+    pub security: &'static str,
+    /// `(user, password)` accepted for username login.
+    pub users: Vec<(String, String)>,
+    /// Where the server keeps its certificate and key (created once, kept over restarts).
+    pub pki: Option<PathBuf>,
+    /// Extra `Bench.i` Double variables, changed `bench_hz` times a second.
+    pub bench: usize,
+    pub bench_hz: f64,
+}
+
+impl Default for UaOptions {
+    fn default() -> Self {
+        UaOptions {
+            port: None,
+            namespaces: vec![FILLER_NS.into(), LABELLER_NS.into()],
+            security: "none",
+            users: Vec::new(),
+            pki: None,
+            bench: 0,
+            bench_hz: 0.0,
+        }
+    }
+}
+
+/// One value to write: `node` is the script's name (`Filler.Double`).
+#[derive(Debug, Clone)]
+pub struct UaWrite {
+    pub node: String,
+    pub value: Json,
+    /// A `StatusCodes` name; `None` is Good.
+    pub status: Option<String>,
+    /// ms since the epoch; `Some(None)` writes no timestamp, `None` writes "now".
+    pub source_timestamp: Option<Option<u64>>,
+    pub server_timestamp: Option<Option<u64>>,
+}
+
+pub fn write(node: &str, value: impl Into<Json>) -> UaWrite {
+    UaWrite {
+        node: node.to_owned(),
+        value: value.into(),
+        status: None,
+        source_timestamp: None,
+        server_timestamp: None,
+    }
+}
+
+impl UaWrite {
+    pub fn status(mut self, status: &str) -> Self {
+        self.status = Some(status.to_owned());
+        self
+    }
+    pub fn source_ts(mut self, ms: Option<u64>) -> Self {
+        self.source_timestamp = Some(ms);
+        self
+    }
+    pub fn server_ts(mut self, ms: Option<u64>) -> Self {
+        self.server_timestamp = Some(ms);
+        self
+    }
+    fn to_json(&self) -> Json {
+        let mut j = json!({"node": self.node, "value": self.value});
+        if let Some(s) = &self.status {
+            j["status"] = json!(s);
+        }
+        if let Some(t) = self.source_timestamp {
+            j["source_timestamp"] = json!(t);
+        }
+        if let Some(t) = self.server_timestamp {
+            j["server_timestamp"] = json!(t);
+        }
+        j
+    }
+}
+
+/// A running OPC UA server on 127.0.0.1 (killed when dropped).
+pub struct UaServer {
+    port: u16,
+    control_port: u16,
+    process: ManagedProcess,
+    control: Option<BufReader<TcpStream>>,
+}
+
+impl UaServer {
+    /// Starts the server and waits until its control port answers a ping.
+    #[track_caller]
+    pub fn start(opts: UaOptions, log_dir: &Path) -> UaServer {
+        let port = opts.port.unwrap_or_else(ports::free_port);
+        let control_port = ports::free_port();
+        let log = log_dir.join(format!("opcua-server-{port}.log"));
+        let users: Vec<String> = opts.users.iter().map(|(u, p)| format!("{u}:{p}")).collect();
+        let mut spec = ProcessSpec::new("opcua server", paths::venv_python(), &log)
+            .arg(paths::sim_dir().join("opcua_server.py"))
+            .args(["--port", &port.to_string()])
+            .args(["--control-port", &control_port.to_string()])
+            .args(["--namespaces", &opts.namespaces.join(",")])
+            .args(["--security", opts.security])
+            .args(["--users", &users.join(",")])
+            .args(["--bench", &opts.bench.to_string()])
+            .args(["--bench-hz", &opts.bench_hz.to_string()])
+            .env("PYTHONUNBUFFERED", "1")
+            // asyncua loads its whole standard address space first: slow on a busy machine.
+            .ready(Ready::Listening(port), Duration::from_secs(90));
+        if let Some(pki) = &opts.pki {
+            spec = spec.arg("--pki").arg(pki);
+        }
+        let process = spec.start();
+        let mut server = UaServer {
+            port,
+            control_port,
+            process,
+            control: None,
+        };
+        wait::until_blocking(
+            &format!("opcua server answering on its control port {control_port}"),
+            Duration::from_secs(30),
+            || {
+                server.process.assert_running();
+                server
+                    .try_request(&json!({"op": "ping"}))
+                    .map(|_| ())
+                    .inspect_err(|_| server.control = None)
+            },
+        );
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `opc.tcp://127.0.0.1:PORT/linewatch/`, as the agent's `endpoint` key wants it.
+    pub fn endpoint(&self) -> String {
+        format!("opc.tcp://127.0.0.1:{}/linewatch/", self.port)
+    }
+
+    fn try_request(&mut self, req: &Json) -> Result<Json, String> {
+        if self.control.is_none() {
+            let s = TcpStream::connect_timeout(
+                &(Ipv4Addr::LOCALHOST, self.control_port).into(),
+                Duration::from_secs(1),
+            )
+            .map_err(|e| format!("control connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            self.control = Some(BufReader::new(s));
+        }
+        let conn = self.control.as_mut().ok_or("no control connection")?;
+        let mut line = req.to_string();
+        line.push('\n');
+        conn.get_mut()
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("control write: {e}"))?;
+        let mut reply = String::new();
+        conn.read_line(&mut reply)
+            .map_err(|e| format!("control read: {e}"))?;
+        let reply: Json =
+            serde_json::from_str(&reply).map_err(|e| format!("control reply {reply:?}: {e}"))?;
+        if reply["ok"] == Json::Bool(true) {
+            Ok(reply)
+        } else {
+            Err(format!("server refused {req}: {}", reply["error"]))
+        }
+    }
+
+    /// Sends one control request; panics with the server's log if it fails.
+    #[track_caller]
+    pub fn request(&mut self, req: Json) -> Json {
+        match self.try_request(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                self.control = None;
+                panic!(
+                    "opcua server control: {e}\nserver log:\n{}",
+                    self.process.log_tail(30)
+                )
+            }
+        }
+    }
+
+    /// Writes all values at once.
+    #[track_caller]
+    pub fn set(&mut self, writes: &[UaWrite]) {
+        let writes: Vec<Json> = writes.iter().map(UaWrite::to_json).collect();
+        self.request(json!({"op": "set", "writes": writes}));
+    }
+
+    #[track_caller]
+    pub fn get(&mut self, node: &str) -> Json {
+        self.request(json!({"op": "get", "node": node}))
+    }
+
+    /// The server's namespace array (index → URI).
+    #[track_caller]
+    pub fn namespaces(&mut self) -> Vec<String> {
+        let r = self.request(json!({"op": "namespaces"}));
+        r["namespaces"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing.
+    pub fn pause(&mut self) {
+        self.process.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self) {
+        self.process.signal(libc::SIGCONT);
+    }
+
+    /// Stops the server; its port becomes free.
+    pub fn stop(&mut self) {
+        self.control = None;
+        // A paused process would not see SIGTERM.
+        self.process.signal(libc::SIGCONT);
+        self.process.stop(Duration::from_secs(5));
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
