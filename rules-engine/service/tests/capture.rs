@@ -37,7 +37,7 @@ fn config(dir: &Path, k: &Kinesalite) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "state_dir = \"{}\"\n[kinesis]\nstream = \"{STREAM}\"\nregion = \"{}\"\nendpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\npoll_interval = \"200ms\"\nshard_discovery_interval = \"1s\"\n[mqtt]\n",
+            "state_dir = \"{}\"\n[kinesis]\nstream = \"{STREAM}\"\nregion = \"{}\"\nendpoint_url = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\npoll_interval = \"200ms\"\nshard_discovery_interval = \"1s\"\n[mqtt]\n[mqtt.auth]\naccept_unsigned = true\n",
             dir.join("state").display(),
             kinesis::REGION,
             k.endpoint(),

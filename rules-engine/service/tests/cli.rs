@@ -234,7 +234,7 @@ fn check_config_reports_every_problem_with_its_line_and_the_exit_codes_agree() {
     let bad = tmp("bad-service.toml");
     std::fs::write(
         &bad,
-        "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"s\"\nregoin = \"r\"\n[mqtt]\nport = 70000\n[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\n",
+        "state_dir = \"/tmp/x\"\n[kinesis]\nstream = \"s\"\nregoin = \"r\"\n[mqtt]\nport = 70000\nauth = { accept_unsigned = true }\n[[webhooks]]\nname = \"a\"\nurl = \"ftp://x\"\n",
     )
     .expect("write");
     let out = bin()
@@ -249,7 +249,7 @@ fn check_config_reports_every_problem_with_its_line_and_the_exit_codes_agree() {
     for want in [
         format!("error: {f}:4: kinesis.regoin: unknown key `regoin`: did you mean `region`?"),
         format!("error: {f}:6: mqtt.port: invalid value: integer `70000`"),
-        format!("error: {f}:9: webhooks[0].url:"),
+        format!("error: {f}:10: webhooks[0].url:"),
     ] {
         assert!(err.contains(&want), "want {want}\n{err}");
     }
@@ -288,7 +288,7 @@ fn dead_letters_list_creates_no_folders() {
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"{}\"\n[kinesis]\nstream = \"s\"\nregion = \"r\"\n[mqtt]\n[[webhooks]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/\"\n",
+            "state_dir = \"{}\"\n[kinesis]\nstream = \"s\"\nregion = \"r\"\n[mqtt]\nauth = {{ accept_unsigned = true }}\n[[webhooks]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/\"\n",
             state.display()
         ),
     )
