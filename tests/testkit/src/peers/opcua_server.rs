@@ -2,13 +2,11 @@
 //! PyPI) and its control channel (a line-JSON TCP port: write values with a status and
 //! timestamps, read them back, list the namespaces).
 
+use super::sim_control::SimControl;
 use crate::paths;
 use crate::ports;
 use crate::process::{ManagedProcess, ProcessSpec, Ready};
-use crate::wait;
 use serde_json::{json, Value as Json};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,9 +99,8 @@ impl UaWrite {
 /// A running OPC UA server on 127.0.0.1 (killed when dropped).
 pub struct UaServer {
     port: u16,
-    control_port: u16,
     process: ManagedProcess,
-    control: Option<BufReader<TcpStream>>,
+    control: SimControl,
 }
 
 impl UaServer {
@@ -132,21 +129,10 @@ impl UaServer {
         let process = spec.start();
         let mut server = UaServer {
             port,
-            control_port,
             process,
-            control: None,
+            control: SimControl::new(control_port),
         };
-        wait::until_blocking(
-            &format!("opcua server answering on its control port {control_port}"),
-            Duration::from_secs(30),
-            || {
-                server.process.assert_running();
-                server
-                    .try_request(&json!({"op": "ping"}))
-                    .map(|_| ())
-                    .inspect_err(|_| server.control = None)
-            },
-        );
+        server.control.wait_ready(&mut server.process);
         server
     }
 
@@ -159,48 +145,10 @@ impl UaServer {
         format!("opc.tcp://127.0.0.1:{}/linewatch/", self.port)
     }
 
-    fn try_request(&mut self, req: &Json) -> Result<Json, String> {
-        if self.control.is_none() {
-            let s = TcpStream::connect_timeout(
-                &(Ipv4Addr::LOCALHOST, self.control_port).into(),
-                Duration::from_secs(1),
-            )
-            .map_err(|e| format!("control connect: {e}"))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string())?;
-            self.control = Some(BufReader::new(s));
-        }
-        let conn = self.control.as_mut().ok_or("no control connection")?;
-        let mut line = req.to_string();
-        line.push('\n');
-        conn.get_mut()
-            .write_all(line.as_bytes())
-            .map_err(|e| format!("control write: {e}"))?;
-        let mut reply = String::new();
-        conn.read_line(&mut reply)
-            .map_err(|e| format!("control read: {e}"))?;
-        let reply: Json =
-            serde_json::from_str(&reply).map_err(|e| format!("control reply {reply:?}: {e}"))?;
-        if reply["ok"] == Json::Bool(true) {
-            Ok(reply)
-        } else {
-            Err(format!("server refused {req}: {}", reply["error"]))
-        }
-    }
-
     /// Sends one control request; panics with the server's log if it fails.
     #[track_caller]
     pub fn request(&mut self, req: Json) -> Json {
-        match self.try_request(&req) {
-            Ok(r) => r,
-            Err(e) => {
-                self.control = None;
-                panic!(
-                    "opcua server control: {e}\nserver log:\n{}",
-                    self.process.log_tail(30)
-                )
-            }
-        }
+        self.control.request(req, &self.process)
     }
 
     /// Writes all values at once.
@@ -241,7 +189,7 @@ impl UaServer {
 
     /// Stops the server; its port becomes free.
     pub fn stop(&mut self) {
-        self.control = None;
+        self.control.disconnect();
         // A paused process would not see SIGTERM.
         self.process.signal(libc::SIGCONT);
         self.process.stop(Duration::from_secs(5));

@@ -2,13 +2,11 @@
 //! python-snap7 2.1.0) and its control channel (a line-JSON TCP port: write bytes
 //! into DB/M/I/Q/T/C, read them back, count the items and connections served).
 
+use super::sim_control::SimControl;
 use crate::paths;
 use crate::ports;
 use crate::process::{ManagedProcess, ProcessSpec, Ready};
-use crate::wait;
 use serde_json::{json, Value as Json};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -96,9 +94,8 @@ impl Default for S7Options {
 /// A running simulated S7 CPU on 127.0.0.1 (killed when dropped).
 pub struct S7Sim {
     port: u16,
-    control_port: u16,
     process: ManagedProcess,
-    control: Option<BufReader<TcpStream>>,
+    control: SimControl,
 }
 
 impl S7Sim {
@@ -125,20 +122,10 @@ impl S7Sim {
             .start();
         let mut sim = S7Sim {
             port,
-            control_port,
             process,
-            control: None,
+            control: SimControl::new(control_port),
         };
-        wait::until_blocking(
-            &format!("s7 sim answering on its control port {control_port}"),
-            Duration::from_secs(30),
-            || {
-                sim.process.assert_running();
-                sim.try_request(&json!({"op": "ping"}))
-                    .map(|_| ())
-                    .inspect_err(|_| sim.control = None)
-            },
-        );
+        sim.control.wait_ready(&mut sim.process);
         sim
     }
 
@@ -151,48 +138,10 @@ impl S7Sim {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn try_request(&mut self, req: &Json) -> Result<Json, String> {
-        if self.control.is_none() {
-            let s = TcpStream::connect_timeout(
-                &(Ipv4Addr::LOCALHOST, self.control_port).into(),
-                Duration::from_secs(1),
-            )
-            .map_err(|e| format!("control connect: {e}"))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .map_err(|e| e.to_string())?;
-            self.control = Some(BufReader::new(s));
-        }
-        let conn = self.control.as_mut().ok_or("no control connection")?;
-        let mut line = req.to_string();
-        line.push('\n');
-        conn.get_mut()
-            .write_all(line.as_bytes())
-            .map_err(|e| format!("control write: {e}"))?;
-        let mut reply = String::new();
-        conn.read_line(&mut reply)
-            .map_err(|e| format!("control read: {e}"))?;
-        let reply: Json =
-            serde_json::from_str(&reply).map_err(|e| format!("control reply {reply:?}: {e}"))?;
-        if reply["ok"] == Json::Bool(true) {
-            Ok(reply)
-        } else {
-            Err(format!("sim refused {req}: {}", reply["error"]))
-        }
-    }
-
     /// Sends one control request; panics with the sim's log if it fails.
     #[track_caller]
     pub fn request(&mut self, req: Json) -> Json {
-        match self.try_request(&req) {
-            Ok(r) => r,
-            Err(e) => {
-                self.control = None;
-                panic!(
-                    "s7 sim control: {e}\nsim log:\n{}",
-                    self.process.log_tail(30)
-                )
-            }
-        }
+        self.control.request(req, &self.process)
     }
 
     /// Writes all at once (under the server's area locks: no read sees half of them).
@@ -227,7 +176,7 @@ impl S7Sim {
 
     /// Stops the simulator (the PLC "goes away"); its port becomes free.
     pub fn stop(&mut self) {
-        self.control = None;
+        self.control.disconnect();
         self.process.stop(Duration::from_secs(5));
     }
 
