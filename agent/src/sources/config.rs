@@ -165,6 +165,33 @@ impl<'de> Deserialize<'de> for SourceConfig {
 }
 
 /// Parse a protocol's table: shared keys into [`CommonSourceConfig`], the rest into `P`.
+/// The checks every protocol makes of a tag at `tk` (e.g. `sources[0].groups[1].tags[2]`):
+/// its name is an id and not one of the agent's `$` names, and it has an equipment (its
+/// own, or the default of the source at `source_key`). Returns that equipment.
+pub fn check_tag<'a>(
+    p: &mut Problems,
+    source_key: &str,
+    tk: &str,
+    name: &str,
+    equipment: Option<&'a str>,
+) -> Option<&'a str> {
+    check_id(p, &format!("{tk}.name"), name);
+    if name.starts_with('$') {
+        p.push(
+            format!("{tk}.name"),
+            "tag names starting with '$' are reserved for the agent",
+        );
+    }
+    match equipment {
+        Some(e) => check_id(p, &format!("{tk}.equipment_id"), e),
+        None => p.push(
+            format!("{tk}.equipment_id"),
+            format!("missing (and {source_key}.equipment_id gives no default)"),
+        ),
+    }
+    equipment
+}
+
 pub fn parse_protocol<P: ProtocolConfig + DeserializeOwned>(
     table: toml::Table,
 ) -> Result<(CommonSourceConfig, Box<dyn ProtocolConfig>), toml::de::Error> {

@@ -1,6 +1,7 @@
 //! Configuration of a Modbus TCP source.
 
 use crate::config::{check_id, Problems};
+use crate::sources::config::check_tag;
 use crate::sources::config::CommonSourceConfig;
 use crate::sources::value_map::ValueMap;
 use serde::Deserialize;
@@ -183,21 +184,13 @@ impl ModbusSourceConfig {
             }
             for (ti, t) in g.tags.iter().enumerate() {
                 let tk = format!("{gk}.tags[{ti}]");
-                check_id(p, &format!("{tk}.name"), &t.name);
-                if t.name.starts_with('$') {
-                    p.push(
-                        format!("{tk}.name"),
-                        "tag names starting with '$' are reserved for the agent",
-                    );
-                }
-                let eq = t.equipment(common.equipment_id.as_deref());
-                match eq {
-                    Some(e) => check_id(p, &format!("{tk}.equipment_id"), e),
-                    None => p.push(
-                        format!("{tk}.equipment_id"),
-                        format!("missing (and {key}.equipment_id gives no default)"),
-                    ),
-                }
+                let eq = check_tag(
+                    p,
+                    key,
+                    &tk,
+                    &t.name,
+                    t.equipment(common.equipment_id.as_deref()),
+                );
                 if !names.insert((eq, t.name.as_str())) {
                     p.push(
                         format!("{tk}.name"),

@@ -5,6 +5,7 @@
 
 use super::node_id::{parse_node_id, Namespace, NodeAddress};
 use crate::config::{check_id, Problems};
+use crate::sources::config::check_tag;
 use crate::sources::config::CommonSourceConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -365,21 +366,13 @@ impl OpcUaSourceConfig {
                 if let Some(map) = &t.map {
                     map.validate(&tk, p);
                 }
-                check_id(p, &format!("{tk}.name"), &t.name);
-                if t.name.starts_with('$') {
-                    p.push(
-                        format!("{tk}.name"),
-                        "tag names starting with '$' are reserved for the agent",
-                    );
-                }
-                let eq = t.equipment(common.equipment_id.as_deref());
-                match eq {
-                    Some(e) => check_id(p, &format!("{tk}.equipment_id"), e),
-                    None => p.push(
-                        format!("{tk}.equipment_id"),
-                        format!("missing (and {key}.equipment_id gives no default)"),
-                    ),
-                }
+                let eq = check_tag(
+                    p,
+                    key,
+                    &tk,
+                    &t.name,
+                    t.equipment(common.equipment_id.as_deref()),
+                );
                 if !names.insert((eq, t.name.as_str())) {
                     p.push(
                         format!("{tk}.name"),

@@ -2,6 +2,7 @@
 
 use super::address::{self, Address};
 use crate::config::{check_id, Problems};
+use crate::sources::config::check_tag;
 use crate::sources::config::CommonSourceConfig;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -215,23 +216,15 @@ impl S7SourceConfig {
             }
             for (ti, t) in g.tags.iter().enumerate() {
                 let tk = format!("{gk}.tags[{ti}]");
-                check_id(p, &format!("{tk}.name"), &t.name);
+                let eq = check_tag(
+                    p,
+                    key,
+                    &tk,
+                    &t.name,
+                    t.equipment(common.equipment_id.as_deref()),
+                );
                 if let Some(map) = &t.map {
                     map.validate(&tk, p);
-                }
-                if t.name.starts_with('$') {
-                    p.push(
-                        format!("{tk}.name"),
-                        "tag names starting with '$' are reserved for the agent",
-                    );
-                }
-                let eq = t.equipment(common.equipment_id.as_deref());
-                match eq {
-                    Some(e) => check_id(p, &format!("{tk}.equipment_id"), e),
-                    None => p.push(
-                        format!("{tk}.equipment_id"),
-                        format!("missing (and {key}.equipment_id gives no default)"),
-                    ),
                 }
                 match address::parse(&t.address) {
                     Ok(a) => {
