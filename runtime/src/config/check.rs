@@ -527,6 +527,38 @@ mod tests {
     use crate::config::Split;
     use serde::Deserialize;
 
+    /// toml's own error text quotes the offending line, which may hold a secret: a
+    /// problem names the line and the key, never the line's text.
+    #[test]
+    fn problems_never_quote_the_line() {
+        #[allow(dead_code)]
+        #[derive(Debug, Deserialize)]
+        struct C {
+            password: String,
+            port: u16,
+        }
+        // A syntax error and a type error, each on a line that holds the secret.
+        for text in [
+            "password = \"hunter2\" oops\nport = 1\n",
+            "password = \"hunter2\" ; port = 1\n",
+            "port = 1\npassword = [\"hunter2\"]\n",
+        ] {
+            let e = toml::from_str::<C>(text).unwrap_err();
+            assert!(
+                e.to_string().contains("hunter2"),
+                "toml's own text quotes it"
+            );
+            let shown = match load_all::<C>(text) {
+                Err(p) => p.to_string(),
+                Ok(loaded) => loaded
+                    .finish(text, Problems::new())
+                    .expect_err("a problem")
+                    .to_string(),
+            };
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+    }
+
     // The fields are only deserialized: what is checked is what serde reports.
     #[allow(dead_code)]
     #[derive(Debug, Deserialize)]

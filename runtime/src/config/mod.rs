@@ -6,10 +6,8 @@ pub mod check;
 mod secret;
 mod secret_source;
 mod split;
-mod toml_error;
 
 pub use check::{load_all, Lines, Loaded};
 pub use secret::Secret;
 pub use secret_source::{SecretError, SecretKeys};
 pub use split::{field_names, Split};
-pub use toml_error::{describe_toml_error, line_column};
