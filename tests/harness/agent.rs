@@ -102,6 +102,11 @@ pub struct Tag {
     /// Code → name (`map = { 1 = "RUNNING" }`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub map: Option<std::collections::BTreeMap<String, String>>,
+    /// Report by exception (`deadband_absolute`, `max_silence`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadband_absolute: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_silence: Option<String>,
 }
 
 /// A tag with no scaling, big-endian: `tag("water_temperature", "holding_register", 0, "f32")`.
@@ -117,6 +122,8 @@ pub fn tag(name: &str, area: &str, address: u16, data_type: &str) -> Tag {
         byte_order: None,
         word_order: None,
         map: None,
+        deadband_absolute: None,
+        max_silence: None,
     }
 }
 
@@ -138,6 +145,13 @@ impl Tag {
                 .map(|(c, n)| (c.to_string(), (*n).to_owned()))
                 .collect(),
         );
+        self
+    }
+    /// Report by exception: send only moves beyond `deadband`, and an unchanged
+    /// value again after `max_silence` (humantime) when given.
+    pub fn deadband(mut self, deadband: f64, max_silence: Option<&str>) -> Tag {
+        self.deadband_absolute = Some(deadband);
+        self.max_silence = max_silence.map(str::to_owned);
         self
     }
     pub fn orders(mut self, byte_order: &str, word_order: &str) -> Tag {

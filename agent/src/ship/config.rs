@@ -54,6 +54,43 @@ pub struct KinesisConfig {
     /// NDJSON file for records Kinesis can never take (e.g. over 1 MiB). Default: `<buffer.path>/dead-letter.ndjson`.
     #[serde(default)]
     pub dead_letter_path: Option<PathBuf>,
+    /// Pacing to the stream's shards (1,000 records/s and 1 MiB/s each).
+    #[serde(default)]
+    pub shards: Shards,
+}
+
+/// `shards`: how many shards' worth the shipper may send per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shards {
+    /// Ask the stream (DescribeStreamSummary) at start; unpaced if that is refused.
+    #[default]
+    Auto,
+    /// No pacing: send as fast as Kinesis accepts, back off when it throttles.
+    Off,
+    /// This many shards' worth (the share of the stream the gateway may fill).
+    Count(u32),
+}
+
+impl<'de> Deserialize<'de> for Shards {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(0) => Err(serde::de::Error::custom(
+                "shards must be at least 1 (or \"auto\", or \"off\")",
+            )),
+            Raw::Count(n) => Ok(Shards::Count(n)),
+            Raw::Word(w) if w == "auto" => Ok(Shards::Auto),
+            Raw::Word(w) if w == "off" => Ok(Shards::Off),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "shards must be a number of shards, \"auto\" or \"off\", not {w:?}"
+            ))),
+        }
+    }
 }
 
 /// The shipper's own keys of `[kinesis]`, as the specific half of the split.
@@ -222,6 +259,22 @@ mod tests {
             "kinesis.secret_access_key: missing (access_key_id is set; give both or neither)"
         ));
         assert!(toml::from_str::<super::KinesisConfig>("stream = \"s\"\nstrem = \"t\"").is_err());
+    }
+
+    #[test]
+    fn shards_is_a_count_auto_or_off() {
+        let shards = |v: &str| {
+            toml::from_str::<super::KinesisConfig>(&format!("stream = \"s\"\n{v}"))
+                .map(|c| c.shards)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(shards(""), Ok(super::Shards::Auto));
+        assert_eq!(shards("shards = 4"), Ok(super::Shards::Count(4)));
+        assert_eq!(shards("shards = \"off\""), Ok(super::Shards::Off));
+        for bad in ["shards = 0", "shards = \"many\"", "shards = -1"] {
+            let e = shards(bad).unwrap_err();
+            assert!(e.contains("shards"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub trait PutRecordsApi: Send + Sync + 'static {
     /// Sends `entries` in one PutRecords call. Never fails: every failure is an
     /// outcome, and a per-entry answer has one result per entry, in request order.
     fn put_records(&self, entries: &[RequestEntry]) -> impl Future<Output = CallOutcome> + Send;
+    /// The stream's open shards, for pacing (`kinesis.shards = "auto"`). An error
+    /// (e.g. the gateway's role may only PutRecords) leaves the shipper unpaced.
+    fn open_shards(&self) -> impl Future<Output = Result<u32, String>> + Send;
 }
 
 /// A Kinesis client bound to one stream.
@@ -106,6 +109,21 @@ impl PutRecordsApi for KinesisClient {
             ),
             Err(err) => classify_error(&err, transmit.reached()),
         }
+    }
+
+    async fn open_shards(&self) -> Result<u32, String> {
+        let out = self
+            .client
+            .describe_stream_summary()
+            .stream_name(&self.stream)
+            .send()
+            .await
+            .map_err(|e| linewatch_runtime::error::chain(&e))?;
+        let count = out
+            .stream_description_summary()
+            .map(|d| d.open_shard_count())
+            .ok_or("DescribeStreamSummary answered without a summary")?;
+        u32::try_from(count).map_err(|_| format!("open shard count {count}"))
     }
 }
 

@@ -2,9 +2,9 @@
 //! PutRecords, and removes them from the buffer only once Kinesis accepted them.
 //!
 //! `queue` decides what goes into a call, `request` packs it into entries (`aggregate`:
-//! KPL aggregated records), `kinesis`
-//! talks to the SDK, `shipper` is the I/O loop around them. `config` is the
-//! `[kinesis]` table.
+//! KPL aggregated records), `pacing` decides when a call may go (the shards'
+//! records/s and bytes/s), `kinesis` talks to the SDK, `shipper` is the I/O loop
+//! around them. `config` is the `[kinesis]` table.
 
 use crate::buffer::{BufferError, StoredRecord};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ pub mod aggregate;
 pub mod config;
 pub mod dead_letter;
 pub mod kinesis;
+pub mod pacing;
 pub mod queue;
 pub mod request;
 pub mod shipper;
@@ -38,6 +39,7 @@ pub use aggregate::KplAggregator;
 pub use config::{Aggregation, KinesisConfig, PartitionKey};
 pub use dead_letter::{DeadLetter, DeadLetterError};
 pub use kinesis::{KinesisClient, PutRecordsApi};
+pub use pacing::Pacer;
 pub use queue::{
     Applied, Batch, CallOutcome, CallStatus, DeadLetterReason, DeadLetterRecord, QueueCapacity,
     QueuedRecord, Readiness, RecordResult, ShipQueue,

@@ -15,8 +15,10 @@
 //! Kinesis answers per entry and [`ShipQueue::apply`] spreads that answer over the
 //! entry's ids, so the rule above holds per record however records are packed: a
 //! failed entry fails all its ids, which are resent before anything later of the key.
-//! `wants` and `readiness` count records against the entries-per-call limit, which is
-//! exact for one point per entry and sends early (never late) when entries hold more.
+//! `wants` and `readiness` count records against the limits' points per call: the
+//! entries-per-call limit with one point per entry, more with KPL aggregation (where
+//! a call is really bounded by its bytes and keys), so an aggregated call is not sent
+//! a tenth full.
 
 use super::config::KINESIS_MAX_PARTITION_KEY_CHARS;
 use super::request::{BatchLimits, Encoder, RequestEntry};
@@ -36,7 +38,10 @@ impl QueueCapacity {
     /// failures, small enough for a gateway's memory.
     pub fn for_limits(limits: &BatchLimits) -> Self {
         QueueCapacity {
-            records: limits.max_entries().saturating_mul(4),
+            records: limits
+                .max_entries()
+                .saturating_mul(4)
+                .max(limits.max_points().saturating_mul(2)),
             bytes: limits.max_bytes().saturating_mul(2),
         }
     }
@@ -300,7 +305,7 @@ impl ShipQueue {
         }
         // Records of blocked keys do not count: they cannot fill the next call.
         let (sendable, sendable_bytes, _, _) = self.sendable_summary(limits);
-        if sendable >= limits.max_entries() || sendable_bytes >= limits.max_bytes() {
+        if sendable >= limits.max_points() || sendable_bytes >= limits.max_bytes() {
             return 0;
         }
         self.capacity.records - self.entries.len()
@@ -309,7 +314,7 @@ impl ShipQueue {
     /// Whether to send now, given how long a partial batch may wait (`linger_ms`).
     pub fn readiness(&self, limits: &BatchLimits, now_ms: u64, linger_ms: u64) -> Readiness {
         let (count, bytes, oldest, urgent) = self.sendable_summary(limits);
-        if urgent || count >= limits.max_entries() || bytes >= limits.max_bytes() {
+        if urgent || count >= limits.max_points() || bytes >= limits.max_bytes() {
             return Readiness::Send;
         }
         match oldest {

@@ -17,7 +17,14 @@ pub struct BatchLimits {
     max_entries: usize,
     max_bytes: usize,
     max_entry_bytes: usize,
+    /// Buffered points a call is "full" at: `max_entries` with one point per entry;
+    /// more with aggregation, where bytes and keys are the real limits.
+    max_points: usize,
 }
+
+/// Points a KPL call is full at: at 10,000 points/s that is two calls a second,
+/// and the queue (twice this) stays a few MB.
+pub const KPL_POINTS_PER_CALL: usize = 5_000;
 
 impl BatchLimits {
     /// Clamps to the Kinesis limits; an entry may never be larger than a whole call,
@@ -32,15 +39,26 @@ impl BatchLimits {
             max_entries,
             max_bytes,
             max_entry_bytes,
+            max_points: max_entries,
         }
     }
 
+    /// A call counts as full at `points` buffered points (never fewer than its entries).
+    pub fn with_points(mut self, points: usize) -> Self {
+        self.max_points = points.max(self.max_entries);
+        self
+    }
+
     pub fn from_config(cfg: &super::config::KinesisConfig) -> Self {
-        BatchLimits::new(
+        let limits = BatchLimits::new(
             cfg.max_batch_records,
             cfg.max_batch_bytes,
             KINESIS_MAX_RECORD_BYTES,
-        )
+        );
+        match cfg.aggregation {
+            super::config::Aggregation::Kpl => limits.with_points(KPL_POINTS_PER_CALL),
+            super::config::Aggregation::None => limits,
+        }
     }
 
     /// Entries (Kinesis records) per call.
@@ -54,6 +72,10 @@ impl BatchLimits {
     /// Bytes per entry.
     pub fn max_entry_bytes(&self) -> usize {
         self.max_entry_bytes
+    }
+    /// Buffered points a call is full at.
+    pub fn max_points(&self) -> usize {
+        self.max_points
     }
 }
 

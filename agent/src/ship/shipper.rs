@@ -5,9 +5,10 @@
 
 use super::aggregate::KplAggregator;
 use super::config::Aggregation;
-use super::config::KinesisConfig;
+use super::config::{KinesisConfig, Shards};
 use super::dead_letter::DeadLetter;
 use super::kinesis::{queued_record, PutRecordsApi};
+use super::pacing::Pacer;
 use super::queue::{
     Applied, Batch, CallOutcome, CallStatus, DeadLetterRecord, QueueCapacity, Readiness,
     RecordResult, ShipQueue,
@@ -31,6 +32,10 @@ const DEAD_LETTER_RETRY_MS: u64 = 30_000;
 /// Extra time over `request_timeout` before the shipper gives up on a call itself
 /// (the SDK's own timeout should always fire first).
 const CALL_GUARD: Duration = Duration::from_secs(5);
+/// With `shards = "auto"`: how often the shard count is asked again (resharding),
+/// and how soon after a failed ask.
+const SHARD_REFRESH_MS: u64 = 600_000;
+const SHARD_RETRY_MS: u64 = 60_000;
 
 /// Everything the shipper needs besides the store and Kinesis.
 pub struct ShipperOptions {
@@ -63,8 +68,10 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
         rng,
     } = opts;
     let limits = BatchLimits::from_config(&cfg);
-    let shipper = Shipper {
+    let mut shipper = Shipper {
         queue: ShipQueue::new(QueueCapacity::for_limits(&limits)),
+        pacer: None,
+        next_shard_query_ms: 0,
         encoder: match cfg.aggregation {
             Aggregation::Kpl => Box::<KplAggregator>::default(),
             Aggregation::None => Box::<OnePerRecord>::default() as Box<dyn Encoder + Send>,
@@ -91,6 +98,9 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
         store_log: LogGate::new(LOG_INTERVAL_MS),
         failed_calls: 0,
     };
+    if let Shards::Count(n) = shipper.cfg.shards {
+        shipper.set_pacer(Some(Pacer::for_shards(n)));
+    }
     shipper.run(shutdown).await
 }
 
@@ -98,8 +108,13 @@ struct Shipper<S, K> {
     store: Arc<S>,
     api: K,
     cfg: KinesisConfig,
+    /// Per call; capped to what the pacer's buckets can pay for.
     limits: BatchLimits,
     queue: ShipQueue,
+    /// `None`: unpaced (`shards = "off"`, or the count is not known yet).
+    pacer: Option<Pacer>,
+    /// `shards = "auto"`: when to ask the stream for its shard count next.
+    next_shard_query_ms: u64,
     /// Packs records into entries: KPL aggregated records or one point each.
     encoder: Box<dyn Encoder + Send>,
     backoff: Backoff,
@@ -140,13 +155,14 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
 
             self.flush_removals().await;
             self.retry_dead_letters().await;
+            self.refresh_shards().await;
             self.top_up().await;
             self.update_age();
 
             let now = self.clock.now_ms();
             let wait = match self.queue.readiness(&self.limits, now, linger_ms) {
                 Readiness::Send => {
-                    if let Some(delay) = self.send_once().await {
+                    if let Some(delay) = self.send_once(&shutdown).await {
                         debug!(
                             stream = self.api.stream(),
                             delay_ms = delay.as_millis() as u64,
@@ -221,9 +237,70 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
         self.metrics.oldest_unshipped_age_seconds.set(age);
     }
 
+    /// `shards = "auto"`: learn (and every few minutes re-learn) the stream's open
+    /// shards. A refused ask leaves the shipper unpaced and is retried later.
+    async fn refresh_shards(&mut self) {
+        let now = self.clock.now_ms();
+        if self.cfg.shards != Shards::Auto || now < self.next_shard_query_ms {
+            return;
+        }
+        let ask = tokio::time::timeout(self.cfg.request_timeout, self.api.open_shards()).await;
+        let now = self.clock.now_ms();
+        match ask.unwrap_or_else(|_| Err("no answer".into())) {
+            Ok(n) => {
+                self.next_shard_query_ms = now.saturating_add(SHARD_REFRESH_MS);
+                if self.pacer.as_ref().map(Pacer::shards) != Some(n) {
+                    info!(
+                        stream = self.api.stream(),
+                        shards = n,
+                        "pacing to the stream's open shards"
+                    );
+                    // A new count starts at the full budget; throttling lowers it again.
+                    self.set_pacer(Some(Pacer::for_shards(n)));
+                }
+            }
+            Err(error) => {
+                self.next_shard_query_ms = now.saturating_add(SHARD_RETRY_MS);
+                if self.pacer.is_none() {
+                    warn!(
+                        stream = self.api.stream(),
+                        error = %error,
+                        "cannot count the stream's shards (DescribeStreamSummary); shipping unpaced, set kinesis.shards to pace"
+                    );
+                }
+            }
+        }
+    }
+
+    fn set_pacer(&mut self, pacer: Option<Pacer>) {
+        let configured = BatchLimits::from_config(&self.cfg);
+        self.limits = match &pacer {
+            Some(p) => {
+                let (records, bytes) = p.max_call();
+                BatchLimits::new(
+                    configured.max_entries().min(records),
+                    configured.max_bytes().min(bytes),
+                    configured.max_entry_bytes(),
+                )
+                .with_points(configured.max_points())
+            }
+            None => configured,
+        };
+        self.metrics
+            .pacing_shards
+            .set(pacer.as_ref().map_or(0, |p| i64::from(p.shards())));
+        self.pacer = pacer;
+        self.update_pace_metric();
+    }
+
+    fn update_pace_metric(&self) {
+        let rate = self.pacer.as_ref().map_or(0.0, |p| p.rate().1);
+        self.metrics.pacing_bytes_per_second.set(rate);
+    }
+
     /// One PutRecords call (plus dead letters found on the way). Returns the backoff
     /// delay when something was not accepted.
-    async fn send_once(&mut self) -> Option<Duration> {
+    async fn send_once(&mut self, shutdown: &CancellationToken) -> Option<Duration> {
         let Batch {
             entries,
             dead_letters,
@@ -238,6 +315,18 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             entries,
             dead_letters: Vec::new(),
         };
+        if let Some(pacer) = &mut self.pacer {
+            let wait = pacer.delay(batch.len(), batch.bytes(), self.clock.now_ms());
+            if !wait.is_zero() {
+                self.metrics.pacing_wait_seconds.inc_by(wait.as_secs_f64());
+                tokio::select! {
+                    // The batch's records stay in the buffer; nothing was sent.
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            pacer.spend(batch.len(), batch.bytes(), self.clock.now_ms());
+        }
         self.metrics.put_records_calls.inc();
         let guard = self.cfg.request_timeout + CALL_GUARD;
         let outcome = match tokio::time::timeout(guard, self.api.put_records(&batch.entries)).await
@@ -248,6 +337,22 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             },
         };
         let applied = self.queue.apply(&batch, &outcome);
+        if let Some(pacer) = &mut self.pacer {
+            let throttled = applied.throttled > 0
+                || matches!(
+                    outcome,
+                    CallOutcome::NotWritten {
+                        throttled: true,
+                        ..
+                    }
+                );
+            if throttled {
+                pacer.on_throttled(self.clock.now_ms());
+            } else if applied.call == CallStatus::Completed {
+                pacer.on_accepted();
+            }
+            self.update_pace_metric();
+        }
         self.count(&applied);
         self.log_outcome(&batch, &outcome, &applied);
         if !applied.accepted.is_empty() {
@@ -880,6 +985,101 @@ mod tests {
         shutdown.cancel();
         task.await.unwrap();
         starts.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// Milliseconds of tokio's (paused) time: the pacer's refill follows the sleeps.
+    struct TokioClock(tokio::time::Instant);
+
+    impl linewatch_runtime::clock::Clock for TokioClock {
+        fn now_ms(&self) -> u64 {
+            self.0.elapsed().as_millis() as u64
+        }
+    }
+
+    const MIB: f64 = 1_048_576.0;
+
+    /// 40 points of 100,000 bytes through a shipper paced to one shard: the calls'
+    /// start times, the shipper's metrics and the byte size of each call.
+    async fn paced_drain(kinesis: FakeKinesis, calls: usize) -> (Vec<f64>, Metrics, Vec<usize>) {
+        let store = FakeStore::new();
+        let t0 = tokio::time::Instant::now();
+        let r = start(
+            Arc::clone(&store),
+            kinesis.clone(),
+            config("shards = 1"),
+            Arc::new(TokioClock(t0)),
+        );
+        let big: Vec<(&'static str, Vec<u8>)> =
+            (0..40).map(|_| ("a", vec![b'x'; 100_000])).collect();
+        store.append(&big);
+        let mut starts = Vec::new();
+        for n in 1..=calls {
+            tokio::time::timeout(Duration::from_secs(60), kinesis.wait_for_calls(n))
+                .await
+                .expect("the next call starts");
+            starts.push(t0.elapsed().as_secs_f64());
+        }
+        wait_for("the buffer to drain", || store.is_empty()).await;
+        assert_eq!(kinesis.call_log().len(), calls);
+        let sizes = kinesis
+            .call_log()
+            .iter()
+            .map(|c| c.entries.iter().map(|ids| ids.len() * 100_001).sum())
+            .collect();
+        let metrics = r.metrics.clone();
+        stop(r).await;
+        (starts, metrics, sizes)
+    }
+
+    /// 4 MB against 1 MiB/s: the first MiB goes at once (a full bucket), the rest
+    /// at the shard's rate, each call at most one bucket, nothing lost or reordered.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_backlog_fills_one_shard_and_never_exceeds_it() {
+        let kinesis = FakeKinesis::new();
+        let (starts, metrics, sizes) = paced_drain(kinesis.clone(), 4).await;
+        assert_eq!(kinesis.written(), (1..=40).collect::<Vec<_>>());
+        assert!(sizes.iter().all(|&b| b as f64 <= MIB), "{sizes:?}");
+        let mut sent = 0.0;
+        for (i, &t) in starts.iter().enumerate() {
+            sent += sizes[i] as f64;
+            assert!(sent <= MIB * (t + 1.0) + 1.0, "{sent} bytes by {t} s");
+        }
+        let last = *starts.last().unwrap();
+        // The first second's bucket is free; the rest needs the shard's rate.
+        let needed = (sent - MIB) / MIB;
+        assert!(
+            last >= needed - 0.01,
+            "done at {last} s: faster than the shard"
+        );
+        assert!(
+            last <= needed / 0.9,
+            "done at {last} s: under 90 % of the shard ({needed} s)"
+        );
+        assert_eq!(metrics.pacing_shards.get(), 1);
+        assert!(metrics.pacing_wait_seconds.get() > 0.0);
+    }
+
+    /// A throttled call halves the pace; each accepted one wins back 5 %.
+    #[tokio::test(start_paused = true)]
+    async fn throttling_halves_the_pace_instead_of_retrying_at_once() {
+        let kinesis = FakeKinesis::scripted(|n, _| {
+            if n == 0 {
+                Reply::NotWritten {
+                    throttled: true,
+                    error: "ProvisionedThroughputExceededException".into(),
+                }
+            } else {
+                Reply::Default
+            }
+        });
+        let (starts, metrics, sizes) = paced_drain(kinesis.clone(), 5).await;
+        assert_eq!(kinesis.written(), (1..=40).collect::<Vec<_>>());
+        // The resend waited for its MiB at half the rate (≈ 1.9 s), not a backoff's few ms.
+        assert!(starts[1] >= 1.8, "resent after {} s", starts[1]);
+        let accepted = sizes.len() - 1;
+        assert_eq!(accepted, 4, "{sizes:?}");
+        let want = (0.5 + 0.05 * accepted as f64) * MIB;
+        assert!((metrics.pacing_bytes_per_second.get() - want).abs() < 1.0);
     }
 
     #[tokio::test(start_paused = true)]

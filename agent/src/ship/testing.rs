@@ -427,4 +427,10 @@ impl PutRecordsApi for FakeKinesis {
         drop(guard);
         outcome
     }
+
+    /// No shard map: an `auto` pacing leaves the shipper unpaced (a test that
+    /// wants pacing sets `shards` in the config).
+    async fn open_shards(&self) -> Result<u32, String> {
+        Err("the fake has no shards to count".into())
+    }
 }

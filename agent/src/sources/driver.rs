@@ -1,10 +1,13 @@
 //! The life-cycle every source shares, around one [`Source`]: connect with
 //! backoff, one `Syn` batch per outage, `Fst` on the first reading of each tag
-//! after every (re)connect, heartbeats while fresh, a last `Lst` heartbeat on a
-//! planned stop, metrics and `/healthz` status. The decisions are
-//! [`LinkState`]'s and the reconnect [`Backoff`]'s (pure); this module waits and sends.
+//! after every (re)connect, report by exception per tag, heartbeats while fresh, on a
+//! planned stop each tag's last reading once more with `Lst` (and a last `Lst`
+//! heartbeat), metrics and `/healthz` status. The decisions are [`LinkState`]'s, the
+//! reconnect [`Backoff`]'s and each tag's [`ExceptionFilter`]'s (pure); this module
+//! waits and sends.
 
 use super::config::CommonSourceConfig;
+use super::exception::{ExceptionFilter, Verdict};
 use super::link::{reconnect_backoff, LinkState};
 use super::source::{Cycle, Sample, Source, SourceContext, SourceTag};
 use super::status::LinkPhase;
@@ -52,7 +55,13 @@ struct Driver<S> {
     link: LinkState,
     backoff: Backoff,
     heartbeat_equipment: Option<Arc<str>>,
+    /// Per tag, `Some` where it reports by exception (empty when no tag does).
+    filters: Vec<Option<ExceptionFilter>>,
+    /// Per tag, its last reading since connecting: sent again with `Lst` on a planned stop.
+    last_read: Vec<Option<Sample>>,
     points_read: Counter,
+    exception_passed: Counter,
+    exception_suppressed: Counter,
     read_errors: Counter,
     connected: Gauge,
 }
@@ -70,7 +79,30 @@ impl<S: Source> Driver<S> {
         let points_read = ctx.metrics.points_read.get_or_create(&label).clone();
         let read_errors = ctx.metrics.read_errors.get_or_create(&label).clone();
         let connected = ctx.metrics.source_connected.get_or_create(&label).clone();
+        let exception_passed = ctx.metrics.exception_passed.get_or_create(&label).clone();
+        let exception_suppressed = ctx
+            .metrics
+            .exception_suppressed
+            .get_or_create(&label)
+            .clone();
+        let filters = if identity.tags.iter().any(|t| t.exception.is_active()) {
+            identity
+                .tags
+                .iter()
+                .map(|t| {
+                    t.exception
+                        .is_active()
+                        .then(|| ExceptionFilter::new(t.exception))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Driver {
+            filters,
+            last_read: vec![None; identity.tags.len()],
+            exception_passed,
+            exception_suppressed,
             link: LinkState::new(identity.tags.len(), stale_after),
             backoff: reconnect_backoff(settings.reconnect_initial, settings.reconnect_max),
             heartbeat_equipment,
@@ -96,6 +128,8 @@ impl<S: Source> Driver<S> {
             let err = match attempt {
                 Ok(mut link) => {
                     self.link.on_connected();
+                    // `Lst` repeats a reading of this session only.
+                    self.last_read.fill(None);
                     self.connected.set(1);
                     self.ctx.status.set_phase(LinkPhase::Connected);
                     let identity = self.src.identity();
@@ -179,12 +213,10 @@ impl<S: Source> Driver<S> {
                     self.ctx.status.set_good_read(now);
                 }
             }
+            self.points_read.inc_by(out.samples.len() as u64);
             let batch = self.readings(std::mem::take(&mut out.samples));
-            if !batch.is_empty() {
-                self.points_read.inc_by(batch.len() as u64);
-                if self.send(batch).await.is_err() {
-                    return SessionEnd::Stop(Stop::ChannelClosed);
-                }
+            if !batch.is_empty() && self.send(batch).await.is_err() {
+                return SessionEnd::Stop(Stop::ChannelClosed);
             }
             match result {
                 Err(e) => return SessionEnd::Lost(e),
@@ -195,25 +227,37 @@ impl<S: Source> Driver<S> {
     }
 
     /// A cycle's samples as readings, `Fst` on each tag's first since connecting,
-    /// each through its tag's value map.
+    /// each through its tag's value map, then its report-by-exception filter (an
+    /// `Fst` always passes).
     fn readings(&mut self, samples: Vec<(usize, Sample)>) -> ReadingBatch {
         let identity = self.src.identity();
-        samples
-            .into_iter()
-            .filter_map(|(index, sample)| {
-                let tag = identity.tags.get(index)?;
-                let sample = match &tag.map {
-                    Some(map) => map.apply(sample),
-                    None => sample,
+        let now = self.ctx.clock.now_ms();
+        let mut batch = Vec::with_capacity(samples.len());
+        for (index, sample) in samples {
+            let Some(tag) = identity.tags.get(index) else {
+                continue;
+            };
+            let sample = match &tag.map {
+                Some(map) => map.apply(sample),
+                None => sample,
+            };
+            let flags = self.link.flags_for(index);
+            if let Some(last) = self.last_read.get_mut(index) {
+                *last = Some(sample.clone());
+            }
+            if let Some(Some(filter)) = self.filters.get_mut(index) {
+                let forced = flags.contains(Flag::Fst);
+                match filter.decide(&sample.value, sample.quality, forced, now) {
+                    Verdict::Pass => self.exception_passed.inc(),
+                    Verdict::Suppress => {
+                        self.exception_suppressed.inc();
+                        continue;
+                    }
                 };
-                Some(reading(
-                    &identity.id,
-                    tag,
-                    sample,
-                    self.link.flags_for(index),
-                ))
-            })
-            .collect()
+            }
+            batch.push(reading(&identity.id, tag, sample, flags));
+        }
+        batch
     }
 
     fn heartbeat(&self, flags: Flags) -> ReadingBatch {
@@ -232,15 +276,26 @@ impl<S: Source> Driver<S> {
         }]
     }
 
-    /// The `Lst` heartbeat of a planned stop, when heartbeats are on and fresh.
-    async fn send_last(&self) -> Result<(), Stop> {
-        if self.settings.heartbeat_interval.is_zero() {
+    /// A planned stop while fresh: each tag's last reading once more, flagged `Lst`
+    /// (a value report by exception held back is not lost either), then the `Lst`
+    /// heartbeat when heartbeats are on. Nothing while down or stale: the last
+    /// record then already was the `Syn` batch.
+    async fn send_last(&mut self) -> Result<(), Stop> {
+        let Some(heartbeat_flags) = self.link.last_flags(self.ctx.clock.now_ms()) else {
             return Ok(());
+        };
+        let identity = self.src.identity();
+        let lst = Flags::empty().with(Flag::Lst);
+        let mut batch: ReadingBatch = identity
+            .tags
+            .iter()
+            .zip(self.last_read.iter_mut())
+            .filter_map(|(tag, last)| Some(reading(&identity.id, tag, last.take()?, lst)))
+            .collect();
+        if !self.settings.heartbeat_interval.is_zero() {
+            batch.extend(self.heartbeat(heartbeat_flags));
         }
-        match self.link.last_flags(self.ctx.clock.now_ms()) {
-            Some(flags) => self.send(self.heartbeat(flags)).await,
-            None => Ok(()),
-        }
+        self.send(batch).await
     }
 
     async fn send(&self, batch: ReadingBatch) -> Result<(), Stop> {

@@ -16,9 +16,12 @@
 //! numbers); a deadband or `max_silence` implies it. With none of the keys set every
 //! reading passes (the default: nothing changes for a configuration that does not ask).
 
+use linewatch_runtime::config::Split;
 use linewatch_runtime::problems::{join_key, Problems};
 use linewatch_schemas::{Quality, Value};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use std::ops::Deref;
 use std::time::Duration;
 
 /// The report-by-exception keys of a tag (or, as defaults, of its group).
@@ -82,6 +85,33 @@ impl ExceptionConfig {
 
     /// Problems, keys under `prefix` (e.g. `sources[0].groups[1].tags[2]`).
     pub fn check(&self, prefix: &str) -> Problems {
+        let mut p = self.check_values(prefix);
+        self.check_complete(prefix, &mut p);
+        p
+    }
+
+    /// A tag's problems: its own keys, and whether they together with its group's
+    /// (`group`, checked at the group's key) are complete. A group's bad value is
+    /// reported once, at the group, not at each of its tags.
+    pub fn check_tag(&self, group: &ExceptionConfig, prefix: &str) -> Problems {
+        let mut p = self.check_values(prefix);
+        self.or(*group).check_complete(prefix, &mut p);
+        p
+    }
+
+    /// A percent deadband needs the range it is a percent of.
+    fn check_complete(&self, prefix: &str, p: &mut Problems) {
+        if self.deadband_percent.is_some() && self.range.is_none() {
+            p.push(
+                join_key(prefix, "deadband_percent"),
+                "needs range = [low, high] (the percent is of that span)",
+            );
+        }
+    }
+
+    /// Each key's value on its own; a group's keys are checked with this (a tag may
+    /// give the range its percent needs).
+    pub fn check_values(&self, prefix: &str) -> Problems {
         let mut p = Problems::new();
         let k = |key: &str| join_key(prefix, key);
         if self.deadband_absolute.is_some() && self.deadband_percent.is_some() {
@@ -105,12 +135,6 @@ impl ExceptionConfig {
                     format!("must be 0 to 100, not {pct}"),
                 );
             }
-            if self.range.is_none() {
-                p.push(
-                    k("deadband_percent"),
-                    "needs range = [low, high] (the percent is of that span)",
-                );
-            }
         }
         if let Some([lo, hi]) = self.range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
@@ -127,6 +151,57 @@ impl ExceptionConfig {
             );
         }
         p
+    }
+}
+
+/// A tag's (or group's) protocol keys `T` and its report-by-exception keys, read from
+/// one table: `deadband_absolute = 0.5` sits beside `address = 4`. Both halves keep
+/// `deny_unknown_fields` (serde's `flatten` would accept any typo); derefs to `T`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WithException<T> {
+    pub keys: T,
+    pub exception: ExceptionConfig,
+}
+
+impl<T> Deref for WithException<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.keys
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for WithException<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Split { common, specific } = Split::<T, ExceptionConfig>::deserialize(d)?;
+        Ok(WithException {
+            keys: common,
+            exception: specific,
+        })
+    }
+}
+
+/// The checks every polled protocol makes of a tag's report-by-exception keys at
+/// `tk`: its own values, whether together with its group's they are complete, and a
+/// deadband of its own only where its readings are numbers (`numeric`: not a bool,
+/// string or mapped tag; one inherited from the group means "any change" there).
+pub fn check_tag_exception(
+    p: &mut Problems,
+    tk: &str,
+    own: &ExceptionConfig,
+    group: &ExceptionConfig,
+    numeric: bool,
+) {
+    p.extend_prefixed("", own.check_tag(group, tk));
+    if !numeric && (own.deadband_absolute.is_some() || own.deadband_percent.is_some()) {
+        let key = if own.deadband_absolute.is_some() {
+            "deadband_absolute"
+        } else {
+            "deadband_percent"
+        };
+        p.push(
+            join_key(tk, key),
+            "a deadband applies to numbers: this tag reads a bool, a string or mapped names (use on_change = true)",
+        );
     }
 }
 
@@ -306,6 +381,46 @@ mod tests {
             .check("t")
             .is_empty());
         assert!(toml::from_str::<ExceptionConfig>("deadbnd = 1.0").is_err());
+    }
+
+    #[test]
+    fn a_group_value_is_checked_once_and_a_tag_may_complete_it() {
+        let group = cfg("deadband_percent = 150.0");
+        assert_eq!(
+            group.check_values("g").len(),
+            1,
+            "out of range, range not asked"
+        );
+        let tag = cfg("range = [0.0, 10.0]");
+        assert!(tag.check_tag(&group, "g.tags[0]").is_empty());
+        let keys: Vec<String> = ExceptionConfig::default()
+            .check_tag(&group, "g.tags[1]")
+            .iter()
+            .map(|p| p.key.clone())
+            .collect();
+        assert_eq!(keys, ["g.tags[1].deadband_percent"], "no range anywhere");
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Keys {
+        address: u16,
+    }
+
+    #[test]
+    fn a_table_splits_into_its_keys_and_the_exception_keys() {
+        let t: WithException<Keys> =
+            toml::from_str("address = 4\ndeadband_absolute = 0.5\nmax_silence = \"1m\"").unwrap();
+        assert_eq!(t.address, 4);
+        assert_eq!(t.exception.threshold(), Some(0.5));
+        assert_eq!(t.exception.max_silence, Some(Duration::from_secs(60)));
+        let plain: WithException<Keys> = toml::from_str("address = 1").unwrap();
+        assert!(!plain.exception.is_active());
+        let typo = toml::from_str::<WithException<Keys>>("address = 1\ndeadbnd = 1.0")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("unknown field `deadbnd`"), "{typo}");
+        assert!(typo.contains("`deadband_absolute`"), "{typo}");
     }
 
     #[test]

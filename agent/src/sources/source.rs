@@ -2,6 +2,7 @@
 //! ([`SourceContext`]). The life-cycle around it (connect, backoff, flags,
 //! heartbeats, status) is [`super::driver`]'s.
 
+use super::exception::ExceptionConfig;
 use super::status::SourceStatus;
 use super::value_map::ValueMap;
 use crate::telemetry::metrics::Metrics;
@@ -70,12 +71,14 @@ pub struct SourceIdentity {
     pub cycle_period: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceTag {
     pub tag: Arc<str>,
     pub equipment: Arc<str>,
     /// The tag's `map` key: the driver turns codes into names for every protocol.
     pub map: Option<Arc<ValueMap>>,
+    /// Report by exception (its own keys over its group's); inactive by default.
+    pub exception: ExceptionConfig,
 }
 
 impl SourceTag {
@@ -85,11 +88,17 @@ impl SourceTag {
             tag: tag.into(),
             equipment: equipment.into(),
             map: None,
+            exception: ExceptionConfig::default(),
         }
     }
 
     pub fn with_map(mut self, map: Option<ValueMap>) -> SourceTag {
         self.map = map.map(Arc::new);
+        self
+    }
+
+    pub fn with_exception(mut self, exception: ExceptionConfig) -> SourceTag {
+        self.exception = exception;
         self
     }
 }

@@ -22,6 +22,10 @@ pub struct ReasonLabel {
 pub struct Metrics {
     /// Readings taken from a source (good or bad quality).
     pub points_read: Family<SourceLabel, Counter>,
+    /// Report by exception: readings sent and held back, per source (sources
+    /// with no tag that reports by exception count neither).
+    pub exception_passed: Family<SourceLabel, Counter>,
+    pub exception_suppressed: Family<SourceLabel, Counter>,
     /// Failed reads: timeouts, lost connections, Modbus exceptions.
     pub read_errors: Family<SourceLabel, Counter>,
     /// 1 while the source is connected.
@@ -41,6 +45,11 @@ pub struct Metrics {
     pub records_failed: Counter,
     pub records_throttled: Counter,
     pub put_records_calls: Counter,
+    /// Pacing: shards paced to (0 = unpaced), the bytes/s budget in use (lowered on
+    /// throttling), and the time calls waited for it.
+    pub pacing_shards: Gauge,
+    pub pacing_bytes_per_second: Gauge<f64, AtomicU64>,
+    pub pacing_wait_seconds: Counter<f64, AtomicU64>,
     pub put_records_errors: Counter,
     /// Points lost on purpose, by reason (`overflow_drop_oldest`, `overflow_reject_new`, `oversize`, ...).
     pub dropped: Family<ReasonLabel, Counter>,
@@ -56,6 +65,16 @@ impl Metrics {
             "points_read",
             "Readings taken from a source",
             self.points_read.clone(),
+        );
+        r.register(
+            "exception_passed",
+            "Readings a report-by-exception filter sent",
+            self.exception_passed.clone(),
+        );
+        r.register(
+            "exception_suppressed",
+            "Readings a report-by-exception filter held back (unchanged within the deadband)",
+            self.exception_suppressed.clone(),
         );
         r.register(
             "read_errors",
@@ -121,6 +140,21 @@ impl Metrics {
             "put_records_calls",
             "PutRecords calls made",
             self.put_records_calls.clone(),
+        );
+        r.register(
+            "pacing_shards",
+            "Shards the shipper paces to (1,000 records/s and 1 MiB/s each); 0 = unpaced",
+            self.pacing_shards.clone(),
+        );
+        r.register(
+            "pacing_bytes_per_second",
+            "Bytes/s budget in use; below the shards' limit after throttling",
+            self.pacing_bytes_per_second.clone(),
+        );
+        r.register(
+            "pacing_wait_seconds",
+            "Time PutRecords calls waited for the pacing budget",
+            self.pacing_wait_seconds.clone(),
         );
         r.register(
             "put_records_errors",

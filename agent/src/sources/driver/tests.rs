@@ -401,20 +401,23 @@ async fn heartbeats_flow_only_while_the_last_cycle_is_fresh() {
 }
 
 #[tokio::test]
-async fn a_planned_stop_ends_with_one_lst_heartbeat() {
+async fn a_planned_stop_repeats_each_tags_last_reading_with_lst_then_one_lst_heartbeat() {
     let mut h = start(vec![], settings());
     h.step(Step::Read(vec![(0, 1), (1, 2)]));
+    h.next_data().await;
+    h.step(Step::Read(vec![(0, 3)]));
     h.next_data().await;
     let (rest, status, metrics, closed) = h.stop().await;
     let last = rest.last().and_then(|b| b.last()).expect("a last record");
     assert_eq!(&*last.tag, HEARTBEAT_TAG);
     assert_eq!(last.flags, Flags::empty().with(Flag::Wmk).with(Flag::Lst));
-    let lst = rest
+    let lst: Vec<(&str, &Value)> = rest
         .iter()
         .flatten()
-        .filter(|r| r.flags.contains(Flag::Lst))
-        .count();
-    assert_eq!(lst, 1);
+        .filter(|r| r.flags.contains(Flag::Lst) && &*r.tag != HEARTBEAT_TAG)
+        .map(|r| (&*r.tag, &r.value))
+        .collect();
+    assert_eq!(lst, [("a", &Value::Int(3)), ("b", &Value::Int(2))]);
     assert_eq!(closed, 1, "the link was closed after the Lst");
     assert_eq!(status.snapshot().state, LinkPhase::Stopped);
     assert_eq!(
@@ -440,7 +443,75 @@ async fn a_stop_while_down_or_with_heartbeats_off_sends_no_lst() {
     h.step(Step::Read(vec![(0, 1)]));
     h.next().await;
     let (rest, ..) = h.stop().await;
-    assert!(rest.is_empty(), "heartbeats off: no Lst either: {rest:?}");
+    let rest: Vec<&Reading> = rest.iter().flatten().collect();
+    assert_eq!(
+        rest.len(),
+        1,
+        "heartbeats off: the tag's Lst, no heartbeat: {rest:?}"
+    );
+    assert_eq!(
+        (&*rest[0].tag, rest[0].flags),
+        ("a", Flags::empty().with(Flag::Lst))
+    );
+}
+
+/// `a` reports by exception with a deadband of 5; `b` sends every reading.
+#[tokio::test]
+async fn report_by_exception_holds_small_moves_counts_them_and_lst_flushes_the_held_value() {
+    let deadband = crate::sources::exception::ExceptionConfig {
+        deadband_absolute: Some(5.0),
+        ..Default::default()
+    };
+    let tags = vec![
+        SourceTag::new("a", "filler").with_exception(deadband),
+        SourceTag::new("b", "filler"),
+    ];
+    let mut h = start_with(vec![], settings(), tags);
+    let values = |b: &ReadingBatch| -> Vec<(String, Value)> {
+        b.iter()
+            .filter(|r| &*r.tag != HEARTBEAT_TAG)
+            .map(|r| (r.tag.to_string(), r.value.clone()))
+            .collect()
+    };
+    h.step(Step::Read(vec![(0, 10), (1, 1)]));
+    let first = h.next_data().await;
+    assert!(first.iter().all(|r| r.flags.contains(Flag::Fst)));
+    h.step(Step::Read(vec![(0, 14), (1, 1)]));
+    assert_eq!(values(&h.next_data().await), [("b".into(), Value::Int(1))]);
+    h.step(Step::Read(vec![(0, 16), (1, 1)]));
+    assert_eq!(
+        values(&h.next_data().await),
+        [("a".into(), Value::Int(16)), ("b".into(), Value::Int(1))],
+        "16 is more than 5 from the 10 sent (14 was not sent)"
+    );
+    h.step(Step::Read(vec![(0, 18)]));
+    // Nothing to send: a fully suppressed cycle sends no batch.
+    h.step(Step::Read(vec![(1, 2)]));
+    assert_eq!(values(&h.next_data().await), [("b".into(), Value::Int(2))]);
+    let (m, label) = (&h.metrics, h.metrics.source("fake"));
+    // Counted for the tag that reports by exception only: a's 10 and 16 passed.
+    assert_eq!(m.exception_passed.get_or_create(&label).get(), 2);
+    assert_eq!(
+        m.exception_suppressed.get_or_create(&label).get(),
+        2,
+        "14, 18"
+    );
+    assert_eq!(
+        m.points_read.get_or_create(&label).get(),
+        8,
+        "every reading is read"
+    );
+    let (rest, ..) = h.stop().await;
+    let lst: Vec<(String, Value)> = rest
+        .iter()
+        .flatten()
+        .filter(|r| r.flags == Flags::empty().with(Flag::Lst))
+        .map(|r| (r.tag.to_string(), r.value.clone()))
+        .collect();
+    assert_eq!(
+        lst,
+        [("a".into(), Value::Int(18)), ("b".into(), Value::Int(2))]
+    );
 }
 
 #[tokio::test]

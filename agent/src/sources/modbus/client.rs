@@ -122,10 +122,12 @@ impl ModbusSource {
                     codec: Codec::for_tag(t, &cfg),
                 });
                 tags.push(
-                    SourceTag::new(t.name.as_str(), Arc::clone(equipment)).with_map(t.map.clone()),
+                    SourceTag::new(t.name.as_str(), Arc::clone(equipment))
+                        .with_map(t.map.clone())
+                        .with_exception(t.exception.or(g.exception)),
                 );
             }
-            let extents: Vec<TagExtent> = g.tags.iter().map(TagExtent::of).collect();
+            let extents: Vec<TagExtent> = g.tags.iter().map(|t| TagExtent::of(t)).collect();
             groups.push(Group {
                 name: g.name.clone(),
                 interval: g.interval,

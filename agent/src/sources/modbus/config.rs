@@ -3,6 +3,7 @@
 use crate::config::{check_id, Problems};
 use crate::sources::config::check_tag;
 use crate::sources::config::CommonSourceConfig;
+use crate::sources::exception::{check_tag_exception, WithException};
 use crate::sources::value_map::ValueMap;
 use serde::Deserialize;
 use std::time::Duration;
@@ -25,7 +26,8 @@ pub struct ModbusSourceConfig {
     pub byte_order: ByteOrder,
     #[serde(default)]
     pub word_order: WordOrder,
-    pub groups: Vec<PollGroup>,
+    /// Each with the report-by-exception keys as defaults for its tags.
+    pub groups: Vec<WithException<PollGroup>>,
 }
 
 /// Tags polled together at one interval.
@@ -35,7 +37,8 @@ pub struct PollGroup {
     pub name: String,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    pub tags: Vec<ModbusTag>,
+    /// Each with its own report-by-exception keys.
+    pub tags: Vec<WithException<ModbusTag>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +185,7 @@ impl ModbusSourceConfig {
             if g.tags.is_empty() {
                 p.push(format!("{gk}.tags"), "a poll group needs at least one tag");
             }
+            p.extend_prefixed("", g.exception.check_values(&gk));
             for (ti, t) in g.tags.iter().enumerate() {
                 let tk = format!("{gk}.tags[{ti}]");
                 let eq = check_tag(
@@ -219,6 +223,8 @@ impl ModbusSourceConfig {
                 if t.offset.is_some_and(|o| !o.is_finite()) {
                     p.push(format!("{tk}.offset"), "must be a finite number");
                 }
+                let numeric = t.data_type != DataType::Bool && t.map.is_none();
+                check_tag_exception(p, &tk, &t.exception, &g.exception, numeric);
                 if let Some(map) = &t.map {
                     map.validate(&tk, p);
                     if matches!(t.data_type, DataType::F32 | DataType::F64)

@@ -51,6 +51,19 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// Whether its values are numbers (a deadband applies); bits, characters,
+    /// strings and dates are compared for any change.
+    pub fn is_number(self) -> bool {
+        !matches!(
+            self,
+            DataType::Bool
+                | DataType::Char
+                | DataType::String(_)
+                | DataType::WString(_)
+                | DataType::DateAndTime
+        )
+    }
+
     /// Bytes one value takes (a BOOL takes a bit: 0 here; see [`Address::extent`]).
     pub fn size(self) -> u32 {
         match self {

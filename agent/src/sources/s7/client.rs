@@ -144,7 +144,11 @@ impl S7Source {
                     address,
                 });
                 for name in t.names(&address) {
-                    tags.push(SourceTag::new(name, Arc::clone(equipment)).with_map(t.map.clone()));
+                    tags.push(
+                        SourceTag::new(name, Arc::clone(equipment))
+                            .with_map(t.map.clone())
+                            .with_exception(t.exception.or(g.exception)),
+                    );
                 }
             }
             let extents = infos.iter().map(|t| t.address.extent()).collect();

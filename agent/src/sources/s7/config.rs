@@ -4,6 +4,7 @@ use super::address::{self, Address};
 use crate::config::{check_id, Problems};
 use crate::sources::config::check_tag;
 use crate::sources::config::CommonSourceConfig;
+use crate::sources::exception::{check_tag_exception, WithException};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -35,7 +36,8 @@ pub struct S7SourceConfig {
     /// Bytes that may be read in between two tags to merge their items (0 = only adjacent).
     #[serde(default)]
     pub max_gap: u32,
-    pub groups: Vec<PollGroup>,
+    /// Each with the report-by-exception keys as defaults for its tags.
+    pub groups: Vec<WithException<PollGroup>>,
 }
 
 /// Which of the CPU's connection resources the agent takes.
@@ -73,7 +75,8 @@ pub struct PollGroup {
     pub name: String,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    pub tags: Vec<S7Tag>,
+    /// Each with its own report-by-exception keys.
+    pub tags: Vec<WithException<S7Tag>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +217,7 @@ impl S7SourceConfig {
             if g.tags.is_empty() {
                 p.push(format!("{gk}.tags"), "a poll group needs at least one tag");
             }
+            p.extend_prefixed("", g.exception.check_values(&gk));
             for (ti, t) in g.tags.iter().enumerate() {
                 let tk = format!("{gk}.tags[{ti}]");
                 let eq = check_tag(
@@ -228,6 +232,8 @@ impl S7SourceConfig {
                 }
                 match address::parse(&t.address) {
                     Ok(a) => {
+                        let numeric = a.data_type.is_number() && t.map.is_none();
+                        check_tag_exception(p, &tk, &t.exception, &g.exception, numeric);
                         for name in t.names(&a) {
                             if !names.insert((eq, name.clone())) {
                                 p.push(
