@@ -62,14 +62,19 @@ async fn aggregated_records_decode_with_aws_kinesis_agg_byte_for_byte() {
     let read = agent
         .scrape()
         .sum("linewatch_agent_points_read_total", &[("source", SOURCE)]);
-    wait_stream(&k, "every point read so far", Duration::from_secs(30), |p| {
-        let n = seqs_of(p, SOURCE).len() as f64;
-        if n >= read {
-            Ok(())
-        } else {
-            Err(format!("{n} distinct sequence numbers of {read}"))
-        }
-    })
+    wait_stream(
+        &k,
+        "every point read so far",
+        Duration::from_secs(30),
+        |p| {
+            let n = seqs_of(p, SOURCE).len() as f64;
+            if n >= read {
+                Ok(())
+            } else {
+                Err(format!("{n} distinct sequence numbers of {read}"))
+            }
+        },
+    )
     .await;
     agent.terminate(Duration::from_secs(20));
 
@@ -90,7 +95,10 @@ async fn aggregated_records_decode_with_aws_kinesis_agg_byte_for_byte() {
     // Every user record as the independent decoder sees it, in stream order.
     let mut user_records: Vec<linewatch_testkit::kinesis::StreamRecord> = Vec::new();
     for r in &raw {
-        let at = format!("record {} in {} (key {})", r.sequence_number, r.shard_id, r.partition_key);
+        let at = format!(
+            "record {} in {} (key {})",
+            r.sequence_number, r.shard_id, r.partition_key
+        );
         if !r.data.starts_with(&KPL_MAGIC) {
             // A call's only point of a key goes plain, as the KPL does: its JSON as is.
             plain += 1;
@@ -120,16 +128,27 @@ async fn aggregated_records_decode_with_aws_kinesis_agg_byte_for_byte() {
         );
         assert_eq!(d["explicit_hash_key_table"], serde_json::json!([]), "{at}");
         let subs = d["records"].as_array().expect("records");
-        assert!(subs.len() >= 2, "{at}: a single point goes plain, not aggregated");
+        assert!(
+            subs.len() >= 2,
+            "{at}: a single point goes plain, not aggregated"
+        );
         most_subs = most_subs.max(subs.len());
         let deagg = d["deaggregated"].as_array().expect("deaggregated");
         assert_eq!(deagg.len(), subs.len(), "{at}: the library's deaggregator");
         let mut datas = Vec::new();
         for (i, (s, u)) in subs.iter().zip(deagg).enumerate() {
             assert_eq!(s["partition_key_index"], 0, "{at} sub-record {i}");
-            assert_eq!(s["explicit_hash_key_index"], Json::Null, "{at} sub-record {i}");
+            assert_eq!(
+                s["explicit_hash_key_index"],
+                Json::Null,
+                "{at} sub-record {i}"
+            );
             assert_eq!(s["tags"], 0, "{at} sub-record {i}");
-            assert_eq!(u["partition_key"].as_str(), Some(r.partition_key.as_str()), "{at} #{i}");
+            assert_eq!(
+                u["partition_key"].as_str(),
+                Some(r.partition_key.as_str()),
+                "{at} #{i}"
+            );
             assert_eq!(u["sub_sequence"], i, "{at} #{i}");
             assert_eq!(u["aggregated"], true, "{at} #{i}");
             assert_eq!(u["data_hex"], s["data_hex"], "{at} #{i}");
@@ -162,9 +181,17 @@ async fn aggregated_records_decode_with_aws_kinesis_agg_byte_for_byte() {
 
     // The user records are the agent's data points, every one once, in order per key.
     let pts = points::decode(&user_records);
-    assert_eq!(pts.len(), unpacked.len(), "the Python and Rust decoders count alike");
+    assert_eq!(
+        pts.len(),
+        unpacked.len(),
+        "the Python and Rust decoders count alike"
+    );
     for (a, b) in pts.iter().zip(&unpacked) {
-        assert_eq!(a.raw, b.raw, "user record {} / {}", a.kinesis_seq, a.sub_sequence);
+        assert_eq!(
+            a.raw, b.raw,
+            "user record {} / {}",
+            a.kinesis_seq, a.sub_sequence
+        );
     }
     points::check_order_per_equipment(&pts).unwrap_or_else(|e| panic!("order: {e}"));
     points::check_no_gaps(&pts).unwrap_or_else(|e| panic!("{e}"));

@@ -50,14 +50,19 @@ async fn throttled_entries_are_resent_without_loss_duplicate_or_reorder() {
     let read = agent
         .scrape()
         .sum("linewatch_agent_points_read_total", &[("source", SOURCE)]);
-    let pts = wait_stream(&k, "every point read so far", Duration::from_secs(60), |p| {
-        let n = seqs_of(p, SOURCE).len() as f64;
-        if n >= read {
-            Ok(p.to_vec())
-        } else {
-            Err(format!("{n} distinct sequence numbers of {read}"))
-        }
-    })
+    let pts = wait_stream(
+        &k,
+        "every point read so far",
+        Duration::from_secs(60),
+        |p| {
+            let n = seqs_of(p, SOURCE).len() as f64;
+            if n >= read {
+                Ok(p.to_vec())
+            } else {
+                Err(format!("{n} distinct sequence numbers of {read}"))
+            }
+        },
+    )
     .await;
     let m = agent.scrape();
     agent.terminate(Duration::from_secs(20));

@@ -507,7 +507,10 @@ pub trait KinesisPeer {
         async move {
             match read_all_raw(&self.client(), &self.endpoint(), stream).await {
                 Ok(r) => r,
-                Err(e) => panic!("reading {stream} raw: {e}\nserver log:\n{}", self.log_tail(20)),
+                Err(e) => panic!(
+                    "reading {stream} raw: {e}\nserver log:\n{}",
+                    self.log_tail(20)
+                ),
             }
         }
     }
