@@ -255,6 +255,58 @@ pub async fn read_all(
     }
 }
 
+/// One Kinesis record exactly as GetRecords returned it: an aggregated record is not
+/// unpacked (tests that check the wire format themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    pub shard_id: String,
+    pub sequence_number: String,
+    pub partition_key: String,
+    pub data: Vec<u8>,
+}
+
+/// Every record of `stream` as stored, shard by shard in shard order, each shard in its
+/// own order (like [`read_all`], without de-aggregation).
+pub async fn read_all_raw(
+    client: &Client,
+    endpoint: &str,
+    stream: &str,
+) -> Result<Vec<RawRecord>, KinesisError> {
+    let mut out = Vec::new();
+    for shard in list_shards(client, endpoint, stream).await? {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(&shard.shard_id)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .map_err(|e| call_err("GetShardIterator", endpoint, e))?
+            .shard_iterator;
+        while let Some(it) = iterator {
+            let res = client
+                .get_records()
+                .shard_iterator(it)
+                .limit(10_000)
+                .send()
+                .await
+                .map_err(|e| call_err("GetRecords", endpoint, e))?;
+            let n = res.records.len();
+            out.extend(res.records.into_iter().map(|r| RawRecord {
+                shard_id: shard.shard_id.clone(),
+                sequence_number: r.sequence_number,
+                partition_key: r.partition_key.unwrap_or_default(),
+                data: r.data.into_inner(),
+            }));
+            iterator = res.next_shard_iterator;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// PutRecords of `points` in order, ≤ 500 per call, partition key = equipmentId.
 ///
 /// A record Kinesis refuses is an error (not retried): resending only the failed
@@ -445,6 +497,20 @@ pub trait KinesisPeer {
             match read_all(&self.client(), &self.endpoint(), stream).await {
                 Ok(r) => r,
                 Err(e) => panic!("reading {stream}: {e}\nserver log:\n{}", self.log_tail(20)),
+            }
+        }
+    }
+
+    /// Every record of `stream` as stored, aggregated records not unpacked (panics if
+    /// the server cannot be read).
+    fn read_all_raw(&self, stream: &str) -> impl std::future::Future<Output = Vec<RawRecord>> {
+        async move {
+            match read_all_raw(&self.client(), &self.endpoint(), stream).await {
+                Ok(r) => r,
+                Err(e) => panic!(
+                    "reading {stream} raw: {e}\nserver log:\n{}",
+                    self.log_tail(20)
+                ),
             }
         }
     }

@@ -10,7 +10,8 @@
 //! - [`kinesis`]: a client for local endpoints, stream set-up, reading, PutRecords,
 //!   SplitShard; [`feed`]: hand-made data points; [`points`]: checks of what arrived.
 //! - [`wait`]: polls with deadlines; [`ports`]: free ports; [`scratch`]: per-test dirs;
-//!   [`proxy`]: a TCP proxy that loses responses; [`http`], [`metrics`]: ops endpoints.
+//!   [`proxy`]: a TCP proxy that loses responses; [`put_records_proxy`]: an HTTP proxy
+//!   that fails chosen PutRecords entries; [`http`], [`metrics`]: ops endpoints.
 //!
 //! Fixtures panic with a clear message (and the peer's log tail) when something does not
 //! come up: that is how a test fails. The Kinesis client functions return typed errors,
@@ -27,6 +28,7 @@ pub mod points;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod put_records_proxy;
 pub mod scratch;
 pub mod wait;
 
