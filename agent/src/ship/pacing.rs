@@ -17,7 +17,10 @@ use std::time::Duration;
 pub const SHARD_RECORDS_PER_SECOND: f64 = 1_000.0;
 pub const SHARD_BYTES_PER_SECOND: f64 = 1_048_576.0;
 /// The lowest share of the budget throttling can push the rate to.
-pub const MIN_FACTOR: f64 = 1.0 / 32.0;
+pub const MIN_FACTOR: f64 = 1.0 / 8.0;
+/// Throttles within this long of a halving do not halve again (the answers to
+/// calls sent at the old rate, like TCP's once per round trip).
+pub const DECREASE_HOLD_MS: u64 = 1_000;
 /// Share of the budget won back per accepted call after throttling.
 pub const RECOVERY_STEP: f64 = 0.05;
 
@@ -33,6 +36,7 @@ pub struct Pacer {
     records: f64,
     bytes: f64,
     last_ms: Option<u64>,
+    last_decrease_ms: Option<u64>,
 }
 
 impl Pacer {
@@ -49,6 +53,7 @@ impl Pacer {
             records: records_rate,
             bytes: bytes_rate,
             last_ms: None,
+            last_decrease_ms: None,
         }
     }
 
@@ -90,8 +95,9 @@ impl Pacer {
         let need_r = (records as f64).min(self.records_rate) - self.records;
         let need_b = (bytes as f64).min(self.bytes_rate) - self.bytes;
         let secs = (need_r / r_rate).max(need_b / b_rate).max(0.0);
-        // Whole milliseconds, rounded up: the call then fits when the wait is over.
-        Duration::from_millis((secs * 1000.0).ceil() as u64)
+        // Whole milliseconds, rounded up: the call then fits when the wait is over
+        // (less a nanosecond's worth, so float rounding never adds a millisecond).
+        Duration::from_millis((secs * 1000.0 - 1e-6).ceil().max(0.0) as u64)
     }
 
     /// The call went out: spend its cost (a bucket may go below zero by an
@@ -102,11 +108,18 @@ impl Pacer {
         self.bytes -= (bytes as f64).min(self.bytes_rate);
     }
 
-    /// Kinesis throttled (a record or the whole call): halve the rate and drop
-    /// what the buckets held, so the next call waits instead of bursting.
+    /// Kinesis throttled (a record or the whole call): halve the rate (once per
+    /// [`DECREASE_HOLD_MS`]) and drop what the buckets held, so the next call
+    /// waits instead of bursting.
     pub fn on_throttled(&mut self, now_ms: u64) {
         self.refill(now_ms);
-        self.factor = (self.factor / 2.0).max(MIN_FACTOR);
+        let held = self
+            .last_decrease_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < DECREASE_HOLD_MS);
+        if !held {
+            self.factor = (self.factor / 2.0).max(MIN_FACTOR);
+            self.last_decrease_ms = Some(now_ms);
+        }
         self.records = self.records.min(0.0);
         self.bytes = self.bytes.min(0.0);
     }
@@ -151,8 +164,10 @@ mod tests {
         assert_eq!(p.factor(), 0.5);
         // The buckets were emptied: a quarter MiB at half rate waits half a second.
         assert_eq!(p.delay(1, MIB / 4, 0), Duration::from_millis(500));
-        for _ in 0..20 {
-            p.on_throttled(0);
+        p.on_throttled(500);
+        assert_eq!(p.factor(), 0.5, "answers to calls sent at the old rate");
+        for s in 1..20 {
+            p.on_throttled(s * 1_000);
         }
         assert_eq!(p.factor(), MIN_FACTOR, "never stops altogether");
         for _ in 0..100 {
