@@ -295,17 +295,22 @@ fn set_at(doc: &mut toml::Table, parent: &[Seg], key: &str, value: Option<toml::
 
 /// `outer` (serde's path, which stops at a buffered table) joined with a key path that a
 /// [`Split`](super::Split) table put in front of `message`, when that key exists there.
+/// Split tables inside split tables (a tag inside a group) put one path each, outermost
+/// first: `groups[0]: tags[1]: unknown field …`.
 fn locate(doc: &toml::Table, outer: Vec<Seg>, message: &str) -> (Vec<Seg>, String) {
-    if let Some((head, rest)) = message.split_once(": ") {
-        if let Some(inner) = parse_path(head) {
-            let mut full = outer.clone();
-            full.extend(inner);
-            if get(doc, &full).is_some() {
-                return (full, rest.to_owned());
-            }
+    let (mut at, mut rest) = (outer, message);
+    while let Some((head, tail)) = rest.split_once(": ") {
+        let Some(inner) = parse_path(head) else {
+            break;
+        };
+        let mut full = at.clone();
+        full.extend(inner);
+        if get(doc, &full).is_none() {
+            break;
         }
+        (at, rest) = (full, tail);
     }
-    (outer, message.to_owned())
+    (at, rest.to_owned())
 }
 
 fn ends_with_key(path: &[Seg], key: &str) -> bool {
