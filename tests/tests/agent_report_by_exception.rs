@@ -194,7 +194,7 @@ async fn only_changes_pass_silence_resends_quality_passes_and_sigterm_ends_with_
     let mut cfg = agent.config().clone();
     cfg.sources.clear();
     drop(agent);
-    let _again = Agent::start(cfg, scratch.path());
+    let mut again = Agent::start(cfg, scratch.path());
     let pts = wait_stream(&k, "the Lst points", WAIT, |p| {
         let lst = points::unique(p)
             .into_iter()
@@ -234,4 +234,16 @@ async fn only_changes_pass_silence_resends_quality_passes_and_sigterm_ends_with_
     assert!(last.point.meta.flags.contains(Flag::Lst) && last.point.meta.flags.contains(Flag::Wmk));
     let dups = points::check_duplicates(&pts).unwrap_or_else(|e| panic!("duplicates: {e}"));
     assert_eq!(dups.copies, 0);
+    // An agent without sources still keeps its buffer's gauges (and health) up to date.
+    linewatch_testkit::wait::until("the buffer gauge to reach 0", WAIT, async || {
+        let left = again.scrape().get("linewatch_agent_buffer_records");
+        if left == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{left} records"))
+        }
+    })
+    .await;
+    let (code, body) = again.health().unwrap_or_else(|e| panic!("healthz: {e}"));
+    assert_eq!(code, 200, "{body}");
 }

@@ -103,6 +103,9 @@ pub(crate) async fn run_writer_with<T: CommitTarget>(
     let mut gauges = tokio::time::interval(GAUGE_REFRESH);
     gauges.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
+    // Every source gone (or none configured: an agent draining a buffer it was
+    // handed): keep the gauges fresh until shutdown instead of stopping.
+    let mut senders_gone = false;
     loop {
         let due = w.first_pending_at.map(|t| t + w.cfg.commit_interval);
         tokio::select! {
@@ -113,7 +116,7 @@ pub(crate) async fn run_writer_with<T: CommitTarget>(
                     break;
                 }
             }
-            msg = rx.recv() => match msg {
+            msg = rx.recv(), if !senders_gone => match msg {
                 Some(batch) => {
                     w.add(&batch);
                     if w.pending.len() >= w.cfg.commit_max_points
@@ -123,8 +126,11 @@ pub(crate) async fn run_writer_with<T: CommitTarget>(
                     }
                 }
                 None => {
-                    debug!("all reading senders closed; writer stopping");
-                    break;
+                    debug!("all reading senders closed; the writer only refreshes its gauges now");
+                    senders_gone = true;
+                    if !w.commit_with_retry(Some(&shutdown)).await {
+                        break;
+                    }
                 }
             },
             _ = gauges.tick() => w.refresh_gauges(),

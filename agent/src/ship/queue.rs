@@ -303,9 +303,16 @@ impl ShipQueue {
         if self.entries.len() >= self.capacity.records || self.bytes >= self.capacity.bytes {
             return 0;
         }
-        // Records of blocked keys do not count: they cannot fill the next call.
-        let (sendable, sendable_bytes, _, _) = self.sendable_summary(limits);
-        if sendable >= limits.max_points() || sendable_bytes >= limits.max_bytes() {
+        // Records of blocked keys do not count: they cannot fill the next call. While
+        // calls fail (retries queued) a call's worth of entries is enough: reading more
+        // would only pin more of the buffer against its overflow policy.
+        let (sendable, sendable_bytes, _, retrying) = self.sendable_summary(limits);
+        let full_at = if retrying {
+            limits.max_entries()
+        } else {
+            limits.max_points()
+        };
+        if sendable >= full_at || sendable_bytes >= limits.max_bytes() {
             return 0;
         }
         self.capacity.records - self.entries.len()
