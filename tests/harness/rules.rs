@@ -72,6 +72,9 @@ pub struct Mqtt {
     pub username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// `mqtt.keep_alive` (humantime); the service's default when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
     pub auth: MqttAuth,
     /// The author's secret key `publish`/`delete` sign with (`--key`); not in the file.
     #[serde(skip)]
@@ -183,6 +186,7 @@ impl RulesConfig {
                 retained_wait: "3s".into(),
                 username: None,
                 password_env: None,
+                keep_alive: None,
                 auth: MqttAuth {
                     trusted_keys: vec![author_pub],
                     status_key: Some(engine_key),
