@@ -14,7 +14,7 @@ use std::process::ExitCode;
 #[command(
     name = "linewatch-agent",
     version,
-    about = "Reads PLC tags (Modbus TCP) into linewatch data points, keeps them in a crash-safe disk buffer and ships them to Amazon Kinesis.",
+    about = "Reads PLC tags (Modbus TCP, OPC UA, Siemens S7) into linewatch data points, keeps them in a crash-safe disk buffer and ships them to Amazon Kinesis.",
     after_help = "Configuration keys and defaults: firmware-config/reference.md. Metrics: GET /metrics and /healthz on telemetry.listen."
 )]
 struct Cli {

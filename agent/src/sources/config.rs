@@ -12,6 +12,7 @@ use crate::config::{check_id, Problems};
 use linewatch_runtime::config::Split;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// Keys of a `[[sources]]` table that mean the same for every protocol.
@@ -164,7 +165,6 @@ impl<'de> Deserialize<'de> for SourceConfig {
     }
 }
 
-/// Parse a protocol's table: shared keys into [`CommonSourceConfig`], the rest into `P`.
 /// The checks every protocol makes of a tag at `tk` (e.g. `sources[0].groups[1].tags[2]`):
 /// its name is an id and not one of the agent's `$` names, and it has an equipment (its
 /// own, or the default of the source at `source_key`). Returns that equipment.
@@ -192,6 +192,57 @@ pub fn check_tag<'a>(
     equipment
 }
 
+/// The checks every protocol makes of its groups and of its tags' names: at least
+/// one group, group names unique ids with at least one tag, tag names unique per
+/// equipment. `what` names a group in messages ("poll group", "tag group").
+pub struct GroupChecks<'a> {
+    what: &'static str,
+    groups: HashSet<&'a str>,
+    tags: HashSet<(Option<&'a str>, String)>,
+}
+
+impl<'a> GroupChecks<'a> {
+    pub fn new(p: &mut Problems, key: &str, what: &'static str, groups: usize) -> Self {
+        if groups == 0 {
+            p.push(
+                format!("{key}.groups"),
+                format!("a source needs at least one {what}"),
+            );
+        }
+        GroupChecks {
+            what,
+            groups: HashSet::new(),
+            tags: HashSet::new(),
+        }
+    }
+
+    /// The group at `gk` (e.g. `sources[0].groups[1]`).
+    pub fn group(&mut self, p: &mut Problems, gk: &str, name: &'a str, tags: usize) {
+        let what = self.what;
+        check_id(p, &format!("{gk}.name"), name);
+        if !self.groups.insert(name) {
+            p.push(format!("{gk}.name"), format!("duplicate {what} {name:?}"));
+        }
+        if tags == 0 {
+            p.push(
+                format!("{gk}.tags"),
+                format!("a {what} needs at least one tag"),
+            );
+        }
+    }
+
+    /// A name the tag at `tk` publishes under, for `equipment`.
+    pub fn tag_name(&mut self, p: &mut Problems, tk: &str, equipment: Option<&'a str>, name: &str) {
+        if !self.tags.insert((equipment, name.to_owned())) {
+            p.push(
+                format!("{tk}.name"),
+                format!("duplicate tag {name:?} for this equipment"),
+            );
+        }
+    }
+}
+
+/// Parse a protocol's table: shared keys into [`CommonSourceConfig`], the rest into `P`.
 pub fn parse_protocol<P: ProtocolConfig + DeserializeOwned>(
     table: toml::Table,
 ) -> Result<(CommonSourceConfig, Box<dyn ProtocolConfig>), toml::de::Error> {

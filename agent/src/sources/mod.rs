@@ -14,6 +14,7 @@ pub mod factory;
 pub mod link;
 pub mod modbus;
 pub mod opcua;
+pub mod poll;
 pub mod s7;
 pub mod source;
 pub mod status;
@@ -21,7 +22,7 @@ pub mod value_map;
 
 pub use config::{CommonSourceConfig, SourceConfig};
 pub use factory::{start, SourceTask};
-pub use source::{Cycle, Sample, Source, SourceContext, SourceIdentity, SourceTag};
+pub use source::{Cycle, EquipmentIds, Sample, Source, SourceContext, SourceIdentity, SourceTag};
 pub use status::{LinkPhase, SourceStatus, StatusSnapshot};
 pub use value_map::ValueMap;
 

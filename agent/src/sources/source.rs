@@ -9,6 +9,7 @@ use crate::telemetry::metrics::Metrics;
 use linewatch_runtime::clock::SharedClock;
 use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_schemas::{Quality, Value};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,25 @@ pub struct SourceIdentity {
     /// Longest time between two cycles when all is well (the slowest poll
     /// interval, a subscription's publishing interval): part of the staleness rule.
     pub cycle_period: Duration,
+}
+
+/// One shared copy of each equipment id while a source builds its tag table:
+/// thousands of tags share a few equipments.
+#[derive(Debug, Default)]
+pub struct EquipmentIds(HashSet<Arc<str>>);
+
+impl EquipmentIds {
+    /// The shared copy of `id`. Validation guarantees every tag an equipment; a
+    /// missing one becomes empty, which the normalizer refuses.
+    pub fn get(&mut self, id: Option<&str>) -> Arc<str> {
+        let id = id.unwrap_or_default();
+        if let Some(shared) = self.0.get(id) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(id);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

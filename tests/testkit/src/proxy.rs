@@ -32,16 +32,12 @@ impl FaultProxy {
     pub fn start(upstream_port: u16) -> impl std::future::Future<Output = FaultProxy> {
         let caller = std::panic::Location::caller();
         async move {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .unwrap_or_else(|e| panic!("proxy (at {caller}): cannot bind: {e}"));
-            let port = listener
-                .local_addr()
-                .unwrap_or_else(|e| panic!("proxy: no local address: {e}"))
-                .port();
             let shared = Arc::new(Shared::default());
-            let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
-            let task = tokio::spawn(accept_loop(listener, upstream, shared.clone()));
+            let conn_shared = shared.clone();
+            let (port, task) = listen(caller, upstream_port, move |client, upstream| {
+                forward(client, upstream, conn_shared.clone())
+            })
+            .await;
             FaultProxy { port, shared, task }
         }
     }
@@ -85,20 +81,41 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
-    // Dropping the set (when this task is aborted) aborts every connection.
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    conns.spawn(forward(client, upstream, shared.clone()));
-                }
-                Err(_) => continue,
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+/// Binds 127.0.0.1 on a free port and hands every accepted connection, with the
+/// upstream address, to `serve`, until the returned task is aborted (which aborts
+/// every connection too). Shared by the test kit's proxies.
+pub(crate) async fn listen<F, Fut>(
+    caller: &std::panic::Location<'_>,
+    upstream_port: u16,
+    serve: F,
+) -> (u16, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap_or_else(|e| panic!("proxy (at {caller}): cannot bind: {e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("proxy: no local address: {e}"))
+        .port();
+    let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((client, _)) => {
+                        conns.spawn(serve(client, upstream));
+                    }
+                    Err(_) => continue,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
         }
-    }
+    });
+    (port, task)
 }
 
 async fn forward(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {

@@ -13,13 +13,13 @@
 //! `Content-Length` or chunked answers; keep-alive connections are followed request by
 //! request.
 
+use crate::proxy::listen;
 use serde_json::Value as Json;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 
 /// The error Kinesis gives a throttled entry.
 pub const THROTTLED: &str = "ProvisionedThroughputExceededException";
@@ -52,16 +52,12 @@ impl PutRecordsProxy {
     pub fn start(upstream_port: u16) -> impl std::future::Future<Output = PutRecordsProxy> {
         let caller = std::panic::Location::caller();
         async move {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .unwrap_or_else(|e| panic!("proxy (at {caller}): cannot bind: {e}"));
-            let port = listener
-                .local_addr()
-                .unwrap_or_else(|e| panic!("proxy: no local address: {e}"))
-                .port();
             let shared = Arc::new(Shared::default());
-            let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port));
-            let task = tokio::spawn(accept_loop(listener, upstream, shared.clone()));
+            let conn_shared = shared.clone();
+            let (port, task) = listen(caller, upstream_port, move |client, upstream| {
+                serve(client, upstream, conn_shared.clone())
+            })
+            .await;
             PutRecordsProxy { port, shared, task }
         }
     }
@@ -109,21 +105,6 @@ impl PutRecordsProxy {
 impl Drop for PutRecordsProxy {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    conns.spawn(serve(client, upstream, shared.clone()));
-                }
-                Err(_) => continue,
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
     }
 }
 

@@ -6,14 +6,12 @@ use super::config::{Area, ModbusSourceConfig};
 use super::decode::Codec;
 use super::plan::{plan, ReadRequest, TagExtent};
 use crate::sources::config::CommonSourceConfig;
-use crate::sources::{Cycle, Sample, Source, SourceIdentity, SourceTag};
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use crate::sources::poll::PollTimers;
+use crate::sources::{Cycle, EquipmentIds, Sample, Source, SourceIdentity, SourceTag};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::{Interval, MissedTickBehavior};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tracing::{debug, info, warn};
@@ -93,9 +91,7 @@ pub struct ModbusSource {
 /// is immediate, so a reconnect polls at once).
 pub struct ModbusLink {
     ctx: Context,
-    intervals: Vec<Interval>,
-    /// The group served after the last one, so a busy group cannot starve the others.
-    next: usize,
+    polls: PollTimers<()>,
 }
 
 impl ModbusSource {
@@ -104,25 +100,18 @@ impl ModbusSource {
     pub fn new(cfg: ModbusSourceConfig, common: &CommonSourceConfig) -> ModbusSource {
         let mut tags = Vec::with_capacity(cfg.tag_count());
         let mut groups = Vec::with_capacity(cfg.groups.len());
-        // Thousands of tags share a few equipment ids: keep one copy of each.
-        let mut equipments: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut equipments = EquipmentIds::default();
         for g in &cfg.groups {
             let mut infos = Vec::with_capacity(g.tags.len());
             for t in &g.tags {
-                // Validation guarantees an equipment; an empty one would be refused downstream.
-                let equipment = t
-                    .equipment(common.equipment_id.as_deref())
-                    .unwrap_or_default();
-                let equipment = equipments
-                    .entry(equipment)
-                    .or_insert_with(|| Arc::from(equipment));
+                let equipment = equipments.get(t.equipment(common.equipment_id.as_deref()));
                 infos.push(TagInfo {
                     index: tags.len(),
                     area: t.area,
                     codec: Codec::for_tag(t, &cfg),
                 });
                 tags.push(
-                    SourceTag::new(t.name.as_str(), Arc::clone(equipment))
+                    SourceTag::new(t.name.as_str(), equipment)
                         .with_map(t.map.clone())
                         .with_exception(t.exception.or(g.exception)),
                 );
@@ -182,25 +171,13 @@ impl Source for ModbusSource {
 
     async fn connect(&mut self) -> Result<ModbusLink, LinkError> {
         let ctx = connect(&self.address, self.unit_id, self.timeout).await?;
-        let intervals = self
-            .groups
-            .iter()
-            .map(|g| {
-                let mut iv = tokio::time::interval(g.interval);
-                iv.set_missed_tick_behavior(MissedTickBehavior::Skip);
-                iv
-            })
-            .collect();
+        let polls = PollTimers::new(self.groups.iter().map(|g| (g.interval, ())));
         info!(source = %self.identity.id, address = %self.address, "modbus connected");
-        Ok(ModbusLink {
-            ctx,
-            intervals,
-            next: 0,
-        })
+        Ok(ModbusLink { ctx, polls })
     }
 
     async fn next_cycle(&mut self, link: &mut ModbusLink) -> usize {
-        next_tick(&mut link.intervals, &mut link.next).await
+        link.polls.tick().await
     }
 
     /// Read every request of poll group `gi` in turn.
@@ -363,25 +340,6 @@ fn response_data(area: Area, count: u16, resp: Response) -> Result<Data, String>
         return Err(format!("expected {want} bits, got {got}"));
     }
     Ok(data)
-}
-
-/// The index of the next poll group whose interval ticked (starting after the
-/// last one served, so a busy group cannot starve the others).
-fn next_tick<'a>(
-    intervals: &'a mut [Interval],
-    next: &'a mut usize,
-) -> impl Future<Output = usize> + 'a {
-    std::future::poll_fn(move |cx| {
-        let n = intervals.len();
-        for k in 0..n {
-            let i = (*next + k) % n;
-            if intervals[i].poll_tick(cx).is_ready() {
-                *next = (i + 1) % n;
-                return Poll::Ready(i);
-            }
-        }
-        Poll::Pending
-    })
 }
 
 #[cfg(test)]

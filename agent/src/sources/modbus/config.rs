@@ -1,8 +1,7 @@
 //! Configuration of a Modbus TCP source.
 
-use crate::config::{check_id, Problems};
-use crate::sources::config::check_tag;
-use crate::sources::config::CommonSourceConfig;
+use crate::config::Problems;
+use crate::sources::config::{check_tag, CommonSourceConfig, GroupChecks};
 use crate::sources::exception::{check_tag_exception, WithException};
 use crate::sources::value_map::ValueMap;
 use serde::Deserialize;
@@ -162,28 +161,12 @@ impl ModbusSourceConfig {
                 ),
             );
         }
-        if self.groups.is_empty() {
-            p.push(
-                format!("{key}.groups"),
-                "a source needs at least one poll group",
-            );
-        }
-        let mut names = std::collections::HashSet::new();
-        let mut group_names = std::collections::HashSet::new();
+        let mut checks = GroupChecks::new(p, key, "poll group", self.groups.len());
         for (gi, g) in self.groups.iter().enumerate() {
             let gk = format!("{key}.groups[{gi}]");
-            check_id(p, &format!("{gk}.name"), &g.name);
-            if !group_names.insert(g.name.as_str()) {
-                p.push(
-                    format!("{gk}.name"),
-                    format!("duplicate poll group {:?}", g.name),
-                );
-            }
+            checks.group(p, &gk, &g.name, g.tags.len());
             if g.interval.is_zero() {
                 p.push(format!("{gk}.interval"), "must be greater than zero");
-            }
-            if g.tags.is_empty() {
-                p.push(format!("{gk}.tags"), "a poll group needs at least one tag");
             }
             p.extend_prefixed("", g.exception.check_values(&gk));
             for (ti, t) in g.tags.iter().enumerate() {
@@ -195,12 +178,7 @@ impl ModbusSourceConfig {
                     &t.name,
                     t.equipment(common.equipment_id.as_deref()),
                 );
-                if !names.insert((eq, t.name.as_str())) {
-                    p.push(
-                        format!("{tk}.name"),
-                        format!("duplicate tag {:?} for this equipment", t.name),
-                    );
-                }
+                checks.tag_name(p, &tk, eq, &t.name);
                 if t.area.is_bits() && t.data_type != DataType::Bool {
                     p.push(
                         format!("{tk}.type"),

@@ -13,7 +13,8 @@ use super::node_id::{parse_node_id, NodeAddress};
 use super::plan::{self, Watchdog};
 use super::value;
 use crate::sources::config::CommonSourceConfig;
-use crate::sources::{Cycle, Sample, Source, SourceIdentity, SourceTag};
+use crate::sources::poll::PollTimers;
+use crate::sources::{Cycle, EquipmentIds, Sample, Source, SourceIdentity, SourceTag};
 use futures_util::StreamExt;
 use opcua::client::{
     Client, ClientBuilder, IdentityToken, MonitoredItemMap, OnSubscriptionNotificationCore,
@@ -25,11 +26,9 @@ use opcua::types::{
     ReadValueId, StatusCode, TimestampsToReturn, VariableId, Variant,
 };
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -164,17 +163,14 @@ pub struct OpcUaLink {
     session: Arc<Session>,
     events: mpsc::UnboundedReceiver<Event>,
     _task: AbortOnDrop,
-    polls: Vec<PollTimer>,
-    next_poll: usize,
+    /// Polled groups: the group's index and its resolved (tag, node) pairs.
+    polls: PollTimers<(usize, Vec<(usize, NodeId)>)>,
     /// Bad samples for the nodes rejected while connecting, sent as the first cycle.
     pending: Vec<(usize, Sample)>,
     watchdog: Option<Watchdog>,
     metrics_tick: Interval,
     max_nodes_per_read: usize,
 }
-
-/// A polled group: its index, timer, and resolved (tag, node) pairs.
-type PollTimer = (usize, Interval, Vec<(usize, NodeId)>);
 
 /// The session's event task ends with the link, however the link ends.
 struct AbortOnDrop(JoinHandle<()>);
@@ -190,6 +186,7 @@ impl Drop for AbortOnDrop {
 pub enum Due {
     Pending,
     Data(Vec<(u32, DataValue)>),
+    /// A poll timer ticked: its position in the link's timers.
     Poll(usize),
     Lost(String),
     Watchdog,
@@ -204,16 +201,11 @@ impl OpcUaSource {
         let mut tags = Vec::with_capacity(cfg.tag_count());
         let mut source_tags = Vec::with_capacity(cfg.tag_count());
         let mut groups = Vec::with_capacity(cfg.groups.len());
-        let mut equipments: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut equipments = EquipmentIds::default();
         for g in &cfg.groups {
             let mut members = Vec::with_capacity(g.tags.len());
             for t in &g.tags {
-                let equipment = t
-                    .equipment(common.equipment_id.as_deref())
-                    .unwrap_or_default();
-                let equipment = equipments
-                    .entry(equipment)
-                    .or_insert_with(|| Arc::from(equipment));
+                let equipment = equipments.get(t.equipment(common.equipment_id.as_deref()));
                 // Validation refused unparsable ids; a default keeps the index stable.
                 let address = parse_node_id(&t.node_id).unwrap_or(NodeAddress {
                     namespace: super::node_id::Namespace::Index(0),
@@ -225,9 +217,8 @@ impl OpcUaSource {
                     index: t.index,
                     deadband: t.deadband(g),
                 });
-                source_tags.push(
-                    SourceTag::new(t.name.as_str(), Arc::clone(equipment)).with_map(t.map.clone()),
-                );
+                source_tags
+                    .push(SourceTag::new(t.name.as_str(), equipment).with_map(t.map.clone()));
             }
             groups.push(GroupInfo::of(g, members));
         }
@@ -504,9 +495,7 @@ impl OpcUaSource {
                     for (t, _) in &members {
                         self.accepted_again(*t);
                     }
-                    let mut iv = tokio::time::interval(self.groups[gi].interval);
-                    iv.set_missed_tick_behavior(MissedTickBehavior::Skip);
-                    polls.push((gi, iv, members));
+                    polls.push((self.groups[gi].interval, (gi, members)));
                 }
                 GroupMode::Subscription => {
                     let (subs, items) = self
@@ -536,8 +525,7 @@ impl OpcUaSource {
             session,
             events,
             _task: task,
-            polls,
-            next_poll: 0,
+            polls: PollTimers::new(polls),
             pending,
             // Without a subscription there is nothing to keep alive (polls time out instead).
             watchdog: self
@@ -663,16 +651,16 @@ impl OpcUaSource {
         self.last_status[t] = now;
     }
 
+    /// Read the polled group behind timer `poll`.
     async fn poll(
         &mut self,
         link: &mut OpcUaLink,
-        gi: usize,
+        poll: usize,
         out: &mut Cycle<'_>,
     ) -> Result<(), LinkError> {
-        let Some(pos) = link.polls.iter().position(|(g, _, _)| *g == gi) else {
+        let Some((gi, members)) = link.polls.get(poll).cloned() else {
             return Ok(());
         };
-        let members = link.polls[pos].2.clone();
         for chunk in plan::split(members, link.max_nodes_per_read) {
             if out.stopping() {
                 return Ok(());
@@ -881,7 +869,7 @@ impl Source for OpcUaSource {
                     Some(Event::Lost(why)) => return Due::Lost(why),
                     None => return Due::Lost("session event loop ended".to_owned()),
                 },
-                g = next_tick(&mut link.polls, &mut link.next_poll) => return Due::Poll(g),
+                p = link.polls.tick() => return Due::Poll(p),
                 _ = sleep_until_opt(deadline) => return Due::Watchdog,
                 _ = link.metrics_tick.tick() => {
                     if let Some(w) = &link.watchdog {
@@ -938,24 +926,6 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// The next poll group whose interval ticked (round robin, so none starves).
-fn next_tick<'a>(
-    polls: &'a mut [PollTimer],
-    next: &'a mut usize,
-) -> impl Future<Output = usize> + 'a {
-    std::future::poll_fn(move |cx| {
-        let n = polls.len();
-        for k in 0..n {
-            let i = (*next + k) % n;
-            if polls[i].1.poll_tick(cx).is_ready() {
-                *next = (i + 1) % n;
-                return Poll::Ready(polls[i].0);
-            }
-        }
-        Poll::Pending
-    })
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 //! `linewatch-agent check` must catch before a gateway is rebooted into them.
 
 use super::node_id::{parse_node_id, Namespace, NodeAddress};
-use crate::config::{check_id, Problems};
-use crate::sources::config::check_tag;
-use crate::sources::config::CommonSourceConfig;
+use crate::config::Problems;
+use crate::sources::config::{check_tag, CommonSourceConfig, GroupChecks};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -316,23 +315,10 @@ impl OpcUaSourceConfig {
         if self.watchdog.is_some_and(|w| w.is_zero()) {
             p.push(format!("{key}.watchdog"), "must be greater than zero");
         }
-        if self.groups.is_empty() {
-            p.push(
-                format!("{key}.groups"),
-                "a source needs at least one tag group",
-            );
-        }
-        let mut names = std::collections::HashSet::new();
-        let mut group_names = std::collections::HashSet::new();
+        let mut checks = GroupChecks::new(p, key, "tag group", self.groups.len());
         for (gi, g) in self.groups.iter().enumerate() {
             let gk = format!("{key}.groups[{gi}]");
-            check_id(p, &format!("{gk}.name"), &g.name);
-            if !group_names.insert(g.name.as_str()) {
-                p.push(
-                    format!("{gk}.name"),
-                    format!("duplicate tag group {:?}", g.name),
-                );
-            }
+            checks.group(p, &gk, &g.name, g.tags.len());
             match g.mode {
                 GroupMode::Subscription => {
                     if g.publishing_interval.is_zero() {
@@ -358,9 +344,6 @@ impl OpcUaSourceConfig {
                 }
             }
             check_deadband(p, &gk, g.deadband_absolute, g.deadband_percent);
-            if g.tags.is_empty() {
-                p.push(format!("{gk}.tags"), "a tag group needs at least one tag");
-            }
             for (ti, t) in g.tags.iter().enumerate() {
                 let tk = format!("{gk}.tags[{ti}]");
                 if let Some(map) = &t.map {
@@ -373,12 +356,7 @@ impl OpcUaSourceConfig {
                     &t.name,
                     t.equipment(common.equipment_id.as_deref()),
                 );
-                if !names.insert((eq, t.name.as_str())) {
-                    p.push(
-                        format!("{tk}.name"),
-                        format!("duplicate tag {:?} for this equipment", t.name),
-                    );
-                }
+                checks.tag_name(p, &tk, eq, &t.name);
                 if let Err(e) = parse_node_id(&t.node_id) {
                     p.push(format!("{tk}.node_id"), e.to_string());
                 }

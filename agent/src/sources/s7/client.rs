@@ -9,16 +9,14 @@ use super::decode::decode;
 use super::frame::{self, Connect, Cotp, FrameError, ReturnCode};
 use super::plan::{plan, Plan};
 use crate::sources::config::CommonSourceConfig;
-use crate::sources::{Cycle, Sample, Source, SourceIdentity, SourceTag};
+use crate::sources::poll::PollTimers;
+use crate::sources::{Cycle, EquipmentIds, Sample, Source, SourceIdentity, SourceTag};
 use crate::telemetry::metrics::{Metrics, SourceLabel};
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
 /// The largest S7 PDU accepted while reassembling fragments (well above 960).
@@ -105,9 +103,7 @@ pub struct S7Link {
     stream: TcpStream,
     pdu: u16,
     next_ref: u16,
-    intervals: Vec<Interval>,
-    /// The group served after the last one, so a busy group cannot starve the others.
-    next: usize,
+    polls: PollTimers<()>,
 }
 
 impl S7Link {
@@ -121,7 +117,7 @@ impl S7Source {
     pub fn new(cfg: S7SourceConfig, common: &CommonSourceConfig, metrics: Metrics) -> S7Source {
         let mut tags = Vec::with_capacity(cfg.tag_count());
         let mut groups = Vec::with_capacity(cfg.groups.len());
-        let mut equipments: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut equipments = EquipmentIds::default();
         for g in &cfg.groups {
             let mut infos = Vec::with_capacity(g.tags.len());
             for t in &g.tags {
@@ -133,19 +129,14 @@ impl S7Source {
                         continue;
                     }
                 };
-                let equipment = t
-                    .equipment(common.equipment_id.as_deref())
-                    .unwrap_or_default();
-                let equipment = equipments
-                    .entry(equipment)
-                    .or_insert_with(|| Arc::from(equipment));
+                let equipment = equipments.get(t.equipment(common.equipment_id.as_deref()));
                 infos.push(TagInfo {
                     index: tags.len(),
                     address,
                 });
                 for name in t.names(&address) {
                     tags.push(
-                        SourceTag::new(name, Arc::clone(equipment))
+                        SourceTag::new(name, Arc::clone(&equipment))
                             .with_map(t.map.clone())
                             .with_exception(t.exception.or(g.exception)),
                     );
@@ -328,27 +319,18 @@ impl Source for S7Source {
                       items = g.plan.requests.iter().map(|r| r.items.len()).sum::<usize>(), "s7 read plan");
             }
         }
-        let intervals = self
-            .groups
-            .iter()
-            .map(|g| {
-                let mut iv = tokio::time::interval(g.interval);
-                iv.set_missed_tick_behavior(MissedTickBehavior::Skip);
-                iv
-            })
-            .collect();
+        let polls = PollTimers::new(self.groups.iter().map(|g| (g.interval, ())));
         info!(source = %self.identity.id, address = %self.address, pdu, "s7 connected");
         Ok(S7Link {
             stream,
             pdu,
             next_ref: 1,
-            intervals,
-            next: 0,
+            polls,
         })
     }
 
     async fn next_cycle(&mut self, link: &mut S7Link) -> usize {
-        next_tick(&mut link.intervals, &mut link.next).await
+        link.polls.tick().await
     }
 
     /// Read every request of poll group `gi` in turn; each tag is pushed as soon
@@ -493,25 +475,6 @@ async fn recv_pdu(stream: &mut TcpStream, address: &str) -> Result<Vec<u8>, Link
             }
         }
     }
-}
-
-/// The index of the next poll group whose interval ticked (starting after the
-/// last one served, so a busy group cannot starve the others).
-fn next_tick<'a>(
-    intervals: &'a mut [Interval],
-    next: &'a mut usize,
-) -> impl Future<Output = usize> + 'a {
-    std::future::poll_fn(move |cx| {
-        let n = intervals.len();
-        for k in 0..n {
-            let i = (*next + k) % n;
-            if intervals[i].poll_tick(cx).is_ready() {
-                *next = (i + 1) % n;
-                return Poll::Ready(i);
-            }
-        }
-        Poll::Pending
-    })
 }
 
 #[cfg(test)]

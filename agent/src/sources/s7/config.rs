@@ -1,12 +1,10 @@
 //! Configuration of an S7 source (`type = "s7"`).
 
 use super::address::{self, Address};
-use crate::config::{check_id, Problems};
-use crate::sources::config::check_tag;
-use crate::sources::config::CommonSourceConfig;
+use crate::config::Problems;
+use crate::sources::config::{check_tag, CommonSourceConfig, GroupChecks};
 use crate::sources::exception::{check_tag_exception, WithException};
 use serde::Deserialize;
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// ISO-on-TCP's port.
@@ -194,28 +192,12 @@ impl S7SourceConfig {
                 "must be 240..960 (S7 CPUs grant 240, 480 or 960)",
             );
         }
-        if self.groups.is_empty() {
-            p.push(
-                format!("{key}.groups"),
-                "a source needs at least one poll group",
-            );
-        }
-        let mut names = HashSet::new();
-        let mut group_names = HashSet::new();
+        let mut checks = GroupChecks::new(p, key, "poll group", self.groups.len());
         for (gi, g) in self.groups.iter().enumerate() {
             let gk = format!("{key}.groups[{gi}]");
-            check_id(p, &format!("{gk}.name"), &g.name);
-            if !group_names.insert(g.name.as_str()) {
-                p.push(
-                    format!("{gk}.name"),
-                    format!("duplicate poll group {:?}", g.name),
-                );
-            }
+            checks.group(p, &gk, &g.name, g.tags.len());
             if g.interval.is_zero() {
                 p.push(format!("{gk}.interval"), "must be greater than zero");
-            }
-            if g.tags.is_empty() {
-                p.push(format!("{gk}.tags"), "a poll group needs at least one tag");
             }
             p.extend_prefixed("", g.exception.check_values(&gk));
             for (ti, t) in g.tags.iter().enumerate() {
@@ -235,12 +217,7 @@ impl S7SourceConfig {
                         let numeric = a.data_type.is_number() && t.map.is_none();
                         check_tag_exception(p, &tk, &t.exception, &g.exception, numeric);
                         for name in t.names(&a) {
-                            if !names.insert((eq, name.clone())) {
-                                p.push(
-                                    format!("{tk}.name"),
-                                    format!("duplicate tag {name:?} for this equipment"),
-                                );
-                            }
+                            checks.tag_name(p, &tk, eq, &name);
                         }
                     }
                     Err(e) => p.push(format!("{tk}.address"), format!("tag {:?}: {e}", t.name)),

@@ -1,10 +1,7 @@
 //! The simulated Modbus TCP PLC (`tests/sim/modbus_plc.py`, pymodbus) and its control
 //! channel (a line-JSON TCP port: set and read values, inject exceptions, count reads).
 
-use super::sim_control::SimControl;
-use crate::paths;
-use crate::ports;
-use crate::process::{ManagedProcess, ProcessSpec, Ready};
+use super::sim_control::{deref_sim, Sim};
 use serde_json::{json, Value as Json};
 use std::path::Path;
 use std::time::Duration;
@@ -102,49 +99,30 @@ impl Default for SimOptions {
 
 /// A running simulated PLC on 127.0.0.1 (killed when dropped).
 pub struct ModbusSim {
-    port: u16,
-    process: ManagedProcess,
-    control: SimControl,
+    sim: Sim,
 }
+deref_sim!(ModbusSim);
 
 impl ModbusSim {
     /// Starts the simulator and waits until its control port answers a ping.
     #[track_caller]
     pub fn start(opts: SimOptions, log_dir: &Path) -> ModbusSim {
-        let port = opts.port.unwrap_or_else(ports::free_port);
-        let control_port = ports::free_port();
-        let log = log_dir.join(format!("modbus-sim-{port}.log"));
-        let process = ProcessSpec::new("modbus sim", paths::venv_python(), &log)
-            .arg(paths::sim_dir().join("modbus_plc.py"))
-            .args(["--port", &port.to_string()])
-            .args(["--control-port", &control_port.to_string()])
-            .args(["--unit", &opts.unit_id.to_string()])
-            .args(["--mode", opts.mode])
-            .env("PYTHONUNBUFFERED", "1")
-            .ready(Ready::Listening(port), Duration::from_secs(30))
-            .start();
-        let mut sim = ModbusSim {
-            port,
-            process,
-            control: SimControl::new(control_port),
-        };
-        sim.control.wait_ready(&mut sim.process);
-        sim
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
+        let args = ["--unit", &opts.unit_id.to_string(), "--mode", opts.mode];
+        ModbusSim {
+            sim: Sim::start(
+                "modbus sim",
+                "modbus_plc",
+                opts.port,
+                args.iter().map(Into::into).collect(),
+                Duration::from_secs(30),
+                log_dir,
+            ),
+        }
     }
 
     /// `127.0.0.1:PORT`, as the agent's `address` key wants it.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Sends one control request; panics with the sim's log if it fails.
-    #[track_caller]
-    pub fn request(&mut self, req: Json) -> Json {
-        self.control.request(req, &self.process)
+        format!("127.0.0.1:{}", self.port())
     }
 
     /// Writes all values at once: no poll of the agent sees half of them.
@@ -189,15 +167,5 @@ impl ModbusSim {
         r.as_object()
             .map(|m| m.values().filter_map(Json::as_u64).sum())
             .unwrap_or(0)
-    }
-
-    /// Stops the simulator (the PLC "goes away"); its port becomes free.
-    pub fn stop(&mut self) {
-        self.control.disconnect();
-        self.process.stop(Duration::from_secs(5));
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.process.log_tail(lines)
     }
 }

@@ -2,11 +2,9 @@
 //! PyPI) and its control channel (a line-JSON TCP port: write values with a status and
 //! timestamps, read them back, list the namespaces).
 
-use super::sim_control::SimControl;
-use crate::paths;
-use crate::ports;
-use crate::process::{ManagedProcess, ProcessSpec, Ready};
+use super::sim_control::{deref_sim, Sim};
 use serde_json::{json, Value as Json};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,57 +96,44 @@ impl UaWrite {
 
 /// A running OPC UA server on 127.0.0.1 (killed when dropped).
 pub struct UaServer {
-    port: u16,
-    process: ManagedProcess,
-    control: SimControl,
+    sim: Sim,
 }
+deref_sim!(UaServer);
 
 impl UaServer {
     /// Starts the server and waits until its control port answers a ping.
     #[track_caller]
     pub fn start(opts: UaOptions, log_dir: &Path) -> UaServer {
-        let port = opts.port.unwrap_or_else(ports::free_port);
-        let control_port = ports::free_port();
-        let log = log_dir.join(format!("opcua-server-{port}.log"));
         let users: Vec<String> = opts.users.iter().map(|(u, p)| format!("{u}:{p}")).collect();
-        let mut spec = ProcessSpec::new("opcua server", paths::venv_python(), &log)
-            .arg(paths::sim_dir().join("opcua_server.py"))
-            .args(["--port", &port.to_string()])
-            .args(["--control-port", &control_port.to_string()])
-            .args(["--namespaces", &opts.namespaces.join(",")])
-            .args(["--security", opts.security])
-            .args(["--users", &users.join(",")])
-            .args(["--bench", &opts.bench.to_string()])
-            .args(["--bench-hz", &opts.bench_hz.to_string()])
-            .env("PYTHONUNBUFFERED", "1")
-            // asyncua loads its whole standard address space first: slow on a busy machine.
-            .ready(Ready::Listening(port), Duration::from_secs(90));
+        let mut args: Vec<OsString> = [
+            ("--namespaces", opts.namespaces.join(",")),
+            ("--security", opts.security.to_owned()),
+            ("--users", users.join(",")),
+            ("--bench", opts.bench.to_string()),
+            ("--bench-hz", opts.bench_hz.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.into(), v.into()])
+        .collect();
         if let Some(pki) = &opts.pki {
-            spec = spec.arg("--pki").arg(pki);
+            args.extend(["--pki".into(), pki.into()]);
         }
-        let process = spec.start();
-        let mut server = UaServer {
-            port,
-            process,
-            control: SimControl::new(control_port),
-        };
-        server.control.wait_ready(&mut server.process);
-        server
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
+        UaServer {
+            // asyncua loads its whole standard address space first: slow on a busy machine.
+            sim: Sim::start(
+                "opcua server",
+                "opcua_server",
+                opts.port,
+                args,
+                Duration::from_secs(90),
+                log_dir,
+            ),
+        }
     }
 
     /// `opc.tcp://127.0.0.1:PORT/linewatch/`, as the agent's `endpoint` key wants it.
     pub fn endpoint(&self) -> String {
-        format!("opc.tcp://127.0.0.1:{}/linewatch/", self.port)
-    }
-
-    /// Sends one control request; panics with the server's log if it fails.
-    #[track_caller]
-    pub fn request(&mut self, req: Json) -> Json {
-        self.control.request(req, &self.process)
+        format!("opc.tcp://127.0.0.1:{}/linewatch/", self.port())
     }
 
     /// Writes all values at once.
@@ -175,27 +160,5 @@ impl UaServer {
                     .collect()
             })
             .unwrap_or_default()
-    }
-
-    /// SIGSTOP: the process keeps its sockets but answers nothing.
-    pub fn pause(&mut self) {
-        self.process.signal(libc::SIGSTOP);
-    }
-
-    /// SIGCONT.
-    pub fn resume(&mut self) {
-        self.process.signal(libc::SIGCONT);
-    }
-
-    /// Stops the server; its port becomes free.
-    pub fn stop(&mut self) {
-        self.control.disconnect();
-        // A paused process would not see SIGTERM.
-        self.process.signal(libc::SIGCONT);
-        self.process.stop(Duration::from_secs(5));
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.process.log_tail(lines)
     }
 }

@@ -2,10 +2,7 @@
 //! python-snap7 2.1.0) and its control channel (a line-JSON TCP port: write bytes
 //! into DB/M/I/Q/T/C, read them back, count the items and connections served).
 
-use super::sim_control::SimControl;
-use crate::paths;
-use crate::ports;
-use crate::process::{ManagedProcess, ProcessSpec, Ready};
+use super::sim_control::{deref_sim, Sim};
 use serde_json::{json, Value as Json};
 use std::path::Path;
 use std::time::Duration;
@@ -93,55 +90,41 @@ impl Default for S7Options {
 
 /// A running simulated S7 CPU on 127.0.0.1 (killed when dropped).
 pub struct S7Sim {
-    port: u16,
-    process: ManagedProcess,
-    control: SimControl,
+    sim: Sim,
 }
+deref_sim!(S7Sim);
 
 impl S7Sim {
     /// Starts the simulator and waits until its control port answers a ping.
     #[track_caller]
     pub fn start(opts: &S7Options, log_dir: &Path) -> S7Sim {
-        let port = opts.port.unwrap_or_else(ports::free_port);
-        let control_port = ports::free_port();
-        let log = log_dir.join(format!("s7-sim-{port}.log"));
-        let mut spec = ProcessSpec::new("s7 sim", paths::venv_python(), &log)
-            .arg(paths::sim_dir().join("s7_plc.py"))
-            .args(["--port", &port.to_string()])
-            .args(["--control-port", &control_port.to_string()])
-            .args(["--m", &opts.markers.to_string()])
-            .args(["--i", &opts.inputs.to_string()])
-            .args(["--q", &opts.outputs.to_string()])
-            .args(["--pdu", &opts.pdu.to_string()]);
+        let mut args: Vec<String> = [
+            ("--m", opts.markers),
+            ("--i", opts.inputs),
+            ("--q", opts.outputs),
+            ("--pdu", opts.pdu.into()),
+        ]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .collect();
         for (n, size) in &opts.dbs {
-            spec = spec.args(["--db", &format!("{n}:{size}")]);
+            args.extend(["--db".to_owned(), format!("{n}:{size}")]);
         }
-        let process = spec
-            .env("PYTHONUNBUFFERED", "1")
-            .ready(Ready::Listening(port), Duration::from_secs(30))
-            .start();
-        let mut sim = S7Sim {
-            port,
-            process,
-            control: SimControl::new(control_port),
-        };
-        sim.control.wait_ready(&mut sim.process);
-        sim
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
+        S7Sim {
+            sim: Sim::start(
+                "s7 sim",
+                "s7_plc",
+                opts.port,
+                args.into_iter().map(Into::into).collect(),
+                Duration::from_secs(30),
+                log_dir,
+            ),
+        }
     }
 
     /// `127.0.0.1:PORT`, as the agent's `address` key takes it.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Sends one control request; panics with the sim's log if it fails.
-    #[track_caller]
-    pub fn request(&mut self, req: Json) -> Json {
-        self.control.request(req, &self.process)
+        format!("127.0.0.1:{}", self.port())
     }
 
     /// Writes all at once (under the server's area locks: no read sees half of them).
@@ -172,15 +155,5 @@ impl S7Sim {
     #[track_caller]
     pub fn stats(&mut self) -> Json {
         self.request(json!({"op": "stats"}))
-    }
-
-    /// Stops the simulator (the PLC "goes away"); its port becomes free.
-    pub fn stop(&mut self) {
-        self.control.disconnect();
-        self.process.stop(Duration::from_secs(5));
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.process.log_tail(lines)
     }
 }

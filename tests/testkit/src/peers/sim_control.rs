@@ -1,13 +1,106 @@
 //! The control channel every Python sim here shares (`tests/sim/*.py`): JSON lines on a
 //! TCP port, one request per line, one reply per line, `{"ok": true, ...}` or
-//! `{"ok": false, "error": ...}`. The sims' launchers hold one [`SimControl`] each.
+//! `{"ok": false, "error": ...}`. Each sim's launcher wraps one [`Sim`]: the process
+//! and its [`SimControl`].
 
-use crate::process::ManagedProcess;
-use crate::wait;
+use crate::process::{ManagedProcess, ProcessSpec, Ready};
+use crate::{paths, ports, wait};
 use serde_json::{json, Value as Json};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
 use std::time::Duration;
+
+/// A running Python sim on 127.0.0.1 (killed when dropped).
+pub struct Sim {
+    port: u16,
+    process: ManagedProcess,
+    control: SimControl,
+}
+
+impl Sim {
+    /// Starts `tests/sim/<script>.py --port P --control-port C <args>` and waits until
+    /// it listens on `P` (within `ready`) and answers a ping on `C`.
+    #[track_caller]
+    pub fn start(
+        name: &str,
+        script: &str,
+        port: Option<u16>,
+        args: Vec<OsString>,
+        ready: Duration,
+        log_dir: &Path,
+    ) -> Sim {
+        let port = port.unwrap_or_else(ports::free_port);
+        let control_port = ports::free_port();
+        let log = log_dir.join(format!("{script}-{port}.log"));
+        let process = ProcessSpec::new(name, paths::venv_python(), &log)
+            .arg(paths::sim_dir().join(format!("{script}.py")))
+            .args(["--port", &port.to_string()])
+            .args(["--control-port", &control_port.to_string()])
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .ready(Ready::Listening(port), ready)
+            .start();
+        let mut sim = Sim {
+            port,
+            process,
+            control: SimControl::new(control_port),
+        };
+        sim.control.wait_ready(&mut sim.process);
+        sim
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends one control request; panics with the sim's log if it fails.
+    #[track_caller]
+    pub fn request(&mut self, req: Json) -> Json {
+        self.control.request(req, &self.process)
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing.
+    pub fn pause(&mut self) {
+        self.process.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self) {
+        self.process.signal(libc::SIGCONT);
+    }
+
+    /// Stops the sim (the peer "goes away"); its port becomes free.
+    pub fn stop(&mut self) {
+        self.control.disconnect();
+        // A paused process would not see SIGTERM.
+        self.process.signal(libc::SIGCONT);
+        self.process.stop(Duration::from_secs(5));
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
+
+/// Launchers deref to their [`Sim`] for the calls every sim answers.
+macro_rules! deref_sim {
+    ($launcher:ty) => {
+        impl std::ops::Deref for $launcher {
+            type Target = $crate::peers::sim_control::Sim;
+            fn deref(&self) -> &Self::Target {
+                &self.sim
+            }
+        }
+        impl std::ops::DerefMut for $launcher {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.sim
+            }
+        }
+    };
+}
+pub(crate) use deref_sim;
 
 /// A (re)connecting client of a sim's control port.
 pub struct SimControl {
