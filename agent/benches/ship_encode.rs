@@ -43,6 +43,7 @@ fn stored_values() -> Vec<(u64, Vec<u8>)> {
                     source_id: "filling_machine".into(),
                     gateway_id: Some("gw-line-7".into()),
                     raw_quality: None,
+                    low_watermark: None,
                 },
             };
             let data = point.to_json();

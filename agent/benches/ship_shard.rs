@@ -85,6 +85,7 @@ fn point(i: usize) -> (String, Vec<u8>) {
             source_id: "filling_machine".into(),
             gateway_id: Some("gw-line-7".into()),
             raw_quality: None,
+            low_watermark: None,
         },
     };
     (equipment, p.to_json())

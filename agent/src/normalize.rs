@@ -93,6 +93,7 @@ impl Normalizer {
                 source_id: r.source_id.to_string(),
                 gateway_id: Some(self.gateway_id.clone()),
                 raw_quality,
+                low_watermark: None,
             },
         }
     }

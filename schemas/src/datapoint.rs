@@ -47,6 +47,11 @@ pub struct Meta {
     /// The protocol's own status (Modbus exception, OPC UA StatusCode, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_quality: Option<String>,
+    /// On a heartbeat only: the sender still has unsent points at or after this
+    /// event time (a backlog draining behind live data), ms since the Unix epoch.
+    /// A reader ordering by event time must not pass it for this sender yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_watermark: Option<u64>,
 }
 
 /// Why a data point was refused. `field` is a JSON path such as `meta.flags[0]`.
@@ -131,6 +136,20 @@ impl DataPoint {
                 return Err(DataPointError::invalid("value", "must be a finite number"));
             }
         }
+        if let Some(low) = self.meta.low_watermark {
+            if !self.is_heartbeat() {
+                return Err(DataPointError::invalid(
+                    "meta.lowWatermark",
+                    "only a heartbeat (Wmk) may declare a low watermark",
+                ));
+            }
+            if low > self.timestamp {
+                return Err(DataPointError::invalid(
+                    "meta.lowWatermark",
+                    "must not be later than the heartbeat's timestamp",
+                ));
+            }
+        }
         if self.value.is_null() && self.quality != Quality::Bad && !self.is_heartbeat() {
             return Err(DataPointError::invalid(
                 "value",
@@ -205,6 +224,37 @@ mod tests {
         let bad = sample().replace(r#""sourceId":"filling_machine""#, r#""x":1"#);
         let e = DataPoint::from_json(bad.as_bytes()).unwrap_err();
         assert_eq!(e.field(), Some("meta.sourceId"), "{e}");
+    }
+
+    #[test]
+    fn a_later_versions_flags_are_skipped_and_garbage_is_refused() {
+        let later = sample().replace(r#"["Fst"]"#, r#"["Fst","Xyz","Bfl"]"#);
+        let p = DataPoint::from_json(later.as_bytes()).unwrap();
+        assert!(p.meta.flags.contains(Flag::Fst) && p.meta.flags.contains(Flag::Bfl));
+        assert_eq!(p.meta.flags.iter().count(), 2);
+        for bad in [r#"["fst"]"#, r#"["FST"]"#, r#"["Fs"]"#, r#"[""]"#, r#"[1]"#] {
+            let json = sample().replace(r#"["Fst"]"#, bad);
+            let e = DataPoint::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field(), Some("meta.flags[0]"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_low_watermark_belongs_on_a_heartbeat_at_or_before_its_time() {
+        let heartbeat = sample()
+            .replace(r#""tag":"water_temperature""#, r#""tag":"$heartbeat""#)
+            .replace("13.45", "null")
+            .replace(r#"["Fst"]"#, r#"["Wmk"]"#);
+        let declare =
+            |low: u64| heartbeat.replace(r#""flags""#, &format!(r#""lowWatermark":{low},"flags""#));
+        let p = DataPoint::from_json(declare(1732180000123).as_bytes()).unwrap();
+        assert_eq!(p.meta.low_watermark, Some(1732180000123));
+        assert_eq!(DataPoint::from_json(&p.to_json()).unwrap(), p);
+        let e = DataPoint::from_json(declare(1732180000124).as_bytes()).unwrap_err();
+        assert_eq!(e.field(), Some("meta.lowWatermark"), "{e}");
+        let on_a_reading = sample().replace(r#""flags""#, r#""lowWatermark":1,"flags""#);
+        let e = DataPoint::from_json(on_a_reading.as_bytes()).unwrap_err();
+        assert_eq!(e.field(), Some("meta.lowWatermark"), "{e}");
     }
 
     #[test]

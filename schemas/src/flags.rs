@@ -1,5 +1,10 @@
-//! Data point flags, kept as a bit set: a point carries at most five, and the
+//! Data point flags, kept as a bit set: a point carries at most six, and the
 //! agent builds hundreds of thousands of points a second.
+//!
+//! Forward compatible: a reader skips a flag it does not know if the name is
+//! well formed (three letters, the first upper case, like every flag here), so a
+//! newer writer's flags do not make an older reader refuse the point. Anything
+//! else in `flags` is refused.
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
@@ -20,10 +25,20 @@ pub enum Flag {
     Syn = 3,
     /// Timestamp assigned by the agent, not the source.
     Ats = 4,
+    /// Backfill: read while the uplink was down, sent from the backlog behind live data.
+    Bfl = 5,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 5] = [Flag::Fst, Flag::Lst, Flag::Wmk, Flag::Syn, Flag::Ats];
+    pub const ALL: [Flag; 6] = [
+        Flag::Fst,
+        Flag::Lst,
+        Flag::Wmk,
+        Flag::Syn,
+        Flag::Ats,
+        Flag::Bfl,
+    ];
+    const NAMES: [&'static str; 6] = ["Fst", "Lst", "Wmk", "Syn", "Ats", "Bfl"];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,6 +47,7 @@ impl Flag {
             Flag::Wmk => "Wmk",
             Flag::Syn => "Syn",
             Flag::Ats => "Ats",
+            Flag::Bfl => "Bfl",
         }
     }
 
@@ -76,11 +92,33 @@ impl FromIterator<Flag> for Flags {
     }
 }
 
+/// A name a later version may give a flag: three ASCII letters, the first upper case.
+fn is_flag_shaped(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 3 && b[0].is_ascii_uppercase() && b[1..].iter().all(u8::is_ascii_lowercase)
+}
+
 impl<'de> Deserialize<'de> for Flag {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        Flag::parse(&name)
-            .ok_or_else(|| de::Error::unknown_variant(&name, &["Fst", "Lst", "Wmk", "Syn", "Ats"]))
+        Flag::parse(&name).ok_or_else(|| de::Error::unknown_variant(&name, &Flag::NAMES))
+    }
+}
+
+/// One element of `flags`: a known flag, or a well-formed one from a later version.
+enum Element {
+    Known(Flag),
+    Later,
+}
+
+impl<'de> Deserialize<'de> for Element {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        match Flag::parse(&name) {
+            Some(f) => Ok(Element::Known(f)),
+            None if is_flag_shaped(&name) => Ok(Element::Later),
+            None => Err(de::Error::unknown_variant(&name, &Flag::NAMES)),
+        }
     }
 }
 
@@ -100,13 +138,15 @@ impl<'de> Deserialize<'de> for Flags {
         impl<'de> Visitor<'de> for V {
             type Value = Flags;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of flags (Fst, Lst, Wmk, Syn, Ats)")
+                f.write_str("an array of flags (Fst, Lst, Wmk, Syn, Ats, Bfl)")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Flags, A::Error> {
                 let mut flags = Flags::empty();
-                // Each element is parsed as a `Flag`, so a bad one is reported at its index.
-                while let Some(flag) = seq.next_element::<Flag>()? {
-                    flags.insert(flag);
+                // Each element is parsed on its own, so a bad one is reported at its index.
+                while let Some(e) = seq.next_element::<Element>()? {
+                    if let Element::Known(flag) = e {
+                        flags.insert(flag);
+                    }
                 }
                 Ok(flags)
             }

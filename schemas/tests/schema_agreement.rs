@@ -45,7 +45,8 @@ fn arb_point() -> impl Strategy<Value = DataPoint> {
                 Just(Flag::Fst),
                 Just(Flag::Lst),
                 Just(Flag::Syn),
-                Just(Flag::Ats)
+                Just(Flag::Ats),
+                Just(Flag::Bfl)
             ],
             0..4,
         ),
@@ -74,6 +75,7 @@ fn arb_point() -> impl Strategy<Value = DataPoint> {
                         source_id: "filling_machine".into(),
                         gateway_id: gw,
                         raw_quality: raw,
+                        low_watermark: None,
                     },
                 }
             },
@@ -149,10 +151,16 @@ fn invalid_points_are_rejected_by_both_naming_the_field() {
             "/quality",
         ),
         (
-            "unknown flag",
-            |p| p["meta"]["flags"] = json!(["Fst", "Xyz"]),
+            "malformed flag",
+            |p| p["meta"]["flags"] = json!(["Fst", "XYZ"]),
             "meta.flags[1]",
             "/meta/flags/1",
+        ),
+        (
+            "lowWatermark on a reading",
+            |p| p["meta"]["lowWatermark"] = json!(1),
+            "meta.lowWatermark",
+            "/meta/flags",
         ),
         (
             "value is an object",
@@ -203,6 +211,16 @@ fn invalid_points_are_rejected_by_both_naming_the_field() {
             "{name}: schema errors {errs:?} should include path {schema_path:?}"
         );
     }
+}
+
+#[test]
+fn a_backfill_heartbeat_with_a_low_watermark_and_a_later_flag_is_valid_in_both() {
+    let hb = json!({"version":1,"timestamp":5000,"equipmentId":"e","tag":"$heartbeat","value":null,"quality":"Ok",
+        "meta":{"sequenceNumber":1,"flags":["Wmk","Bfl","Qrs"],"createdAt":6000,"sourceId":"s","lowWatermark":1200}});
+    assert!(schema_errors(&validator(), &hb).is_empty());
+    let p = DataPoint::from_json(hb.to_string().as_bytes()).unwrap();
+    assert_eq!(p.meta.low_watermark, Some(1200));
+    assert!(p.meta.flags.contains(Flag::Bfl) && p.is_heartbeat());
 }
 
 #[test]

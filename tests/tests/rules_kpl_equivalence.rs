@@ -18,7 +18,6 @@
 mod rules_common;
 
 use linewatch_e2e::agent::{modbus_source, tag, unreachable_address, AgentConfig};
-use linewatch_e2e::programs;
 use linewatch_e2e::rules::{self, RulesService};
 use linewatch_testkit::kinesis::KinesisPeer;
 use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
@@ -26,11 +25,9 @@ use linewatch_testkit::peers::modbus_plc::{coil, reg, ModbusSim, SimOptions};
 use linewatch_testkit::peers::mosquitto::{self, Broker};
 use linewatch_testkit::peers::webhook_receiver::Receiver;
 use linewatch_testkit::points;
-use linewatch_testkit::process::{ManagedProcess, ProcessSpec, Ready};
 use linewatch_testkit::Scratch;
-use rules_common::{assert_same_transitions, details};
+use rules_common::{assert_same_transitions, copy_dir, details, polls, start_agent};
 use serde_json::Value;
-use std::path::Path;
 use std::time::Duration;
 
 const FILLER: &str = "84068f2f-3f39-4b9c-a995-d2a84d878689";
@@ -54,65 +51,6 @@ fn rule_script() -> String {
 }}
 "#
     )
-}
-
-/// `linewatch-agent run` on `cfg` with `aggregation` set in `[kinesis]` (the harness's
-/// config has no such key: it is added to the TOML).
-#[track_caller]
-fn start_agent(cfg: &AgentConfig, dir: &Path, name: &str, aggregation: &str) -> ManagedProcess {
-    let toml = cfg.to_toml();
-    assert!(toml.contains("[kinesis]\n"), "{toml}");
-    let toml = toml.replacen(
-        "[kinesis]\n",
-        &format!("[kinesis]\naggregation = {aggregation:?}\n"),
-        1,
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml).expect("writing the agent config");
-    ProcessSpec::new(name, programs::agent(), &dir.join(format!("{name}.log")))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .ready(
-            Ready::Http {
-                addr: cfg.metrics_addr(),
-                path: "/metrics".into(),
-            },
-            Duration::from_secs(30),
-        )
-        .metrics(cfg.metrics_addr(), "linewatch_agent_")
-        .start()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("creating a buffer copy");
-    for e in std::fs::read_dir(from).expect("reading the buffer dir") {
-        let e = e.expect("a buffer dir entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copying a buffer file");
-        }
-    }
-}
-
-/// Waits until `agent` has read `n` more points than `before`; returns the new count.
-async fn polls(agent: &mut ManagedProcess, before: f64, n: f64) -> f64 {
-    agent
-        .wait_metrics(
-            "the agent to poll the held values",
-            Duration::from_secs(30),
-            |s| {
-                let read = s.sum("linewatch_agent_points_read_total", &[("source", SOURCE)]);
-                if read >= before + n {
-                    Ok(read)
-                } else {
-                    Err(format!("{read} points read"))
-                }
-            },
-        )
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +80,7 @@ async fn aggregated_and_plain_streams_give_the_same_transitions() {
             tag("running", "coil", 0, "bool"),
         ],
     ));
-    let mut producer = start_agent(&cfg, dir, "agent-producer", "kpl");
+    let mut producer = start_agent(&cfg, dir, "agent-producer", "aggregation = \"kpl\"");
     let mut read = 0.0;
     // (temperature, running, polls held): ACTIVE, WARNING (held), still WARNING while
     // stopped, IDLE, WARNING, ACTIVE, too short to warn, IDLE; the last held longest.
@@ -158,7 +96,7 @@ async fn aggregated_and_plain_streams_give_the_same_transitions() {
     ];
     for (temp, running, held) in steps {
         sim.set(&[reg(0, "f32", temp), coil(0, running)]);
-        read = polls(&mut producer, read, 2.0 * held).await;
+        read = polls(&mut producer, SOURCE, read, 2.0 * held).await;
     }
     producer.terminate(Duration::from_secs(20));
 
@@ -199,7 +137,12 @@ async fn aggregated_and_plain_streams_give_the_same_transitions() {
         copy_dir(&cfg.buffer.path, &copy);
         let mut c = AgentConfig::new(dir, &k.endpoint(), stream);
         c.buffer.path = copy;
-        drains.push(start_agent(&c, dir, name, aggregation));
+        drains.push(start_agent(
+            &c,
+            dir,
+            name,
+            &format!("aggregation = {aggregation:?}"),
+        ));
     }
     for agent in &mut drains {
         agent

@@ -68,6 +68,11 @@ pub enum RecordOutcome {
         watermark: u64,
         applied: bool,
     },
+    /// The agent sent this point again (its sender's sequence number was seen in
+    /// its lane): dropped, to be counted for `sender`.
+    Resend {
+        sender: String,
+    },
     /// Event time beyond the record's arrival clock plus `maxFutureSkew`: refused
     /// (dead-letter it), counted for its sender, the watermark untouched.
     Future {
@@ -271,6 +276,7 @@ impl Engine {
                 bound,
             },
             Admission::Heartbeat => RecordOutcome::Heartbeat,
+            Admission::Resend { .. } => RecordOutcome::Resend { sender },
             Admission::DeadLetter { watermark, .. } => RecordOutcome::Late {
                 sender,
                 timestamp,

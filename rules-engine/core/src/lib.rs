@@ -6,7 +6,8 @@
 //! * [`rule`]: a rule's definition, compilation and sandbox;
 //! * [`eval`]: groups, holds, ranking, transitions, lifecycle — one worker's share;
 //! * [`watermark`], [`reorder`], [`sequencer`]: arrival order → event-time order
-//!   ([`reading`]: what is kept of a data point meanwhile);
+//!   ([`reading`]: what is kept of a data point meanwhile; [`resend`]: the agent's
+//!   resends dropped on the way in);
 //! * [`workers`]: N evaluators keyed by rule id, rule changes broadcast;
 //! * [`replay`]: NDJSON in, transitions out.
 
@@ -17,6 +18,7 @@ mod pairmap;
 pub mod reading;
 pub mod reorder;
 pub mod replay;
+pub mod resend;
 pub mod rule;
 pub mod sequencer;
 pub mod transition;

@@ -96,6 +96,9 @@ pub struct ReplaySummary {
     pub heartbeats: u64,
     pub malformed: u64,
     pub late: u64,
+    /// Points the agent sent again (same sender, lane and sequence number): dropped.
+    #[serde(default)]
+    pub resends: u64,
     pub dead_lettered: u64,
     pub rule_changes: u64,
     pub transitions: u64,
@@ -242,6 +245,7 @@ impl<'o, W: Write> Replay<'o, W> {
         match self.seq.push(point, self.clock) {
             Admission::Buffered => self.summary.points += 1,
             Admission::Heartbeat => self.summary.heartbeats += 1,
+            Admission::Resend { .. } => self.summary.resends += 1,
             Admission::DeadLetter { point, watermark } => {
                 self.summary.points += 1;
                 self.summary.late += 1;

@@ -3,10 +3,11 @@
 
 use crate::reading::Reading;
 use crate::reorder::ReorderBuffer;
+use crate::resend::{LaneOf, ResendFilter, ResendSnapshot};
 use crate::watermark::{
     FutureRepair, Observation, WatermarkConfig, WatermarkSnapshot, WatermarkTracker,
 };
-use linewatch_schemas::DataPoint;
+use linewatch_schemas::{DataPoint, Flag};
 use serde::{Deserialize, Serialize};
 
 /// What happens to a point that arrives at or below the watermark.
@@ -42,12 +43,16 @@ pub enum Admission {
     /// Event time beyond its arrival clock plus the allowed skew: refused whatever
     /// the late policy, for the caller's dead-letter output; nothing else changed.
     Future { point: DataPoint, bound: u64 },
+    /// Its sender's sequence number was seen before in its lane: the agent sent it
+    /// again (see [`crate::resend`]). Dropped; nothing else changed.
+    Resend { point: DataPoint },
 }
 
 #[derive(Debug, Clone)]
 pub struct Sequencer {
     tracker: WatermarkTracker,
     buffer: ReorderBuffer<Reading>,
+    resends: ResendFilter,
     policy: LatePolicy,
     /// Event time the rules have been brought to: the last released point or the
     /// watermark, whichever is later. Rule changes are applied at this time.
@@ -61,6 +66,9 @@ pub struct SequencerSnapshot {
     pub watermark: WatermarkSnapshot,
     pub buffer: ReorderBuffer<Reading>,
     pub now_event: u64,
+    /// Absent in checkpoints from before resends were dropped: every lane starts afresh.
+    #[serde(default)]
+    pub resends: ResendSnapshot,
 }
 
 impl Sequencer {
@@ -68,6 +76,7 @@ impl Sequencer {
         Sequencer {
             tracker: WatermarkTracker::new(cfg.watermark),
             buffer: ReorderBuffer::new(),
+            resends: ResendFilter::default(),
             policy: cfg.late_policy,
             now_event: 0,
         }
@@ -77,6 +86,7 @@ impl Sequencer {
         Sequencer {
             tracker: WatermarkTracker::restore(cfg.watermark, snap.watermark),
             buffer: snap.buffer,
+            resends: ResendFilter::restore(snap.resends),
             policy: cfg.late_policy,
             now_event: snap.now_event,
         }
@@ -87,6 +97,7 @@ impl Sequencer {
             watermark: self.tracker.snapshot(),
             buffer: self.buffer.clone(),
             now_event: self.now_event,
+            resends: self.resends.snapshot(),
         }
     }
 
@@ -100,6 +111,11 @@ impl Sequencer {
 
     pub fn buffered(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// The resend filter (lanes and resends dropped, for metrics).
+    pub fn resends(&self) -> &ResendFilter {
+        &self.resends
     }
 
     /// Event time the rules have reached (for applying rule changes).
@@ -116,6 +132,15 @@ impl Sequencer {
     /// A point arrived at clock `now`; `arrival` is the arrival clock the future
     /// bound is measured from (the record's, so that re-reading decides the same).
     pub fn push_arrived(&mut self, point: DataPoint, now: u64, arrival: Option<u64>) -> Admission {
+        let lane = LaneOf {
+            gateway_id: point.meta.gateway_id.as_deref(),
+            source_id: &point.meta.source_id,
+            equipment_id: &point.equipment_id,
+            backfill: point.meta.flags.contains(Flag::Bfl),
+        };
+        if !self.resends.admit(lane, point.meta.sequence_number, now) {
+            return Admission::Resend { point };
+        }
         let seen = self.tracker.observe_arrival(
             point.meta.gateway_id.as_deref(),
             &point.meta.source_id,
@@ -149,6 +174,9 @@ impl Sequencer {
     /// points it passed with [`Sequencer::pop_released`], then bring the rules'
     /// timers to it.
     pub fn advance(&mut self, now: u64) -> Option<u64> {
+        // Lanes go with their senders (the tracker forgets those in `advance`).
+        self.resends
+            .prune(now.saturating_sub(self.tracker.prune_after_ms()));
         let w = self.tracker.advance(now)?;
         self.now_event = self.now_event.max(w);
         Some(w)
@@ -233,6 +261,7 @@ mod tests {
                 source_id: source.into(),
                 gateway_id: None,
                 raw_quality: None,
+                low_watermark: None,
             },
         }
     }
@@ -268,6 +297,42 @@ mod tests {
         assert_eq!(s.advance(1), Some(10));
         assert_eq!(s.pop_released().map(|p| p.timestamp), Some(10));
         assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn a_resent_point_is_dropped_and_changes_nothing_while_a_backfill_lane_is_apart() {
+        let mut s = seq(0, 1_000, LatePolicy::DeadLetter);
+        assert_eq!(s.push(point("a", 10, 1, false), 0), Admission::Buffered);
+        assert_eq!(s.push(point("a", 20, 2, false), 0), Admission::Buffered);
+        let before = s.snapshot().watermark;
+        // The agent sent 1 and 2 again, the second one stamped later: still a resend.
+        assert!(matches!(
+            s.push(point("a", 10, 1, false), 0),
+            Admission::Resend { .. }
+        ));
+        assert!(matches!(
+            s.push(point("a", 99, 2, false), 0),
+            Admission::Resend { .. }
+        ));
+        assert_eq!(s.snapshot().watermark, before);
+        assert_eq!((s.buffered(), s.resends().dropped()), (2, 2));
+        // The same number in the backfill lane is that lane's own.
+        let mut backfill = point("a", 15, 2, false);
+        backfill.meta.flags.insert(Flag::Bfl);
+        assert_eq!(s.push(backfill, 0), Admission::Buffered);
+        // The checkpoint keeps the lanes: a resend after a restore is still one.
+        let mut r = Sequencer::restore(
+            SequencerConfig {
+                watermark: WatermarkConfig::with(Duration::ZERO, Duration::from_millis(1_000)),
+                late_policy: LatePolicy::DeadLetter,
+            },
+            s.snapshot(),
+        );
+        assert!(matches!(
+            r.push(point("a", 20, 2, false), 0),
+            Admission::Resend { .. }
+        ));
+        assert_eq!(r.push(point("a", 30, 3, false), 0), Admission::Buffered);
     }
 
     #[test]
@@ -374,6 +439,7 @@ mod tests {
                     Admission::Heartbeat => prop_assert!(hb),
                     Admission::Apply { .. } => prop_assert!(false, "policy is dead-letter"),
                     Admission::Future { .. } => prop_assert!(false, "no arrival clock, no bound"),
+                    Admission::Resend { .. } => prop_assert!(false, "every number is new"),
                 }
                 if n % 3 == 0 {
                     if let Some(w) = s.advance(now) {

@@ -267,6 +267,11 @@ impl WatermarkTracker {
         &self.senders
     }
 
+    /// How long a sender may go unseen before it is forgotten, in ms.
+    pub fn prune_after_ms(&self) -> u64 {
+        self.prune
+    }
+
     /// Senders forgotten after `pruneAfter` without an arrival, since start.
     pub fn pruned(&self) -> u64 {
         self.pruned

@@ -483,12 +483,13 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "done: {} lines ({} points, {} heartbeats, {} malformed, {} late) in {secs:.2} s; {} transitions; watermark {}",
+        "done: {} lines ({} points, {} heartbeats, {} malformed, {} late, {} resends dropped) in {secs:.2} s; {} transitions; watermark {}",
         summary.lines,
         summary.points,
         summary.heartbeats,
         summary.malformed,
         summary.late,
+        summary.resends,
         summary.transitions,
         event_time(summary.watermark)
     );

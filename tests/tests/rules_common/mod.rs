@@ -2,6 +2,8 @@
 //! the EventBridge envelope, and comparison with the replay oracle.
 #![allow(dead_code)] // each test binary uses a different part
 
+use linewatch_e2e::agent::AgentConfig;
+use linewatch_e2e::programs;
 use linewatch_e2e::rules::{self, RulesConfig};
 use linewatch_rules_core::Transition;
 use linewatch_testkit::feed::Feed;
@@ -9,10 +11,12 @@ pub use linewatch_testkit::kinesis::KinesisPeer;
 use linewatch_testkit::peers::kinesalite::Kinesalite;
 use linewatch_testkit::peers::mosquitto::{self, Broker, RetainedCleanup};
 use linewatch_testkit::peers::webhook_receiver::{Receiver, Request};
+use linewatch_testkit::process::{ManagedProcess, ProcessSpec, Ready};
 use linewatch_testkit::Scratch;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const STREAM: &str = "points";
 
@@ -236,4 +240,66 @@ pub fn assert_same_transitions(got: &[Value], want: &[Value]) {
             );
         }
     }
+}
+
+/// `linewatch-agent run` on `cfg` with `kinesis_keys` (TOML lines, e.g. `aggregation =
+/// "kpl"`) added to its `[kinesis]` table, which the harness's config does not model.
+#[track_caller]
+pub fn start_agent(
+    cfg: &AgentConfig,
+    dir: &Path,
+    name: &str,
+    kinesis_keys: &str,
+) -> ManagedProcess {
+    let toml = cfg.to_toml();
+    assert!(toml.contains("[kinesis]\n"), "{toml}");
+    let toml = toml.replacen("[kinesis]\n", &format!("[kinesis]\n{kinesis_keys}\n"), 1);
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).expect("writing the agent config");
+    ProcessSpec::new(name, programs::agent(), &dir.join(format!("{name}.log")))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .ready(
+            Ready::Http {
+                addr: cfg.metrics_addr(),
+                path: "/metrics".into(),
+            },
+            Duration::from_secs(30),
+        )
+        .metrics(cfg.metrics_addr(), "linewatch_agent_")
+        .start()
+}
+
+/// A copy of an agent's buffer directory (sled's files), to drain it more than once.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating a buffer copy");
+    for e in std::fs::read_dir(from).expect("reading the buffer dir") {
+        let e = e.expect("a buffer dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copying a buffer file");
+        }
+    }
+}
+
+/// Waits until `agent` has read `n` more points of `source` than `before`; returns the
+/// new count.
+pub async fn polls(agent: &mut ManagedProcess, source: &str, before: f64, n: f64) -> f64 {
+    agent
+        .wait_metrics(
+            "the agent to poll the held values",
+            Duration::from_secs(30),
+            |s| {
+                let read = s.sum("linewatch_agent_points_read_total", &[("source", source)]);
+                if read >= before + n {
+                    Ok(read)
+                } else {
+                    Err(format!("{read} points read"))
+                }
+            },
+        )
+        .await
 }

@@ -26,6 +26,7 @@ pub(crate) fn point(equipment: &str, tag: &str, ts: u64, value: impl Into<Value>
             source_id: "src".into(),
             gateway_id: Some("gw".into()),
             raw_quality: None,
+            low_watermark: None,
         },
     }
 }

@@ -23,6 +23,13 @@ impl Rng {
     }
 }
 
+/// Sequence numbers as an agent gives them: strictly increasing, so a repeated
+/// timestamp is not mistaken for a resend (the engine drops those).
+fn next_sequence() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn point_json(
     gateway: &str,
     source: &str,
@@ -31,14 +38,16 @@ pub fn point_json(
     ts: u64,
     value: &str,
 ) -> String {
+    let seq = next_sequence();
     format!(
-        r#"{{"version":1,"timestamp":{ts},"equipmentId":"{equipment}","tag":"{tag}","value":{value},"quality":"Ok","meta":{{"sequenceNumber":{ts},"createdAt":{ts},"sourceId":"{source}","gatewayId":"{gateway}"}}}}"#
+        r#"{{"version":1,"timestamp":{ts},"equipmentId":"{equipment}","tag":"{tag}","value":{value},"quality":"Ok","meta":{{"sequenceNumber":{seq},"createdAt":{ts},"sourceId":"{source}","gatewayId":"{gateway}"}}}}"#
     )
 }
 
 pub fn heartbeat_json(gateway: &str, source: &str, ts: u64) -> String {
+    let seq = next_sequence();
     format!(
-        r#"{{"version":1,"timestamp":{ts},"equipmentId":"-","tag":"$heartbeat","value":null,"quality":"Ok","meta":{{"sequenceNumber":{ts},"flags":["Wmk"],"createdAt":{ts},"sourceId":"{source}","gatewayId":"{gateway}"}}}}"#
+        r#"{{"version":1,"timestamp":{ts},"equipmentId":"-","tag":"$heartbeat","value":null,"quality":"Ok","meta":{{"sequenceNumber":{seq},"flags":["Wmk"],"createdAt":{ts},"sourceId":"{source}","gatewayId":"{gateway}"}}}}"#
     )
 }
 

@@ -77,6 +77,7 @@ pub struct EngineMetrics {
     pub records: Family<OutcomeLabel, Counter>,
     pub late: Family<SenderLabel, Counter>,
     pub future: Family<SenderLabel, Counter>,
+    pub resends: Family<SenderLabel, Counter>,
     pub senders: Family<StateLabel, Gauge>,
     pub senders_pruned: Counter,
     pub over_budget: Counter,
@@ -107,6 +108,7 @@ impl Default for EngineMetrics {
             records: Family::default(),
             late: Family::default(),
             future: Family::default(),
+            resends: Family::default(),
             senders: Family::default(),
             senders_pruned: Counter::default(),
             over_budget: Counter::default(),
@@ -138,7 +140,7 @@ impl EngineMetrics {
         let r = r.sub_registry_with_prefix("linewatch_rules");
         r.register(
             "records",
-            "Records read from Kinesis, by outcome (point, heartbeat, invalid, late_dropped, late_applied)",
+            "Records read from Kinesis, by outcome (point, heartbeat, invalid, late_dropped, late_applied, future, resend, oversized)",
             self.records.clone(),
         );
         r.register(
@@ -150,6 +152,11 @@ impl EngineMetrics {
             "future_points",
             "Points refused for an event time beyond their arrival time plus watermark.max_future_skew, per sender",
             self.future.clone(),
+        );
+        r.register(
+            "resent_points",
+            "Points dropped because the agent sent them again (sequence number already seen in the sender's lane), per sender",
+            self.resends.clone(),
         );
         r.register(
             "senders",

@@ -640,6 +640,7 @@ impl Loop {
                 RecordOutcome::Future { .. } => "future",
                 RecordOutcome::Buffered => "point",
                 RecordOutcome::Heartbeat => "heartbeat",
+                RecordOutcome::Resend { .. } => "resend",
                 RecordOutcome::Invalid(_) => "invalid",
                 RecordOutcome::Late { applied: true, .. } => "late_applied",
                 RecordOutcome::Late { applied: false, .. } => "late_dropped",
@@ -693,6 +694,12 @@ impl Loop {
                     self.metrics
                         .dead_letters
                         .get_or_create(&ReasonLabel { reason: "future" })
+                        .inc();
+                }
+                RecordOutcome::Resend { sender } => {
+                    self.metrics
+                        .resends
+                        .get_or_create(&self.sender_labels.label(&sender))
                         .inc();
                 }
                 RecordOutcome::Buffered | RecordOutcome::Heartbeat => {}
