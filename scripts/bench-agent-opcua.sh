@@ -3,41 +3,19 @@
 # once a second (ITEMS data changes/s), shipping to a local Kinesis. Prints the points/s the
 # source sustained, the agent's CPU (share of one core) and RSS over the measuring window.
 # Usage: scripts/bench-agent-opcua.sh [ITEMS] [SECONDS]    (release build)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 ITEMS="${1:-10000}"
 SECS="${2:-60}"
 RUN="$(mktemp -d /tmp/linewatch-uabench-XXXX)"
-UA_PORT=24840; UA_CONTROL=24841; KINESIS_PORT=24568; METRICS_PORT=29465
-
-cargo build --release -p linewatch-agent -p linewatch-e2e --bins 2>&1 | tail -1
-BIN="${CARGO_TARGET_DIR:-target}/release"
-pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-wait_for() { local d=$((SECONDS+120)); until grep -q "$2" "$1" 2>/dev/null; do [ $SECONDS -lt $d ] || { tail "$1"; exit 1; }; sleep 0.2; done; }
-
-node tests/peers/kinesalite-local.js --port $KINESIS_PORT --shardLimit 20 > "$RUN/kinesalite.log" 2>&1 & pids+=($!)
-wait_for "$RUN/kinesalite.log" listening
-"$BIN"/lw-kinesis create-stream --endpoint http://127.0.0.1:$KINESIS_PORT --stream bench --shards 10
+UA_PORT=24840; UA_CONTROL=24841; KINESIS_PORT=24568; METRICS_PORT=29465; NAME=gw-uabench
+. "$(dirname "$0")/bench-lib.sh"
+start_kinesis
 .venv/bin/python tests/sim/opcua_server.py --port $UA_PORT --control-port $UA_CONTROL \
-    --bench "$ITEMS" --bench-hz 1 > "$RUN/server.log" 2>&1 & pids+=($!)
+    --bench "$ITEMS" --bench-hz 1 > "$RUN/server.log" 2>&1 & server=$!; pids+=($server)
 wait_for "$RUN/server.log" READY
 
 {
+agent_head
 cat <<TOML
-gateway_id = "gw-uabench"
-[telemetry]
-listen = "127.0.0.1:$METRICS_PORT"
-log_level = "warn"
-[buffer]
-path = "$RUN/buffer"
-[kinesis]
-stream = "bench"
-region = "eu-central-1"
-endpoint_url = "http://127.0.0.1:$KINESIS_PORT"
-access_key_id = "bench"
-secret_access_key = "bench"
 [[sources]]
 type = "opcua"
 id = "line"
@@ -55,17 +33,16 @@ done
 } > "$RUN/agent.toml"
 "$BIN"/linewatch-agent check --config "$RUN/agent.toml"
 "$BIN"/linewatch-agent run --config "$RUN/agent.toml" > "$RUN/agent.log" 2>&1 & agent=$!; pids+=($agent)
-metric() { curl -s http://127.0.0.1:$METRICS_PORT/metrics | awk -v m="$1" '$1 ~ "^"m {s+=$2} END{print s+0}'; }
-cpu() { awk '{print $14 + $15}' /proc/$agent/stat; }
 sleep 20   # warm-up: session, subscriptions, the first full publish (a benchmark, not a test)
-r0=$(metric linewatch_agent_points_read_total); c0=$(cpu); t0=$(date +%s.%N)
+r0=$(metric linewatch_agent_points_read_total); c0=$(cpu $agent); v0=$(cpu $server); t0=$(date +%s.%N)
 sleep "$SECS"
-r1=$(metric linewatch_agent_points_read_total); c1=$(cpu); t1=$(date +%s.%N)
+r1=$(metric linewatch_agent_points_read_total); c1=$(cpu $agent); v1=$(cpu $server); t1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
 rss=$(awk '/VmRSS/{print $2}' /proc/$agent/status); hwm=$(awk '/VmHWM/{print $2}' /proc/$agent/status)
 items=$(metric linewatch_agent_opcua_monitored_items)
 awk -v r0="$r0" -v r1="$r1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
-    -v rss="$rss" -v hwm="$hwm" -v items="$items" 'BEGIN{
+    -v rss="$rss" -v hwm="$hwm" -v items="$items" -v v0="$v0" -v v1="$v1" \
+    -v load="$(cut -d' ' -f1-3 /proc/loadavg)" 'BEGIN{
   w = t1 - t0;
-  printf "agent-opcua: items=%d window=%.0fs points/s=%.0f cpu=%.1f%% of one core rss=%.1f MiB peak=%.1f MiB\n",
-    items, w, (r1 - r0) / w, 100 * (c1 - c0) / hz / w, rss / 1024, hwm / 1024 }'
+  printf "agent-opcua: items=%d window=%.0fs points/s=%.0f cpu=%.1f%% of one core rss=%.1f MiB peak=%.1f MiB server cpu=%.1f%% load=%s\n",
+    items, w, (r1 - r0) / w, 100 * (c1 - c0) / hz / w, rss / 1024, hwm / 1024, 100 * (v1 - v0) / hz / w, load }'

@@ -10,7 +10,7 @@ use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
 use linewatch_testkit::peers::modbus_plc::{ModbusSim, SimOptions};
 use linewatch_testkit::points;
 use linewatch_testkit::proxy::FaultProxy;
-use linewatch_testkit::{wait, Scratch};
+use linewatch_testkit::Scratch;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,21 +24,7 @@ async fn lost_responses_give_whole_resent_batches_only() {
     let mut agent = start_filling_agent(scratch.path(), &proxy.endpoint(), &sim.address());
     wait_points(&k, "the agent ships through the proxy", 50).await;
 
-    proxy.lose_responses(true);
-    wait::until(
-        "three lost responses",
-        Duration::from_secs(30),
-        async || {
-            let n = proxy.responses_lost();
-            if n >= 3 {
-                Ok(())
-            } else {
-                Err(format!("{n} lost"))
-            }
-        },
-    )
-    .await;
-    proxy.lose_responses(false);
+    proxy.lose_responses_until(3, Duration::from_secs(30)).await;
     let read = agent
         .scrape()
         .sum("linewatch_agent_points_read_total", &[("source", SOURCE)]);

@@ -26,32 +26,15 @@ use linewatch_testkit::peers::mosquitto::{self, Broker};
 use linewatch_testkit::peers::webhook_receiver::Receiver;
 use linewatch_testkit::points;
 use linewatch_testkit::Scratch;
-use rules_common::{assert_same_transitions, copy_dir, details, polls, start_agent};
+use rules_common::{
+    assert_same_transitions, copy_dir, details, polls, running_hot_rule, start_agent,
+};
 use serde_json::Value;
 use std::time::Duration;
 
 const FILLER: &str = "84068f2f-3f39-4b9c-a995-d2a84d878689";
 const SOURCE: &str = "filler";
 const RULE: &str = "kpl-equivalence";
-
-fn rule_script() -> String {
-    format!(
-        r#"// e2e: running/idle, and overheating held for 1 s.
-#{{
-    id: {RULE:?},
-    version: 1,
-    equipment: [{FILLER:?}],
-    states: ["OK", "IDLE", "ACTIVE", "WARNING", "ERROR"],
-    groups: [
-        #{{ name: "running", weight: 1, tags: ["running"],
-           state: |v| if v.running == true {{ "ACTIVE" }} else {{ "IDLE" }} }},
-        #{{ name: "hot", weight: 3, tags: ["water_temperature"], hold: "1s",
-           state: |v| if v.water_temperature > 80.0 {{ "WARNING" }} else {{ () }} }},
-    ],
-}}
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregated_and_plain_streams_give_the_same_transitions() {
@@ -105,7 +88,7 @@ async fn aggregated_and_plain_streams_give_the_same_transitions() {
     k.create_stream("kpl", 1).await;
     k.create_stream("plain", 1).await;
     let rule_file = dir.join("rule.rhai");
-    std::fs::write(&rule_file, rule_script()).expect("writing the rule");
+    std::fs::write(&rule_file, running_hot_rule(RULE, FILLER)).expect("writing the rule");
     let (recv_kpl, recv_plain) = (Receiver::start(), Receiver::start());
     let mut services = Vec::new();
     for (name, stream, prefix, recv) in [

@@ -19,33 +19,14 @@ use linewatch_testkit::peers::modbus_plc::{coil, reg, ModbusSim, SimOptions};
 use linewatch_testkit::peers::mosquitto::{self, Broker};
 use linewatch_testkit::peers::webhook_receiver::Receiver;
 use linewatch_testkit::proxy::FaultProxy;
-use linewatch_testkit::{points, wait, Scratch};
-use rules_common::{assert_same_transitions, details, polls, start_agent};
+use linewatch_testkit::{points, Scratch};
+use rules_common::{assert_same_transitions, details, polls, running_hot_rule, start_agent};
 use std::collections::HashSet;
 use std::time::Duration;
 
 const FILLER: &str = "84068f2f-3f39-4b9c-a995-d2a84d878689";
 const SOURCE: &str = "filler";
 const STREAM: &str = "resend";
-
-fn rule_script() -> String {
-    format!(
-        r#"// e2e: running/idle, and overheating held for 1 s.
-#{{
-    id: "resend-dedup",
-    version: 1,
-    equipment: [{FILLER:?}],
-    states: ["OK", "IDLE", "ACTIVE", "WARNING", "ERROR"],
-    groups: [
-        #{{ name: "running", weight: 1, tags: ["running"],
-           state: |v| if v.running == true {{ "ACTIVE" }} else {{ "IDLE" }} }},
-        #{{ name: "hot", weight: 3, tags: ["water_temperature"], hold: "1s",
-           state: |v| if v.water_temperature > 80.0 {{ "WARNING" }} else {{ () }} }},
-    ],
-}}
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_batches_are_dropped_counted_and_each_transition_comes_once() {
@@ -91,7 +72,7 @@ async fn resent_batches_are_dropped_counted_and_each_transition_comes_once() {
     let k = Kinesalite::start(KinesaliteOptions::default(), dir);
     k.create_stream(STREAM, 1).await;
     let rule_file = dir.join("rule.rhai");
-    std::fs::write(&rule_file, rule_script()).expect("writing the rule");
+    std::fs::write(&rule_file, running_hot_rule("resend-dedup", FILLER)).expect("writing the rule");
     let recv = Receiver::start();
     let rc = rules::RulesConfig::new(
         dir,
@@ -107,27 +88,14 @@ async fn resent_batches_are_dropped_counted_and_each_transition_comes_once() {
     assert_eq!(res.json()["status"], "accepted", "{res}");
 
     let proxy = FaultProxy::start(k.port()).await;
+    // Lost from the first call on: the drain is over in a few calls.
     proxy.lose_responses(true);
     let mut drain = AgentConfig::new(dir, &proxy.endpoint(), STREAM);
     drain.buffer.path = cfg.buffer.path.clone();
     drain.kinesis.request_timeout = Some("2s".into());
     drain.kinesis.backoff_initial = Some("100ms".into());
-    // Small calls: the lost ones are resent while later ones already went through.
     let mut drainer = start_agent(&drain, dir, "agent-drain", "max_batch_records = 40");
-    wait::until(
-        "three lost responses",
-        Duration::from_secs(60),
-        async || {
-            let n = proxy.responses_lost();
-            if n >= 3 {
-                Ok(())
-            } else {
-                Err(format!("{n} lost"))
-            }
-        },
-    )
-    .await;
-    proxy.lose_responses(false);
+    proxy.lose_responses_until(3, Duration::from_secs(60)).await;
     drainer
         .wait_metrics("the buffer drained", Duration::from_secs(60), |s| {
             let shipped = s.get("linewatch_agent_records_shipped_total");

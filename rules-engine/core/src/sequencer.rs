@@ -3,9 +3,8 @@
 
 use crate::reading::Reading;
 use crate::reorder::ReorderBuffer;
-use crate::resend::{LaneOf, ResendFilter, ResendSnapshot};
 use crate::watermark::{
-    FutureRepair, Observation, WatermarkConfig, WatermarkSnapshot, WatermarkTracker,
+    FutureRepair, Numbered, Observation, WatermarkConfig, WatermarkSnapshot, WatermarkTracker,
 };
 use linewatch_schemas::{DataPoint, Flag};
 use serde::{Deserialize, Serialize};
@@ -52,7 +51,6 @@ pub enum Admission {
 pub struct Sequencer {
     tracker: WatermarkTracker,
     buffer: ReorderBuffer<Reading>,
-    resends: ResendFilter,
     policy: LatePolicy,
     /// Event time the rules have been brought to: the last released point or the
     /// watermark, whichever is later. Rule changes are applied at this time.
@@ -66,9 +64,6 @@ pub struct SequencerSnapshot {
     pub watermark: WatermarkSnapshot,
     pub buffer: ReorderBuffer<Reading>,
     pub now_event: u64,
-    /// Absent in checkpoints from before resends were dropped: every lane starts afresh.
-    #[serde(default)]
-    pub resends: ResendSnapshot,
 }
 
 impl Sequencer {
@@ -76,7 +71,6 @@ impl Sequencer {
         Sequencer {
             tracker: WatermarkTracker::new(cfg.watermark),
             buffer: ReorderBuffer::new(),
-            resends: ResendFilter::default(),
             policy: cfg.late_policy,
             now_event: 0,
         }
@@ -86,7 +80,6 @@ impl Sequencer {
         Sequencer {
             tracker: WatermarkTracker::restore(cfg.watermark, snap.watermark),
             buffer: snap.buffer,
-            resends: ResendFilter::restore(snap.resends),
             policy: cfg.late_policy,
             now_event: snap.now_event,
         }
@@ -97,7 +90,6 @@ impl Sequencer {
             watermark: self.tracker.snapshot(),
             buffer: self.buffer.clone(),
             now_event: self.now_event,
-            resends: self.resends.snapshot(),
         }
     }
 
@@ -111,11 +103,6 @@ impl Sequencer {
 
     pub fn buffered(&self) -> usize {
         self.buffer.len()
-    }
-
-    /// The resend filter (lanes and resends dropped, for metrics).
-    pub fn resends(&self) -> &ResendFilter {
-        &self.resends
     }
 
     /// Event time the rules have reached (for applying rule changes).
@@ -132,23 +119,20 @@ impl Sequencer {
     /// A point arrived at clock `now`; `arrival` is the arrival clock the future
     /// bound is measured from (the record's, so that re-reading decides the same).
     pub fn push_arrived(&mut self, point: DataPoint, now: u64, arrival: Option<u64>) -> Admission {
-        let lane = LaneOf {
-            gateway_id: point.meta.gateway_id.as_deref(),
-            source_id: &point.meta.source_id,
-            equipment_id: &point.equipment_id,
-            backfill: point.meta.flags.contains(Flag::Bfl),
-        };
-        if !self.resends.admit(lane, point.meta.sequence_number, now) {
-            return Admission::Resend { point };
-        }
-        let seen = self.tracker.observe_arrival(
+        let seen = self.tracker.observe_numbered(
             point.meta.gateway_id.as_deref(),
             &point.meta.source_id,
+            Some(Numbered {
+                equipment_id: &point.equipment_id,
+                backfill: point.meta.flags.contains(Flag::Bfl),
+                sequence_number: point.meta.sequence_number,
+            }),
             point.timestamp,
             now,
             arrival,
         );
         let late = match seen {
+            Observation::Resend => return Admission::Resend { point },
             Observation::Future { bound } => return Admission::Future { point, bound },
             Observation::Late => true,
             Observation::OnTime => false,
@@ -174,9 +158,6 @@ impl Sequencer {
     /// points it passed with [`Sequencer::pop_released`], then bring the rules'
     /// timers to it.
     pub fn advance(&mut self, now: u64) -> Option<u64> {
-        // Lanes go with their senders (the tracker forgets those in `advance`).
-        self.resends
-            .prune(now.saturating_sub(self.tracker.prune_after_ms()));
         let w = self.tracker.advance(now)?;
         self.now_event = self.now_event.max(w);
         Some(w)
@@ -304,7 +285,8 @@ mod tests {
         let mut s = seq(0, 1_000, LatePolicy::DeadLetter);
         assert_eq!(s.push(point("a", 10, 1, false), 0), Admission::Buffered);
         assert_eq!(s.push(point("a", 20, 2, false), 0), Admission::Buffered);
-        let before = s.snapshot().watermark;
+        let highest = |s: &Sequencer| s.tracker().senders()[0].highest;
+        let before = (s.watermark(), highest(&s));
         // The agent sent 1 and 2 again, the second one stamped later: still a resend.
         assert!(matches!(
             s.push(point("a", 10, 1, false), 0),
@@ -314,8 +296,9 @@ mod tests {
             s.push(point("a", 99, 2, false), 0),
             Admission::Resend { .. }
         ));
-        assert_eq!(s.snapshot().watermark, before);
-        assert_eq!((s.buffered(), s.resends().dropped()), (2, 2));
+        assert_eq!((s.watermark(), highest(&s)), before);
+        assert_eq!(s.buffered(), 2);
+        assert_eq!(s.tracker().senders()[0].resent, 2);
         // The same number in the backfill lane is that lane's own.
         let mut backfill = point("a", 15, 2, false);
         backfill.meta.flags.insert(Flag::Bfl);

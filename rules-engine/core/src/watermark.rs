@@ -15,6 +15,7 @@
 //! to the maximum.
 
 use crate::pairmap::PairMap;
+use crate::resend::{self, Lane};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -121,6 +122,12 @@ pub struct SenderState {
     /// Points refused for an event time beyond arrival + `maxFutureSkew`.
     #[serde(default)]
     pub future: u64,
+    /// Points dropped as the agent's resends (see [`crate::resend`]).
+    #[serde(default)]
+    pub resent: u64,
+    /// Per equipment (live and backfill apart): the sequence numbers seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lanes: Vec<Lane>,
 }
 
 impl SenderState {
@@ -158,6 +165,17 @@ pub enum Observation {
     /// Event time beyond the arrival clock plus the allowed skew: the sender and the
     /// watermark are untouched; `bound` is the latest event time that was allowed.
     Future { bound: u64 },
+    /// A sequence number its lane has seen: the agent sent the point again. Counted;
+    /// nothing else changed.
+    Resend,
+}
+
+/// Where a point sits in its sender's numbering: its lane and sequence number.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbered<'a> {
+    pub equipment_id: &'a str,
+    pub backfill: bool,
+    pub sequence_number: u64,
 }
 
 /// Serialisable state of a [`WatermarkTracker`].
@@ -199,6 +217,9 @@ pub struct WatermarkTracker {
     last: usize,
     /// Senders forgotten by pruning, since start.
     pruned: u64,
+    /// No sender can be stale before this clock reading (a lower bound: senders only
+    /// get newer), so `advance` skips the scan for pruning until then.
+    prune_due: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -220,6 +241,7 @@ impl WatermarkTracker {
             lookup: PairMap::default(),
             last: 0,
             pruned: 0,
+            prune_due: 0,
         }
     }
 
@@ -265,11 +287,6 @@ impl WatermarkTracker {
 
     pub fn senders(&self) -> &[SenderState] {
         &self.senders
-    }
-
-    /// How long a sender may go unseen before it is forgotten, in ms.
-    pub fn prune_after_ms(&self) -> u64 {
-        self.prune
     }
 
     /// Senders forgotten after `pruneAfter` without an arrival, since start.
@@ -321,7 +338,29 @@ impl WatermarkTracker {
         now: u64,
         arrival: Option<u64>,
     ) -> Observation {
+        self.observe_numbered(gateway_id, source_id, None, ts, now, arrival)
+    }
+
+    /// Like [`WatermarkTracker::observe_arrival`] for a point whose lane and sequence
+    /// number are known: a number its lane has seen is a resend and changes nothing
+    /// but the sender's resend count.
+    pub fn observe_numbered(
+        &mut self,
+        gateway_id: Option<&str>,
+        source_id: &str,
+        numbered: Option<Numbered<'_>>,
+        ts: u64,
+        now: u64,
+        arrival: Option<u64>,
+    ) -> Observation {
         let i = self.sender_index(gateway_id, source_id, now);
+        if let Some(n) = numbered {
+            let s = &mut self.senders[i];
+            if !resend::admit(&mut s.lanes, n.equipment_id, n.backfill, n.sequence_number) {
+                s.resent += 1;
+                return Observation::Resend;
+            }
+        }
         if let Some(bound) = arrival.map(|a| self.future_bound(a)) {
             if ts > bound {
                 let s = &mut self.senders[i];
@@ -376,6 +415,8 @@ impl WatermarkTracker {
             first_seen: now,
             advanced_at: now,
             future: 0,
+            resent: 0,
+            lanes: Vec::new(),
         });
         self.lookup.get_or_insert_with(gw, source_id, || i as u32);
         self.last = i;
@@ -422,16 +463,26 @@ impl WatermarkTracker {
     }
 
     fn prune(&mut self, now: u64) {
-        let prune = self.prune;
-        let stale = |s: &SenderState| now.saturating_sub(s.last_seen.max(s.first_seen)) > prune;
-        if !self.senders.iter().any(stale) {
+        if now <= self.prune_due {
             return;
         }
-        let before = self.senders.len();
-        self.senders.retain(|s| !stale(s));
-        self.pruned += (before - self.senders.len()) as u64;
-        self.senders.shrink_to_fit();
-        self.rebuild_lookup();
+        let prune = self.prune;
+        let seen = |s: &SenderState| s.last_seen.max(s.first_seen);
+        let stale = |s: &SenderState| now.saturating_sub(seen(s)) > prune;
+        if self.senders.iter().any(stale) {
+            let before = self.senders.len();
+            self.senders.retain(|s| !stale(s));
+            self.pruned += (before - self.senders.len()) as u64;
+            self.senders.shrink_to_fit();
+            self.rebuild_lookup();
+        }
+        // The earliest a remaining sender can go stale; new ones come later.
+        self.prune_due = self
+            .senders
+            .iter()
+            .map(|s| seen(s).saturating_add(prune))
+            .min()
+            .unwrap_or(now);
     }
 
     /// After a restore at clock `now`: a checkpoint written before the future bound

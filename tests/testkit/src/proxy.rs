@@ -56,6 +56,30 @@ impl FaultProxy {
         self.shared.lose_responses.store(on, Ordering::SeqCst);
     }
 
+    /// Swallows responses until `n` have been lost (within `timeout`), then forwards
+    /// them again.
+    #[track_caller]
+    pub fn lose_responses_until(
+        &self,
+        n: u64,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = ()> + '_ {
+        let what = format!("{n} lost responses");
+        self.lose_responses(true);
+        let waited = crate::wait::until(&what, timeout, async move || {
+            let lost = self.responses_lost();
+            if lost >= n {
+                Ok(())
+            } else {
+                Err(format!("{lost} lost"))
+            }
+        });
+        async move {
+            waited.await;
+            self.lose_responses(false);
+        }
+    }
+
     /// The next response chunk longer than `offset` bytes reaches the client with
     /// byte `offset` inverted (once): a malformed answer from a live server.
     pub fn corrupt_next_response(&self, offset: usize) {

@@ -303,3 +303,24 @@ pub async fn polls(agent: &mut ManagedProcess, source: &str, before: f64, n: f64
         )
         .await
 }
+
+/// A rule for one filler fed by the harness's Modbus tags: `running` (ACTIVE/IDLE) and
+/// `water_temperature` above 80 held for 1 s (WARNING, the heavier group).
+pub fn running_hot_rule(id: &str, equipment: &str) -> String {
+    format!(
+        r#"// e2e: running/idle, and overheating held for 1 s.
+#{{
+    id: {id:?},
+    version: 1,
+    equipment: [{equipment:?}],
+    states: ["OK", "IDLE", "ACTIVE", "WARNING", "ERROR"],
+    groups: [
+        #{{ name: "running", weight: 1, tags: ["running"],
+           state: |v| if v.running == true {{ "ACTIVE" }} else {{ "IDLE" }} }},
+        #{{ name: "hot", weight: 3, tags: ["water_temperature"], hold: "1s",
+           state: |v| if v.water_temperature > 80.0 {{ "WARNING" }} else {{ () }} }},
+    ],
+}}
+"#
+    )
+}
