@@ -17,17 +17,16 @@
 
 mod rules_common;
 
-use linewatch_e2e::agent::{modbus_source, tag, unreachable_address, AgentConfig};
+use linewatch_e2e::agent::AgentConfig;
 use linewatch_e2e::rules::{self, RulesService};
 use linewatch_testkit::kinesis::KinesisPeer;
 use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
-use linewatch_testkit::peers::modbus_plc::{coil, reg, ModbusSim, SimOptions};
 use linewatch_testkit::peers::mosquitto::{self, Broker};
 use linewatch_testkit::peers::webhook_receiver::Receiver;
 use linewatch_testkit::points;
 use linewatch_testkit::Scratch;
 use rules_common::{
-    assert_same_transitions, copy_dir, details, polls, running_hot_rule, start_agent,
+    assert_same_transitions, buffer_scenario, copy_dir, details, running_hot_rule, start_agent,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -50,21 +49,6 @@ async fn aggregated_and_plain_streams_give_the_same_transitions() {
     let _clean_plain = broker.retained_cleanup(&prefix_plain);
 
     // Phase 1: the scenario, buffered (Kinesis unreachable).
-    let mut sim = ModbusSim::start(SimOptions::default(), dir);
-    let unreachable = format!("http://{}", unreachable_address());
-    let mut cfg = AgentConfig::new(dir, &unreachable, "nowhere");
-    cfg.sources.push(modbus_source(
-        SOURCE,
-        &sim.address(),
-        FILLER,
-        "100ms",
-        vec![
-            tag("water_temperature", "holding_register", 0, "f32"),
-            tag("running", "coil", 0, "bool"),
-        ],
-    ));
-    let mut producer = start_agent(&cfg, dir, "agent-producer", "aggregation = \"kpl\"");
-    let mut read = 0.0;
     // (temperature, running, polls held): ACTIVE, WARNING (held), still WARNING while
     // stopped, IDLE, WARNING, ACTIVE, too short to warn, IDLE; the last held longest.
     let steps = [
@@ -77,11 +61,7 @@ async fn aggregated_and_plain_streams_give_the_same_transitions() {
         (82.0, true, 4.0),
         (60.0, false, 30.0),
     ];
-    for (temp, running, held) in steps {
-        sim.set(&[reg(0, "f32", temp), coil(0, running)]);
-        read = polls(&mut producer, SOURCE, read, 2.0 * held).await;
-    }
-    producer.terminate(Duration::from_secs(20));
+    let (cfg, read) = buffer_scenario(dir, SOURCE, FILLER, "aggregation = \"kpl\"", &steps).await;
 
     // Phase 2: the same buffer drained twice, once per aggregation mode.
     let k = Kinesalite::start(KinesaliteOptions::default(), dir);

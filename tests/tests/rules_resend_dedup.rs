@@ -11,16 +11,17 @@
 
 mod rules_common;
 
-use linewatch_e2e::agent::{modbus_source, tag, unreachable_address, AgentConfig};
+use linewatch_e2e::agent::AgentConfig;
 use linewatch_e2e::rules::{self, RulesService};
 use linewatch_testkit::kinesis::KinesisPeer;
 use linewatch_testkit::peers::kinesalite::{Kinesalite, KinesaliteOptions};
-use linewatch_testkit::peers::modbus_plc::{coil, reg, ModbusSim, SimOptions};
 use linewatch_testkit::peers::mosquitto::{self, Broker};
 use linewatch_testkit::peers::webhook_receiver::Receiver;
 use linewatch_testkit::proxy::FaultProxy;
 use linewatch_testkit::{points, Scratch};
-use rules_common::{assert_same_transitions, details, polls, running_hot_rule, start_agent};
+use rules_common::{
+    assert_same_transitions, buffer_scenario, details, running_hot_rule, start_agent,
+};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -38,34 +39,16 @@ async fn resent_batches_are_dropped_counted_and_each_transition_comes_once() {
     let _clean = broker.retained_cleanup(&prefix);
 
     // Phase 1: the scenario, buffered.
-    let mut sim = ModbusSim::start(SimOptions::default(), dir);
-    let unreachable = format!("http://{}", unreachable_address());
-    let mut cfg = AgentConfig::new(dir, &unreachable, "nowhere");
-    cfg.sources.push(modbus_source(
-        SOURCE,
-        &sim.address(),
-        FILLER,
-        "100ms",
-        vec![
-            tag("water_temperature", "holding_register", 0, "f32"),
-            tag("running", "coil", 0, "bool"),
-        ],
-    ));
-    let mut producer = start_agent(&cfg, dir, "agent-producer", "");
-    let mut read = 0.0;
     // ACTIVE, WARNING (held), IDLE, WARNING, ACTIVE; the last step is held longest so
     // the watermark (1 s behind the last point) passes its transition.
-    for (temp, running, held) in [
+    let steps = [
         (60.0, true, 15.0),
         (85.0, true, 15.0),
         (70.0, false, 15.0),
         (90.0, false, 15.0),
         (60.0, true, 40.0),
-    ] {
-        sim.set(&[reg(0, "f32", temp), coil(0, running)]);
-        read = polls(&mut producer, SOURCE, read, 2.0 * held).await;
-    }
-    producer.terminate(Duration::from_secs(20));
+    ];
+    let (cfg, read) = buffer_scenario(dir, SOURCE, FILLER, "", &steps).await;
 
     // Phase 2: the engine reads while the buffer drains through a proxy that loses
     // the first responses.

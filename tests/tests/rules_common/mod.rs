@@ -2,13 +2,14 @@
 //! the EventBridge envelope, and comparison with the replay oracle.
 #![allow(dead_code)] // each test binary uses a different part
 
-use linewatch_e2e::agent::AgentConfig;
+use linewatch_e2e::agent::{modbus_source, tag, unreachable_address, AgentConfig};
 use linewatch_e2e::programs;
 use linewatch_e2e::rules::{self, RulesConfig};
 use linewatch_rules_core::Transition;
 use linewatch_testkit::feed::Feed;
 pub use linewatch_testkit::kinesis::KinesisPeer;
 use linewatch_testkit::peers::kinesalite::Kinesalite;
+use linewatch_testkit::peers::modbus_plc::{coil, reg, ModbusSim, SimOptions};
 use linewatch_testkit::peers::mosquitto::{self, Broker, RetainedCleanup};
 use linewatch_testkit::peers::webhook_receiver::{Receiver, Request};
 use linewatch_testkit::process::{ManagedProcess, ProcessSpec, Ready};
@@ -323,4 +324,39 @@ pub fn running_hot_rule(id: &str, equipment: &str) -> String {
 }}
 "#
     )
+}
+
+/// Phase 1 of the drain tests: an agent (with `kinesis_keys`) polls the Modbus sim every
+/// 100 ms for `equipment`'s `water_temperature` (register 0, f32) and `running` (coil 0)
+/// while Kinesis is unreachable, and the `steps` — (temperature, running, polls held) —
+/// are set one after another; every point stays in its buffer. Returns the agent's
+/// config (whose buffer the test drains) and the readings taken.
+pub async fn buffer_scenario(
+    dir: &Path,
+    source: &str,
+    equipment: &str,
+    kinesis_keys: &str,
+    steps: &[(f64, bool, f64)],
+) -> (AgentConfig, f64) {
+    let mut sim = ModbusSim::start(SimOptions::default(), dir);
+    let unreachable = format!("http://{}", unreachable_address());
+    let mut cfg = AgentConfig::new(dir, &unreachable, "nowhere");
+    cfg.sources.push(modbus_source(
+        source,
+        &sim.address(),
+        equipment,
+        "100ms",
+        vec![
+            tag("water_temperature", "holding_register", 0, "f32"),
+            tag("running", "coil", 0, "bool"),
+        ],
+    ));
+    let mut producer = start_agent(&cfg, dir, "agent-producer", kinesis_keys);
+    let mut read = 0.0;
+    for &(temp, running, held) in steps {
+        sim.set(&[reg(0, "f32", temp), coil(0, running)]);
+        read = polls(&mut producer, source, read, 2.0 * held).await;
+    }
+    producer.terminate(Duration::from_secs(20));
+    (cfg, read)
 }
