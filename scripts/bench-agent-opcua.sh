@@ -42,7 +42,7 @@ rss=$(awk '/VmRSS/{print $2}' /proc/$agent/status); hwm=$(awk '/VmHWM/{print $2}
 items=$(metric linewatch_agent_opcua_monitored_items)
 awk -v r0="$r0" -v r1="$r1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
     -v rss="$rss" -v hwm="$hwm" -v items="$items" -v v0="$v0" -v v1="$v1" \
-    -v load="$(cut -d' ' -f1-3 /proc/loadavg)" 'BEGIN{
+    -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" 'BEGIN{
   w = t1 - t0;
   printf "agent-opcua: items=%d window=%.0fs points/s=%.0f cpu=%.1f%% of one core rss=%.1f MiB peak=%.1f MiB server cpu=%.1f%% load=%s\n",
-    items, w, (r1 - r0) / w, 100 * (c1 - c0) / hz / w, rss / 1024, hwm / 1024, 100 * (v1 - v0) / hz / w, load }'
+    items, w, (r1 - r0) / w, 100 * (c1 - c0) / hz / w, rss / 1024, hwm / 1024, 100 * (v1 - v0) / hz / w, loadavg }'

@@ -53,8 +53,8 @@ pdu=$(metric linewatch_agent_source_pdu_bytes)
 errors=$(metric linewatch_agent_read_errors_total)
 awk -v r0="$r0" -v r1="$r1" -v q0="$q0" -v q1="$q1" -v s0="$s0" -v s1="$s1" -v c0="$c0" -v c1="$c1" \
     -v v0="$v0" -v v1="$v1" -v t0="$t0" -v t1="$t1" -v hz="$hz" -v rss="$rss" -v hwm="$hwm" \
-    -v tags="$TAGS" -v pdu="$pdu" -v errors="$errors" -v load="$(cut -d' ' -f1-3 /proc/loadavg)" 'BEGIN{
+    -v tags="$TAGS" -v pdu="$pdu" -v errors="$errors" -v loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" 'BEGIN{
   w = t1 - t0; polls = (r1 - r0) / tags; q = q1 - q0;
   printf "agent-s7: tags=%d pdu=%d window=%.0fs points/s=%.0f polls/s=%.2f requests/poll=%.1f rtt=%.2f ms cpu=%.1f%% of one core rss=%.1f MiB peak=%.1f MiB server cpu=%.1f%% read_errors=%d load=%s\n",
     tags, pdu, w, (r1 - r0) / w, polls / w, (polls > 0 ? q / polls : 0), (q > 0 ? 1000 * (s1 - s0) / q : 0),
-    100 * (c1 - c0) / hz / w, rss / 1024, hwm / 1024, 100 * (v1 - v0) / hz / w, errors, load }'
+    100 * (c1 - c0) / hz / w, rss / 1024, hwm / 1024, 100 * (v1 - v0) / hz / w, errors, loadavg }'
