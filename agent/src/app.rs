@@ -28,8 +28,15 @@ pub enum AppError {
     Kinesis(#[from] AwsError),
 }
 
-/// Readings in flight between sources and the writer, in batches (one per poll).
-const READING_CHANNEL_BATCHES: usize = 1024;
+/// Readings in flight between sources and the writer, at most: about 30 MB. A batch
+/// is one poll, so the channel's length in batches follows the tag count; a bound in
+/// batches alone let 10,000-tag polls queue a gigabyte while the writer fell behind.
+const READINGS_IN_FLIGHT: usize = 256 * 1024;
+
+/// The reading channel's length in batches for `tags` tags in all.
+fn reading_channel_batches(tags: usize) -> usize {
+    (READINGS_IN_FLIGHT / tags.max(1)).clamp(8, 1024)
+}
 
 pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let clock: SharedClock = Arc::new(SystemClock);
@@ -72,7 +79,8 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
     .await?;
 
     // Writer: normalises and group-commits everything the sources read.
-    let (tx, rx) = mpsc::channel::<ReadingBatch>(READING_CHANNEL_BATCHES);
+    let tags = cfg.sources.iter().map(|s| s.tag_count()).sum();
+    let (tx, rx) = mpsc::channel::<ReadingBatch>(reading_channel_batches(tags));
     let normalizer = Normalizer::new(cfg.gateway_id.clone(), buffer.sequences()?);
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn({
@@ -228,5 +236,21 @@ impl Health for AgentHealth {
                 "sources": sources,
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reading_channel_holds_a_bounded_number_of_readings() {
+        assert_eq!(reading_channel_batches(0), 1024);
+        assert_eq!(reading_channel_batches(100), 1024);
+        assert_eq!(reading_channel_batches(10_000), 26);
+        assert_eq!(reading_channel_batches(1_000_000), 8);
+        for tags in [1, 300, 1_000, 10_000, 32_768] {
+            assert!(reading_channel_batches(tags) * tags <= READINGS_IN_FLIGHT);
+        }
     }
 }

@@ -127,16 +127,19 @@ async fn an_endless_answer_is_cut_off_and_costs_no_memory() {
         written < 256 << 20,
         "{written} bytes of one answer were read"
     );
-    let m = svc.scrape();
-    let delivered = m.sum(
-        "linewatch_rules_webhook_delivered_total",
-        &[("target", "recv")],
-    );
-    assert!(
-        delivered >= 5.0,
-        "{}",
-        m.describe("linewatch_rules_webhook_")
-    );
+    // The receiver saw the fifth request before the engine counted its answer: wait for it.
+    svc.wait_metrics("five deliveries counted", Duration::from_secs(20), |m| {
+        let delivered = m.sum(
+            "linewatch_rules_webhook_delivered_total",
+            &[("target", "recv")],
+        );
+        if delivered >= 5.0 {
+            Ok(())
+        } else {
+            Err(m.describe("linewatch_rules_webhook_"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,12 +59,32 @@ impl Lane {
 
 /// Records point `seq` of lane (`equipment_id`, `backfill`) among one sender's
 /// `lanes`; false when it is a resend. A sender feeds few equipments: a scan.
-pub fn admit(lanes: &mut Vec<Lane>, equipment_id: &str, backfill: bool, seq: u64) -> bool {
+///
+/// `newer`: the point's event time is past everything its sender sent before. A resend
+/// repeats a point already seen, so it never is; such a point with a number its lane
+/// has passed comes from a sender that numbers afresh (a gateway reinstalled under the
+/// same ids): the lane starts again from it instead of dropping everything it sends.
+pub fn admit(
+    lanes: &mut Vec<Lane>,
+    equipment_id: &str,
+    backfill: bool,
+    seq: u64,
+    newer: bool,
+) -> bool {
     match lanes
         .iter_mut()
         .find(|l| l.backfill == backfill && l.equipment_id == equipment_id)
     {
-        Some(l) => l.admit(seq),
+        Some(l) => {
+            if l.admit(seq) {
+                return true;
+            }
+            if newer {
+                l.high = seq;
+                l.seen = 0;
+            }
+            newer
+        }
         None => {
             lanes.push(Lane {
                 equipment_id: equipment_id.to_owned(),
@@ -87,7 +107,7 @@ mod tests {
         let mut lanes = Vec::new();
         let admitted: Vec<bool> = [1, 2, 3, 4, 2, 3, 4, 5, 6]
             .into_iter()
-            .map(|s| admit(&mut lanes, "filler", false, s))
+            .map(|s| admit(&mut lanes, "filler", false, s, false))
             .collect();
         assert_eq!(
             admitted,
@@ -99,39 +119,53 @@ mod tests {
     fn lanes_are_apart_and_a_gap_is_not_a_resend() {
         let mut lanes = Vec::new();
         // One source numbers across equipments: each lane sees gaps, never resends.
-        assert!(admit(&mut lanes, "filler", false, 1));
-        assert!(admit(&mut lanes, "capper", false, 2));
-        assert!(admit(&mut lanes, "filler", false, 3));
+        assert!(admit(&mut lanes, "filler", false, 1, false));
+        assert!(admit(&mut lanes, "capper", false, 2, false));
+        assert!(admit(&mut lanes, "filler", false, 3, false));
         assert!(
-            admit(&mut lanes, "filler", true, 2),
+            admit(&mut lanes, "filler", true, 2, false),
             "the backfill lane has its own order"
         );
-        assert!(!admit(&mut lanes, "filler", false, 3));
-        assert!(!admit(&mut lanes, "capper", false, 2));
-        assert!(admit(&mut lanes, "filler", false, 4));
+        assert!(!admit(&mut lanes, "filler", false, 3, false));
+        assert!(!admit(&mut lanes, "capper", false, 2, false));
+        assert!(admit(&mut lanes, "filler", false, 4, false));
         assert_eq!(lanes.len(), 3);
+    }
+
+    #[test]
+    fn a_sender_numbering_afresh_with_newer_points_is_not_a_resend() {
+        let mut lanes = Vec::new();
+        assert!(admit(&mut lanes, "e", false, 5_000, false));
+        // A reinstalled gateway starts at 1 again, with new readings.
+        assert!(admit(&mut lanes, "e", false, 1, true));
+        assert!(admit(&mut lanes, "e", false, 2, false));
+        // Its resends are still dropped.
+        assert!(!admit(&mut lanes, "e", false, 2, false));
     }
 
     #[test]
     fn within_the_window_a_late_number_is_new_once_and_below_it_a_resend() {
         let mut lanes = Vec::new();
-        assert!(admit(&mut lanes, "e", false, 100));
-        assert!(admit(&mut lanes, "e", false, 100 + WINDOW));
+        assert!(admit(&mut lanes, "e", false, 100, false));
+        assert!(admit(&mut lanes, "e", false, 100 + WINDOW, false));
         assert!(
-            admit(&mut lanes, "e", false, 101),
+            admit(&mut lanes, "e", false, 101, false),
             "inside the window, unseen"
         );
-        assert!(!admit(&mut lanes, "e", false, 101));
+        assert!(!admit(&mut lanes, "e", false, 101, false));
         assert!(
-            !admit(&mut lanes, "e", false, 100),
+            !admit(&mut lanes, "e", false, 100, false),
             "the old mark, at the window's edge"
         );
-        assert!(!admit(&mut lanes, "e", false, 99), "below the window");
         assert!(
-            admit(&mut lanes, "e", false, u64::MAX),
+            !admit(&mut lanes, "e", false, 99, false),
+            "below the window"
+        );
+        assert!(
+            admit(&mut lanes, "e", false, u64::MAX, false),
             "a jump clears the window"
         );
-        assert!(!admit(&mut lanes, "e", false, 101 + WINDOW));
+        assert!(!admit(&mut lanes, "e", false, 101 + WINDOW, false));
     }
 
     proptest! {
@@ -159,7 +193,7 @@ mod tests {
                 stream.push(seq);
             }
             let mut lanes = Vec::new();
-            let passed: Vec<u64> = stream.iter().copied().filter(|&q| admit(&mut lanes, "e", false, q)).collect();
+            let passed: Vec<u64> = stream.iter().copied().filter(|&q| admit(&mut lanes, "e", false, q, false)).collect();
             prop_assert_eq!(&passed, &seqs);
         }
     }

@@ -354,18 +354,26 @@ impl WatermarkTracker {
         arrival: Option<u64>,
     ) -> Observation {
         let i = self.sender_index(gateway_id, source_id, now);
-        if let Some(n) = numbered {
-            let s = &mut self.senders[i];
-            if !resend::admit(&mut s.lanes, n.equipment_id, n.backfill, n.sequence_number) {
-                s.resent += 1;
-                return Observation::Resend;
-            }
-        }
+        // The future bound first: a refused point changes nothing, not even its lane.
         if let Some(bound) = arrival.map(|a| self.future_bound(a)) {
             if ts > bound {
                 let s = &mut self.senders[i];
                 s.future += 1;
                 return Observation::Future { bound };
+            }
+        }
+        if let Some(n) = numbered {
+            let s = &mut self.senders[i];
+            let newer = s.points > 0 && ts > s.highest;
+            if !resend::admit(
+                &mut s.lanes,
+                n.equipment_id,
+                n.backfill,
+                n.sequence_number,
+                newer,
+            ) {
+                s.resent += 1;
+                return Observation::Resend;
             }
         }
         let late = self.is_late(ts);
