@@ -4,42 +4,17 @@
 # and file-backed (the binary's code) parts of RSS, its threads, plus points read and shipped.
 # TAGS=0 runs an agent without sources: the fixed cost (runtime, sled, Kinesis client, HTTP).
 # Usage: scripts/bench-agent-memory.sh [TAGS] [SECONDS]    (release build)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 TAGS="${1:-10000}"
 SECS="${2:-60}"
 RUN="$(mktemp -d /tmp/linewatch-membench-XXXX)"
-MODBUS_PORT=25020; KINESIS_PORT=24567; METRICS_PORT=29464
-
-bash scripts/install-peers.sh >/dev/null
-cargo build --release -p linewatch-agent -p linewatch-e2e --bins 2>&1 | tail -1
-BIN="${CARGO_TARGET_DIR:-target}/release"
-pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-wait_for() { local d=$((SECONDS+30)); until grep -q "$2" "$1" 2>/dev/null; do [ $SECONDS -lt $d ] || { tail "$1"; exit 1; }; sleep 0.2; done; }
-
-node tests/peers/kinesalite-local.js --port $KINESIS_PORT --shardLimit 20 > "$RUN/kinesalite.log" 2>&1 & pids+=($!)
-wait_for "$RUN/kinesalite.log" listening
-"$BIN"/lw-kinesis create-stream --endpoint http://127.0.0.1:$KINESIS_PORT --stream bench --shards 10
+MODBUS_PORT=25020; KINESIS_PORT=24567; METRICS_PORT=29464; NAME=gw-membench
+. "$(dirname "$0")/bench-lib.sh"
+start_kinesis
 .venv/bin/python tests/sim/modbus_plc.py --port $MODBUS_PORT --holding-registers "$((TAGS > 300 ? TAGS : 300))" > "$RUN/plc.log" 2>&1 & pids+=($!)
 wait_for "$RUN/plc.log" READY
 
 {
-cat <<TOML
-gateway_id = "gw-membench"
-[telemetry]
-listen = "127.0.0.1:$METRICS_PORT"
-log_level = "warn"
-[buffer]
-path = "$RUN/buffer"
-[kinesis]
-stream = "bench"
-region = "eu-central-1"
-endpoint_url = "http://127.0.0.1:$KINESIS_PORT"
-access_key_id = "bench"
-secret_access_key = "bench"
-TOML
+agent_head
 # 10 groups of TAGS/10 tags each, 1 s interval, one u16 per register, 10 pieces of equipment.
 per=$((TAGS / 10))
 [ "$per" -gt 0 ] && cat <<TOML
