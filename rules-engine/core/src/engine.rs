@@ -6,7 +6,7 @@
 use crate::eval::{Diagnostic, EvaluatorSnapshot, Partition};
 use crate::lifecycle::{ChangeOutcome, RuleChange};
 use crate::rule::{Limits, Rule, Sandbox};
-use crate::sequencer::{Admission, Sequencer, SequencerConfig, SequencerSnapshot};
+use crate::sequencer::{Admission, Sequencer, SequencerConfig, SequencerSnapshot, Step};
 use crate::transition::Transition;
 use crate::workers::{PoolError, WorkerPool};
 use linewatch_schemas::{DataPoint, DataPointError};
@@ -147,7 +147,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
         Ok(Engine {
             seq: Sequencer::new(cfg.sequencer),
-            pool: WorkerPool::new(cfg.workers, cfg.limits.clone())?,
+            pool: WorkerPool::scoped(cfg.workers, cfg.limits.clone(), cfg.sequencer.scope)?,
             compiler: RuleCompiler {
                 sandbox: Arc::new(Sandbox::new(cfg.limits.clone())),
             },
@@ -284,7 +284,7 @@ impl Engine {
                 applied: false,
             },
             Admission::Apply { point, at } => {
-                self.pool.on_point(point.into(), at)?;
+                self.pool.on_late_point(point.into(), at)?;
                 RecordOutcome::Late {
                     sender,
                     timestamp,
@@ -432,12 +432,8 @@ impl Engine {
     /// Recompute the watermark at wall-clock `now`, evaluate what it released, fire
     /// due holds, and collect the output.
     pub fn tick(&mut self, now: u64) -> Result<TickOutput, EngineError> {
-        if let Some(w) = self.seq.advance(now) {
-            while let Some(p) = self.seq.pop_released() {
-                let at = p.timestamp;
-                self.pool.on_point(p, at)?;
-            }
-            self.pool.advance(w)?;
+        if self.seq.step(now) {
+            release(&mut self.seq, &mut self.pool)?;
         }
         let out = self.pool.flush()?;
         for d in &out.diagnostics {
@@ -469,6 +465,28 @@ impl Engine {
     pub fn repair_future(&mut self, now: u64) -> (crate::watermark::FutureRepair, usize) {
         self.seq.repair_future(now)
     }
+}
+
+/// Evaluate what the sequencer's clocks released, in order, and bring the rules'
+/// holds to each clock.
+pub(crate) fn release(seq: &mut Sequencer, pool: &mut WorkerPool) -> Result<(), PoolError> {
+    while let Some(step) = seq.next_step() {
+        match step {
+            Step::Point(p) => {
+                let at = p.timestamp;
+                pool.on_point(p, at)?;
+            }
+            Step::Reached {
+                equipment: None,
+                to,
+            } => pool.advance(to)?,
+            Step::Reached {
+                equipment: Some(e),
+                to,
+            } => pool.advance_equipment(&e, to)?,
+        }
+    }
+    Ok(())
 }
 
 /// A rule message compiled by [`RuleCompiler::prepare`], ready for [`Engine::apply_compiled`].

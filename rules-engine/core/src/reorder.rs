@@ -55,6 +55,8 @@ impl<T> ReorderBuffer<T> {
         Self::default()
     }
 
+    // Once per point on the hot path: keep it inlined into the sequencer.
+    #[inline]
     pub fn push(&mut self, ts: u64, item: T) {
         let slot = match self.free.pop() {
             Some(s) => {
@@ -82,6 +84,7 @@ impl<T> ReorderBuffer<T> {
     }
 
     /// The earliest item if its time is at or below `watermark`.
+    #[inline]
     pub fn pop_through(&mut self, watermark: u64) -> Option<(u64, T)> {
         if self.heap.peek()?.ts > watermark {
             return None;
@@ -92,6 +95,7 @@ impl<T> ReorderBuffer<T> {
         Some((key.ts, item))
     }
 
+    #[inline]
     fn cell(&mut self, slot: u32) -> Option<&mut Option<T>> {
         let slot = slot as usize;
         self.chunks.get_mut(slot / CHUNK)?.get_mut(slot % CHUNK)

@@ -13,7 +13,8 @@
 use crate::eval::{Diagnostic, EvalStats, Output};
 use crate::lifecycle::{ChangeOutcome, RuleChange};
 use crate::rule::{Limits, Rule, RuleError, Sandbox};
-use crate::sequencer::{Admission, LatePolicy, Sequencer, SequencerConfig};
+use crate::engine::release;
+use crate::sequencer::{Admission, LatePolicy, Sequencer, SequencerConfig, WatermarkScope};
 use crate::transition::{EventSource, Transition};
 use crate::watermark::WatermarkConfig;
 use crate::workers::{PoolError, WorkerPool};
@@ -27,6 +28,7 @@ use std::sync::Arc;
 pub struct ReplayOptions {
     pub watermark: WatermarkConfig,
     pub late_policy: LatePolicy,
+    pub scope: WatermarkScope,
     pub workers: usize,
     pub limits: Limits,
     /// Recompute the watermark every this many input lines (at least; with many
@@ -49,6 +51,7 @@ impl Default for ReplayOptions {
         ReplayOptions {
             watermark: WatermarkConfig::default(),
             late_policy: LatePolicy::DeadLetter,
+            scope: WatermarkScope::Global,
             workers: 1,
             limits: Limits::default(),
             advance_every: 64,
@@ -156,7 +159,7 @@ impl<'o, W: Write> Replay<'o, W> {
         opts: ReplayOptions,
         on_event: &mut dyn FnMut(ReplayEvent<'_>),
     ) -> Result<Self, ReplayError> {
-        let mut pool = WorkerPool::new(opts.workers, opts.limits.clone())?;
+        let mut pool = WorkerPool::scoped(opts.workers, opts.limits.clone(), opts.scope)?;
         for rule in rules {
             let outcome = pool.apply(RuleChange::Upsert(rule), 0)?;
             on_event(ReplayEvent::RuleChanged {
@@ -168,6 +171,7 @@ impl<'o, W: Write> Replay<'o, W> {
             seq: Sequencer::new(SequencerConfig {
                 watermark: opts.watermark,
                 late_policy: opts.late_policy,
+                scope: opts.scope,
             }),
             pool,
             sandbox: Sandbox::new(opts.limits.clone()),
@@ -278,7 +282,7 @@ impl<'o, W: Write> Replay<'o, W> {
                     watermark: at,
                     dead_letter: None,
                 });
-                self.pool.on_point(point.into(), at)?;
+                self.pool.on_late_point(point.into(), at)?;
             }
         }
         Ok(())
@@ -333,22 +337,13 @@ impl<'o, W: Write> Replay<'o, W> {
 
     /// Recompute the watermark; release what it passed; fire holds; maybe write.
     fn step(&mut self, on_event: &mut dyn FnMut(ReplayEvent<'_>)) -> Result<(), ReplayError> {
-        if let Some(w) = self.seq.advance(self.clock) {
-            self.release(w)?;
+        if self.seq.step(self.clock) {
+            release(&mut self.seq, &mut self.pool)?;
             if self.since_flush >= self.opts.flush_every {
                 self.since_flush = 0;
                 self.write(on_event)?;
             }
         }
-        Ok(())
-    }
-
-    fn release(&mut self, w: u64) -> Result<(), ReplayError> {
-        while let Some(p) = self.seq.pop_released() {
-            let at = p.timestamp;
-            self.pool.on_point(p, at)?;
-        }
-        self.pool.advance(w)?;
         Ok(())
     }
 
@@ -375,12 +370,11 @@ impl<'o, W: Write> Replay<'o, W> {
         mut self,
         on_event: &mut dyn FnMut(ReplayEvent<'_>),
     ) -> Result<ReplaySummary, ReplayError> {
-        if let Some(w) = self.seq.advance(self.clock) {
-            self.release(w)?;
+        if self.seq.step(self.clock) {
+            release(&mut self.seq, &mut self.pool)?;
         }
-        if let Some(w) = self.seq.finish() {
-            self.release(w)?;
-        }
+        self.seq.finish();
+        release(&mut self.seq, &mut self.pool)?;
         if self.opts.flush {
             self.pool.advance(u64::MAX)?;
         }

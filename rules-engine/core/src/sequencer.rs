@@ -1,6 +1,7 @@
 //! Watermark + reorder buffer + late-point policy: turns data points in arrival
 //! order into data points in event-time order. Pure; the caller passes the clock.
 
+use crate::clocks::{ClockSnapshot, EquipmentClocks, Reached};
 use crate::reading::Reading;
 use crate::reorder::ReorderBuffer;
 use crate::watermark::{
@@ -21,11 +22,38 @@ pub enum LatePolicy {
     Apply,
 }
 
+/// Whose senders hold a rule back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatermarkScope {
+    /// One watermark for the whole stream: every active sender holds every rule.
+    #[default]
+    Global,
+    /// One clock per equipment, from the senders of that equipment's points (see
+    /// [`crate::clocks`]): a rule's run for an equipment waits only for them.
+    Equipment,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SequencerConfig {
     pub watermark: WatermarkConfig,
     pub late_policy: LatePolicy,
+    #[serde(default)]
+    pub scope: WatermarkScope,
+}
+
+/// One step of releasing what the clocks passed (see [`Sequencer::next_step`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Evaluate this point at its own event time.
+    Point(Reading),
+    /// Event time reached `to`: for every rule (`equipment: None`, the global
+    /// scope) or for the rules' runs of one equipment.
+    Reached {
+        equipment: Option<std::sync::Arc<str>>,
+        to: u64,
+    },
 }
 
 /// What became of a pushed point.
@@ -37,7 +65,8 @@ pub enum Admission {
     Heartbeat,
     /// Late under [`LatePolicy::DeadLetter`]: the caller dead-letters it.
     DeadLetter { point: DataPoint, watermark: u64 },
-    /// Late under [`LatePolicy::Apply`]: evaluate it now, at event time `at`.
+    /// Late under [`LatePolicy::Apply`]: evaluate it now, at event time `at` (the
+    /// clock it was late for).
     Apply { point: DataPoint, at: u64 },
     /// Event time beyond its arrival clock plus the allowed skew: refused whatever
     /// the late policy, for the caller's dead-letter output; nothing else changed.
@@ -55,6 +84,10 @@ pub struct Sequencer {
     /// Event time the rules have been brought to: the last released point or the
     /// watermark, whichever is later. Rule changes are applied at this time.
     now_event: u64,
+    /// The `equipment` scope's clocks (and their buffers); `None` in the global scope.
+    clocks: Option<EquipmentClocks>,
+    /// Global scope: the watermark the last advance moved to, until its release ends.
+    releasing: Option<u64>,
 }
 
 /// Serialisable state of a [`Sequencer`].
@@ -64,6 +97,9 @@ pub struct SequencerSnapshot {
     pub watermark: WatermarkSnapshot,
     pub buffer: ReorderBuffer<Reading>,
     pub now_event: u64,
+    /// The `equipment` scope's clocks; empty in the global scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clocks: Vec<ClockSnapshot>,
 }
 
 impl Sequencer {
@@ -73,16 +109,47 @@ impl Sequencer {
             buffer: ReorderBuffer::new(),
             policy: cfg.late_policy,
             now_event: 0,
+            clocks: (cfg.scope == WatermarkScope::Equipment).then(EquipmentClocks::default),
+            releasing: None,
         }
     }
 
+    /// From a checkpoint. A checkpoint of the other scope is taken over: the
+    /// senders as they were, its buffered points under the new scope's clocks.
     pub fn restore(cfg: SequencerConfig, snap: SequencerSnapshot) -> Self {
-        Sequencer {
-            tracker: WatermarkTracker::restore(cfg.watermark, snap.watermark),
+        let tracker = WatermarkTracker::restore(cfg.watermark, snap.watermark);
+        let mut seq = Sequencer {
+            clocks: None,
             buffer: snap.buffer,
             policy: cfg.late_policy,
             now_event: snap.now_event,
+            releasing: None,
+            tracker,
+        };
+        let mut moved: Vec<Reading> = Vec::new();
+        match cfg.scope {
+            WatermarkScope::Global => {
+                let mut clocks = EquipmentClocks::restore(snap.clocks, &seq.tracker);
+                clocks.finish(u64::MAX);
+                while let Some(step) = clocks.pop_released() {
+                    if let Ok(p) = step {
+                        moved.push(p);
+                    }
+                }
+                for p in moved {
+                    seq.buffer.push(p.timestamp, p);
+                }
+            }
+            WatermarkScope::Equipment => {
+                let mut clocks = EquipmentClocks::restore(snap.clocks, &seq.tracker);
+                while let Some((_, p)) = seq.buffer.pop_through(u64::MAX) {
+                    let i = clocks.index(&p.equipment_id);
+                    clocks.push(i, p);
+                }
+                seq.clocks = Some(clocks);
+            }
         }
+        seq
     }
 
     pub fn snapshot(&self) -> SequencerSnapshot {
@@ -90,7 +157,17 @@ impl Sequencer {
             watermark: self.tracker.snapshot(),
             buffer: self.buffer.clone(),
             now_event: self.now_event,
+            clocks: self
+                .clocks
+                .as_ref()
+                .map(|c| c.snapshot(&self.tracker))
+                .unwrap_or_default(),
         }
+    }
+
+    /// The `equipment` scope's clocks (`None` in the global scope).
+    pub fn clocks(&self) -> Option<&EquipmentClocks> {
+        self.clocks.as_ref()
     }
 
     pub fn tracker(&self) -> &WatermarkTracker {
@@ -102,7 +179,7 @@ impl Sequencer {
     }
 
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() + self.clocks.as_ref().map_or(0, EquipmentClocks::buffered)
     }
 
     /// Event time the rules have reached (for applying rule changes).
@@ -138,6 +215,12 @@ impl Sequencer {
             Observation::OnTime => false,
         };
         if point.is_heartbeat() {
+            self.tracker.declare_low_watermark(point.meta.low_watermark);
+        }
+        if let Some(clocks) = &mut self.clocks {
+            return Self::admit_to_clock(clocks, &mut self.tracker, self.policy, point);
+        }
+        if point.is_heartbeat() {
             return Admission::Heartbeat;
         }
         if !late {
@@ -154,13 +237,91 @@ impl Sequencer {
         }
     }
 
+    /// The `equipment` scope: lateness and buffering by the point's equipment clock
+    /// (the tracker judged it by the global watermark, which does not apply here).
+    fn admit_to_clock(
+        clocks: &mut EquipmentClocks,
+        tracker: &mut WatermarkTracker,
+        policy: LatePolicy,
+        point: DataPoint,
+    ) -> Admission {
+        let i = clocks.index(&point.equipment_id);
+        clocks.fed_by(i, tracker, tracker.last_sender());
+        if point.is_heartbeat() {
+            return Admission::Heartbeat;
+        }
+        let late_globally = tracker.is_late(point.timestamp);
+        let late = clocks.is_late(i, point.timestamp);
+        if late != late_globally {
+            tracker.recount_late(late);
+        }
+        if !late {
+            clocks.push(i, Reading::from(point));
+            return Admission::Buffered;
+        }
+        let at = clocks.at(i).unwrap_or(point.timestamp);
+        match policy {
+            LatePolicy::DeadLetter => Admission::DeadLetter {
+                point,
+                watermark: at,
+            },
+            LatePolicy::Apply => Admission::Apply { point, at },
+        }
+    }
+
     /// Recompute the watermark at clock `now`; returns it if it moved. Release the
     /// points it passed with [`Sequencer::pop_released`], then bring the rules'
-    /// timers to it.
+    /// timers to it. Global scope only; [`Sequencer::step`] serves both.
     pub fn advance(&mut self, now: u64) -> Option<u64> {
         let w = self.tracker.advance(now)?;
         self.now_event = self.now_event.max(w);
         Some(w)
+    }
+
+    /// Recompute the clocks at clock reading `now`; then take what they released
+    /// with [`Sequencer::next_step`] until it returns `None`. Returns whether any
+    /// clock moved. Either scope.
+    pub fn step(&mut self, now: u64) -> bool {
+        let global = self.advance(now);
+        match &mut self.clocks {
+            None => {
+                self.releasing = global.or(self.releasing);
+                self.releasing.is_some()
+            }
+            Some(clocks) => {
+                let moved = clocks.advance(&self.tracker, now);
+                if let Some((_, hi)) = clocks.range() {
+                    self.now_event = self.now_event.max(hi);
+                }
+                moved
+            }
+        }
+    }
+
+    /// After [`Sequencer::step`] or [`Sequencer::finish`]: the next point to evaluate,
+    /// in event-time order per clock, then each clock that moved.
+    pub fn next_step(&mut self) -> Option<Step> {
+        match &mut self.clocks {
+            None => {
+                let w = self.releasing?;
+                if let Some((_, p)) = self.buffer.pop_through(w) {
+                    return Some(Step::Point(p));
+                }
+                self.buffer.shrink();
+                self.releasing = None;
+                Some(Step::Reached {
+                    equipment: None,
+                    to: w,
+                })
+            }
+            Some(clocks) => Some(match clocks.pop_released()? {
+                Ok(p) => Step::Point(p),
+                Err(Reached { equipment_id, to }) => Step::Reached {
+                    equipment: Some(equipment_id),
+                    to,
+                },
+            }),
+        }
     }
 
     /// After a restore at arrival clock `now`: undo a watermark poisoned by a future
@@ -185,14 +346,24 @@ impl Sequencer {
         if self.now_event > bound {
             self.now_event = self.tracker.watermark().unwrap_or(now).min(bound);
         }
+        if let Some(clocks) = &mut self.clocks {
+            dropped += clocks.repair_future(bound, self.tracker.watermark());
+        }
         (repair, dropped)
     }
 
-    /// End of input: the watermark moves to the highest event time seen.
+    /// End of input: the watermark (every clock) moves to the highest event time
+    /// seen; take the release with [`Sequencer::next_step`].
     pub fn finish(&mut self) -> Option<u64> {
-        let w = self.tracker.finish()?;
-        self.now_event = self.now_event.max(w);
-        Some(w)
+        let w = self.tracker.finish();
+        if let Some(w) = w {
+            self.now_event = self.now_event.max(w);
+            self.releasing = Some(w);
+        }
+        if let (Some(clocks), Some(max)) = (&mut self.clocks, self.tracker.highest()) {
+            clocks.finish(max);
+        }
+        w
     }
 
     /// Next point passed by the watermark, in event-time order.
@@ -262,6 +433,7 @@ mod tests {
                 Duration::from_millis(idle),
             ),
             late_policy: policy,
+            scope: WatermarkScope::Global,
         })
     }
 
@@ -308,6 +480,7 @@ mod tests {
             SequencerConfig {
                 watermark: WatermarkConfig::with(Duration::ZERO, Duration::from_millis(1_000)),
                 late_policy: LatePolicy::DeadLetter,
+                scope: WatermarkScope::Global,
             },
             s.snapshot(),
         );

@@ -26,6 +26,10 @@ pub struct Transition {
     pub groups: Vec<GroupExplanation>,
     /// The latest values of the tags read by the groups that voted for the new state.
     pub values: BTreeMap<String, Value>,
+    /// Caused by a point that arrived after its clock had passed it, evaluated anyway
+    /// (the `apply` late policy) at the clock's time; absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +143,7 @@ mod tests {
             transition_id: transition_id("filler-7-overheat", "84068f2f", 1_732_180_000_123, 17),
             groups: vec![],
             values: BTreeMap::from([("water_temperature".into(), Value::Float(84.2))]),
+            late: false,
         };
         let e = serde_json::to_value(t.to_event(&EventSource {
             account: "123456789012".into(),

@@ -105,6 +105,10 @@ mod duration_text {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SenderState {
+    /// Never reused within a process; senders are kept in `id` order. Not in the
+    /// checkpoint: numbered afresh on restore.
+    #[serde(skip)]
+    pub id: u64,
     pub gateway_id: Option<String>,
     pub source_id: String,
     /// Highest event time seen (data or heartbeat), never beyond the future bound.
@@ -128,6 +132,10 @@ pub struct SenderState {
     /// Per equipment (live and backfill apart): the sequence numbers seen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lanes: Vec<Lane>,
+    /// The `lowWatermark` of its last heartbeat: it still has unsent points at or
+    /// after this event time (a backlog), so it holds event time below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_watermark: Option<u64>,
 }
 
 impl SenderState {
@@ -220,6 +228,10 @@ pub struct WatermarkTracker {
     /// No sender can be stale before this clock reading (a lower bound: senders only
     /// get newer), so `advance` skips the scan for pruning until then.
     prune_due: u64,
+    next_id: u64,
+    /// Moves whenever senders are removed (indices shift), so holders of indices
+    /// know to look them up again by id.
+    generation: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -242,6 +254,8 @@ impl WatermarkTracker {
             last: 0,
             pruned: 0,
             prune_due: 0,
+            next_id: 0,
+            generation: 0,
         }
     }
 
@@ -254,6 +268,8 @@ impl WatermarkTracker {
             if s.advanced_at == 0 {
                 s.advanced_at = s.last_seen;
             }
+            s.id = t.next_id;
+            t.next_id += 1;
             t.senders.push(s);
         }
         t.rebuild_lookup();
@@ -261,6 +277,7 @@ impl WatermarkTracker {
     }
 
     fn rebuild_lookup(&mut self) {
+        self.generation += 1;
         self.lookup = PairMap::default();
         for (i, s) in self.senders.iter().enumerate() {
             *self.lookup.get_or_insert_with(
@@ -411,7 +428,10 @@ impl WatermarkTracker {
             return i as usize;
         }
         let i = self.senders.len();
+        let id = self.next_id;
+        self.next_id += 1;
         self.senders.push(SenderState {
+            id,
             gateway_id: gateway_id.map(str::to_owned),
             source_id: source_id.to_owned(),
             highest: 0,
@@ -425,6 +445,7 @@ impl WatermarkTracker {
             future: 0,
             resent: 0,
             lanes: Vec::new(),
+            low_watermark: None,
         });
         self.lookup.get_or_insert_with(gw, source_id, || i as u32);
         self.last = i;
@@ -445,15 +466,83 @@ impl WatermarkTracker {
         }
     }
 
+    /// How far sender `s` lets event time go: its highest event time less the
+    /// out-of-orderness, and below its declared low watermark while it has a backlog.
+    pub fn contribution(&self, s: &SenderState) -> u64 {
+        let c = s.highest.saturating_sub(self.max_ooo);
+        match s.low_watermark {
+            Some(low) => c.min(low.saturating_sub(1)),
+            None => c,
+        }
+    }
+
+    /// Each sender's contribution at clock `now`, `None` for a sender that does not
+    /// count (not [`SenderStatus::Active`]); in the order of [`Self::senders`].
+    pub fn contributions(&self, now: u64, into: &mut Vec<Option<u64>>) {
+        into.clear();
+        into.extend(self.senders.iter().map(|s| {
+            (self.status(s, now) == SenderStatus::Active).then(|| self.contribution(s))
+        }));
+    }
+
     /// The candidate before taking the maximum with the previous watermark, if any
     /// sender counts at clock `now`.
     pub fn candidate(&self, now: u64) -> Option<u64> {
         self.senders
             .iter()
             .filter(|s| self.status(s, now) == SenderStatus::Active)
-            .map(|s| s.highest.saturating_sub(self.max_ooo))
+            .map(|s| self.contribution(s))
             .filter(|c| self.watermark.is_none_or(|w| *c >= w))
             .min()
+    }
+
+    /// Changes whenever sender indices shift (pruning, repair, restore).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Where the sender with stable `id` is now, if it is still known.
+    pub fn index_of_id(&self, id: u64) -> Option<usize> {
+        self.senders.binary_search_by_key(&id, |s| s.id).ok()
+    }
+
+    /// The sender named by `gatewayId`/`sourceId`, if known.
+    pub fn find(&self, gateway_id: Option<&str>, source_id: &str) -> Option<usize> {
+        self.lookup
+            .get(gateway_id.unwrap_or(""), source_id)
+            .map(|&i| i as usize)
+    }
+
+    /// The highest event time of any sender.
+    pub fn highest(&self) -> Option<u64> {
+        self.senders.iter().map(|s| s.highest).max()
+    }
+
+    /// The last observed point was judged against the global watermark; a caller
+    /// that judges by another clock (the `equipment` scope) corrects the count.
+    pub fn recount_late(&mut self, late: bool) {
+        if let Some(s) = self.senders.get_mut(self.last) {
+            if late {
+                s.late += 1;
+            } else {
+                s.late = s.late.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The index (in [`Self::senders`]) of the sender of the last observed point.
+    pub fn last_sender(&self) -> usize {
+        self.last
+    }
+
+    /// A heartbeat of the last observed sender declared `low` (`None`: its backlog is
+    /// gone). Kept only for a sender that has an accepted point.
+    pub fn declare_low_watermark(&mut self, low: Option<u64>) {
+        if let Some(s) = self.senders.get_mut(self.last) {
+            if s.points > 0 {
+                s.low_watermark = low;
+            }
+        }
     }
 
     /// Recompute at clock `now`. Returns the new watermark if it moved. Senders not
@@ -527,7 +616,7 @@ impl WatermarkTracker {
     /// End of input: move the watermark to the highest event time seen, so every
     /// buffered point is released and every hold due by then fires.
     pub fn finish(&mut self) -> Option<u64> {
-        let max = self.senders.iter().map(|s| s.highest).max()?;
+        let max = self.highest()?;
         match self.watermark {
             Some(w) if max <= w => None,
             _ => {

@@ -12,6 +12,7 @@ use crate::lifecycle::{decide, ChangeOutcome, Decision, RuleChange};
 use crate::pairmap::PairMap;
 use crate::reading::Reading;
 use crate::rule::{Limits, Rule};
+use crate::sequencer::WatermarkScope;
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -35,8 +36,10 @@ pub enum PoolError {
 }
 
 enum Msg {
-    Point(Arc<Reading>, u64),
+    /// A point at event time `at`; `late`: one that arrived after its clock passed it.
+    Point(Arc<Reading>, u64, bool),
     Advance(u64),
+    AdvanceEquipment(Arc<str>, u64),
     Change(RuleChange, u64),
     Barrier,
     /// Like a barrier, and the reply carries the worker's state.
@@ -93,12 +96,25 @@ impl std::fmt::Debug for WorkerPool {
 
 impl WorkerPool {
     pub fn new(workers: usize, limits: Limits) -> Result<Self, PoolError> {
+        Self::scoped(workers, limits, WatermarkScope::Global)
+    }
+
+    /// Evaluators for the given watermark scope (see [`Evaluator::per_equipment`]).
+    pub fn scoped(
+        workers: usize,
+        limits: Limits,
+        scope: WatermarkScope,
+    ) -> Result<Self, PoolError> {
         if workers == 0 || workers > MAX_WORKERS {
             return Err(PoolError::BadCount(workers));
         }
+        let scoped = move |e: Evaluator| match scope {
+            WatermarkScope::Global => e,
+            WatermarkScope::Equipment => e.per_equipment(),
+        };
         if workers == 1 {
             return Ok(WorkerPool {
-                kind: Kind::Inline(Box::new(Evaluator::new(limits))),
+                kind: Kind::Inline(Box::new(scoped(Evaluator::new(limits)))),
                 out: Output::default(),
             });
         }
@@ -110,13 +126,13 @@ impl WorkerPool {
             let thread = std::thread::Builder::new()
                 .name(format!("rules-worker-{index}"))
                 .spawn(move || {
-                    let eval = Evaluator::with_partition(
+                    let eval = scoped(Evaluator::with_partition(
                         limits,
                         Partition {
                             index,
                             count: workers,
                         },
-                    );
+                    ));
                     worker_loop(eval, rx_in, tx_out)
                 })
                 .map_err(PoolError::Spawn)?;
@@ -167,9 +183,19 @@ impl WorkerPool {
     /// Evaluate a point at event time `at` (its timestamp, or the watermark for a late
     /// point applied under the `apply` policy).
     pub fn on_point(&mut self, point: Reading, at: u64) -> Result<(), PoolError> {
+        self.route_point(point, at, false)
+    }
+
+    /// A point that arrived after its clock passed it, evaluated anyway at `at` (the
+    /// `apply` late policy): the transitions it causes are marked late.
+    pub fn on_late_point(&mut self, point: Reading, at: u64) -> Result<(), PoolError> {
+        self.route_point(point, at, true)
+    }
+
+    fn route_point(&mut self, point: Reading, at: u64, late: bool) -> Result<(), PoolError> {
         match &mut self.kind {
             Kind::Inline(e) => {
-                e.on_point(&point, at, &mut self.out);
+                e.on_point_marked(&point, at, late, &mut self.out);
                 Ok(())
             }
             Kind::Threads(t) => {
@@ -182,7 +208,7 @@ impl WorkerPool {
                 while bits != 0 {
                     let i = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    t.send(i, Msg::Point(Arc::clone(&point), at))?;
+                    t.send(i, Msg::Point(Arc::clone(&point), at, late))?;
                 }
                 Ok(())
             }
@@ -199,6 +225,22 @@ impl WorkerPool {
             Kind::Threads(t) => {
                 for i in 0..t.workers.len() {
                     t.send(i, Msg::Advance(to))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The `equipment` scope: `equipment_id`'s clock reached `to`.
+    pub fn advance_equipment(&mut self, equipment_id: &Arc<str>, to: u64) -> Result<(), PoolError> {
+        match &mut self.kind {
+            Kind::Inline(e) => {
+                e.advance_equipment(equipment_id, to, &mut self.out);
+                Ok(())
+            }
+            Kind::Threads(t) => {
+                for i in 0..t.workers.len() {
+                    t.send(i, Msg::AdvanceEquipment(Arc::clone(equipment_id), to))?;
                 }
                 Ok(())
             }
@@ -426,8 +468,9 @@ fn worker_loop(mut eval: Evaluator, rx: Receiver<Vec<Msg>>, tx: SyncSender<Reply
     while let Ok(batch) = rx.recv() {
         for msg in batch {
             match msg {
-                Msg::Point(p, at) => eval.on_point(&p, at, &mut out),
+                Msg::Point(p, at, late) => eval.on_point_marked(&p, at, late, &mut out),
                 Msg::Advance(to) => eval.advance(to, &mut out),
+                Msg::AdvanceEquipment(e, to) => eval.advance_equipment(&e, to, &mut out),
                 Msg::Change(change, at) => {
                     eval.apply(&change, at, &mut out);
                 }

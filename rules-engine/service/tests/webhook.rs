@@ -44,6 +44,7 @@ fn event(n: u64) -> PendingEvent {
         transition_id: transition_id("filler-7-overheat", "filler-7", 1_700_000_000_000 + n, n),
         groups: vec![],
         values: Default::default(),
+        late: false,
     };
     let src = EventSource {
         account: "123456789012".into(),

@@ -152,6 +152,41 @@ type Readers = SmallVec<[Reader; 2]>;
 /// (deadline, slot, equipment index, group index): ordered by deadline first.
 type TimerKey = (u64, u32, u16, u16);
 
+/// Hold timers per event-time domain: one domain in the global scope, one per
+/// equipment in the `equipment` scope, so each fires on its own clock.
+#[derive(Default)]
+struct Timers {
+    sets: Vec<BTreeSet<TimerKey>>,
+}
+
+impl Timers {
+    fn new() -> Self {
+        Timers {
+            sets: vec![BTreeSet::new()],
+        }
+    }
+
+    fn insert(&mut self, domain: u32, key: TimerKey) {
+        self.sets[domain as usize].insert(key);
+    }
+
+    fn remove(&mut self, domain: u32, key: &TimerKey) {
+        self.sets[domain as usize].remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.sets.iter().map(BTreeSet::len).sum()
+    }
+}
+
+/// The `equipment` scope's domains: an equipment's number and how far its clock
+/// has brought the rules.
+#[derive(Default)]
+struct Domains {
+    by_id: HashMap<String, u32>,
+    now: Vec<u64>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Reader {
     slot: u32,
@@ -177,6 +212,8 @@ struct Budget {
 
 #[derive(Default)]
 struct EquipState {
+    /// Its event-time domain (0 in the global scope).
+    domain: u32,
     /// Latest value per rule tag, as handed to Rhai.
     values: Vec<Option<Dynamic>>,
     groups: Vec<GroupState>,
@@ -204,7 +241,9 @@ pub struct Evaluator {
     free: Vec<u32>,
     /// (equipment, tag) → readers: a point costs only what the rules reading it cost.
     index: PairMap<Readers>,
-    timers: BTreeSet<TimerKey>,
+    timers: Timers,
+    /// `None`: the global scope, every equipment in domain 0.
+    domains: Option<Domains>,
     scores: Vec<Option<u64>>,
     scope: Scope<'static>,
     stats: EvalStats,
@@ -223,7 +262,7 @@ impl std::fmt::Debug for Evaluator {
 struct Cx<'a> {
     sandbox: &'a Sandbox,
     scope: &'a mut Scope<'static>,
-    timers: &'a mut BTreeSet<TimerKey>,
+    timers: &'a mut Timers,
     scores: &'a mut Vec<Option<u64>>,
     stats: &'a mut EvalStats,
     out: &'a mut Output,
@@ -242,15 +281,66 @@ impl Evaluator {
             slots: Vec::new(),
             free: Vec::new(),
             index: PairMap::default(),
-            timers: BTreeSet::new(),
+            timers: Timers::new(),
+            domains: None,
             scores: Vec::new(),
             scope: Scope::new(),
             stats: EvalStats::default(),
         }
     }
 
+    /// Under the `equipment` watermark scope: each equipment's holds fire on its own
+    /// clock ([`Evaluator::advance_equipment`]). Set before any rule is added.
+    pub fn per_equipment(mut self) -> Self {
+        self.domains = Some(Domains::default());
+        self
+    }
+
     pub fn partition(&self) -> Partition {
         self.partition
+    }
+
+    /// The domain of `equipment_id`, made when new (rules being added).
+    fn intern_domain(&mut self, equipment_id: &str) -> u32 {
+        let Some(d) = &mut self.domains else {
+            return 0;
+        };
+        if let Some(&i) = d.by_id.get(equipment_id) {
+            return i;
+        }
+        // Domain 0 stays the global one: equipment start at 1.
+        let i = self.timers.sets.len() as u32;
+        self.timers.sets.push(BTreeSet::new());
+        d.now.resize(i as usize + 1, 0);
+        d.by_id.insert(equipment_id.to_owned(), i);
+        i
+    }
+
+    /// The domain of `equipment_id`; `None` if no rule here reads it.
+    fn domain_of(&self, equipment_id: &str) -> Option<u32> {
+        match &self.domains {
+            None => Some(0),
+            Some(d) => d.by_id.get(equipment_id).copied(),
+        }
+    }
+
+    /// Event time domain `d` has reached, `at` when unknown (the global scope).
+    fn domain_now(&self, d: u32, at: u64) -> u64 {
+        match &self.domains {
+            Some(ds) => match ds.now.get(d as usize) {
+                Some(&n) if n > 0 => n,
+                _ => at,
+            },
+            None => at,
+        }
+    }
+
+    fn reach(&mut self, d: u32, t: u64) {
+        if let Some(ds) = &mut self.domains {
+            if let Some(n) = ds.now.get_mut(d as usize) {
+                *n = (*n).max(t);
+            }
+        }
     }
 
     pub fn stats(&self) -> EvalStats {
@@ -296,7 +386,10 @@ impl Evaluator {
         if !self.partition.owns(id) {
             return None;
         }
-        self.fire_due(at, out);
+        // Per equipment, every domain has fired through its own clock already.
+        if self.domains.is_none() {
+            self.fire_due(0, at, out);
+        }
         let slot = self.by_id.get(id).copied();
         let loaded = slot.and_then(|s| self.slots[s as usize].as_ref().map(|i| i.rule.version));
         let outcome = match (decide(loaded, change), change, slot) {
@@ -342,7 +435,11 @@ impl Evaluator {
     /// point applied under the `apply` policy). Hold deadlines up to `at` fire first.
     pub fn on_point(&mut self, p: &Reading, at: u64, out: &mut Output) {
         self.stats.points += 1;
-        self.fire_due(at, out);
+        let Some(domain) = self.domain_of(&p.equipment_id) else {
+            return;
+        };
+        self.reach(domain, at);
+        self.fire_due(domain, at, out);
         let Evaluator {
             sandbox,
             slots,
@@ -403,12 +500,40 @@ impl Evaluator {
         }
     }
 
-    /// Event time has reached `to` (the watermark): fire hold deadlines up to it.
-    pub fn advance(&mut self, to: u64, out: &mut Output) {
-        self.fire_due(to, out);
+    /// [`Self::on_point`]; with `late`, the transitions the point causes are marked
+    /// late (it arrived after its clock had passed it).
+    pub fn on_point_marked(&mut self, p: &Reading, at: u64, late: bool, out: &mut Output) {
+        let before = out.transitions.len();
+        self.on_point(p, at, out);
+        if late {
+            for t in &mut out.transitions[before..] {
+                t.late = true;
+            }
+        }
     }
 
-    fn fire_due(&mut self, t: u64, out: &mut Output) {
+    /// Event time has reached `to` (the watermark) for every rule: fire hold deadlines
+    /// up to it (in every domain).
+    pub fn advance(&mut self, to: u64, out: &mut Output) {
+        for d in 0..self.timers.sets.len() as u32 {
+            self.reach(d, to);
+            self.fire_due(d, to, out);
+        }
+    }
+
+    /// The `equipment` scope: `equipment_id`'s clock reached `to`; fire its rules'
+    /// hold deadlines up to it. In the global scope, the same as [`Self::advance`].
+    pub fn advance_equipment(&mut self, equipment_id: &str, to: u64, out: &mut Output) {
+        if self.domains.is_none() {
+            return self.advance(to, out);
+        }
+        if let Some(d) = self.domain_of(equipment_id) {
+            self.reach(d, to);
+            self.fire_due(d, to, out);
+        }
+    }
+
+    fn fire_due(&mut self, domain: u32, t: u64, out: &mut Output) {
         let Evaluator {
             sandbox,
             slots,
@@ -418,11 +543,12 @@ impl Evaluator {
             stats,
             ..
         } = self;
-        while let Some(&(deadline, slot, equip, group)) = timers.first() {
+        let d = domain as usize;
+        while let Some(&(deadline, slot, equip, group)) = timers.sets[d].first() {
             if deadline > t {
                 break;
             }
-            timers.pop_first();
+            timers.sets[d].pop_first();
             let Some(Instance {
                 rule, equipment, ..
             }) = slots[slot as usize].as_mut()
@@ -434,11 +560,11 @@ impl Evaluator {
             stats.timers_fired += 1;
             // Every group of this rule and equipment due at the same instant, then one
             // ranking: no transient winner in between.
-            while let Some(&(d2, s2, e2, g2)) = timers.first() {
+            while let Some(&(d2, s2, e2, g2)) = timers.sets[d].first() {
                 if (d2, s2, e2) != (deadline, slot, equip) {
                     break;
                 }
-                timers.pop_first();
+                timers.sets[d].pop_first();
                 changed |= eq.groups[g2 as usize].hold.fire();
                 stats.timers_fired += 1;
             }
@@ -470,8 +596,13 @@ impl Evaluator {
     }
 
     fn add(&mut self, rule: Arc<Rule>) {
-        let equipment = (0..rule.equipment.len())
-            .map(|_| fresh_equipment(&rule))
+        let equipment = rule
+            .equipment
+            .iter()
+            .map(|e| {
+                let domain = self.intern_domain(e);
+                fresh_equipment(&rule, domain)
+            })
             .collect();
         let id = rule.id.clone();
         let slot = self.alloc_slot(Instance {
@@ -542,8 +673,9 @@ impl Evaluator {
         };
         let mut equipment = Vec::with_capacity(rule.equipment.len());
         for e in &rule.equipment {
+            let domain = self.intern_domain(e);
             let Some(oe) = old.rule.equipment.iter().position(|x| x == e) else {
-                equipment.push(fresh_equipment(&rule));
+                equipment.push(fresh_equipment(&rule, domain));
                 continue;
             };
             let o = &old.equipment[oe];
@@ -589,6 +721,7 @@ impl Evaluator {
                 None => (None, o.orphan_current.clone()),
             };
             equipment.push(EquipState {
+                domain,
                 values,
                 groups,
                 current,
@@ -620,6 +753,10 @@ impl Evaluator {
             budget: Budget::default(),
         });
         self.index_add(&rule, slot);
+        // Each equipment's run is brought up to date at its own domain's time.
+        let ats: Vec<u64> = equipment_domains(&self.slots[slot as usize])
+            .map(|d| self.domain_now(d, at))
+            .collect();
         let Evaluator {
             sandbox,
             slots,
@@ -646,9 +783,10 @@ impl Evaluator {
             out,
         };
         for (e, eq) in equipment.iter_mut().enumerate() {
+            let at = ats[e];
             for (g, gs) in eq.groups.iter().enumerate() {
                 if let Some(d) = gs.hold.deadline(rule.shape.groups[g].hold_ms) {
-                    cx.timers.insert((d, slot, e as u16, g as u16));
+                    cx.timers.insert(eq.domain, (d, slot, e as u16, g as u16));
                 }
             }
             for (g, m) in mapping.iter().enumerate() {
@@ -697,8 +835,14 @@ impl Evaluator {
     }
 }
 
-fn fresh_equipment(rule: &Rule) -> EquipState {
+/// The domain of each equipment of the rule in `slot` (none for an empty slot).
+fn equipment_domains(inst: &Option<Instance>) -> impl Iterator<Item = u32> + '_ {
+    inst.iter().flat_map(|i| i.equipment.iter().map(|e| e.domain))
+}
+
+fn fresh_equipment(rule: &Rule, domain: u32) -> EquipState {
     EquipState {
+        domain,
         values: vec![None; rule.shape.tags.len()],
         groups: vec![GroupState::default(); rule.shape.groups.len()],
         ..EquipState::default()
@@ -706,27 +850,23 @@ fn fresh_equipment(rule: &Rule) -> EquipState {
 }
 
 /// A quarantined rule: no timer of it fires, no pending change survives.
-fn drop_timers(
-    timers: &mut BTreeSet<TimerKey>,
-    rule: &Rule,
-    equipment: &mut [EquipState],
-    slot: u32,
-) {
+fn drop_timers(timers: &mut Timers, rule: &Rule, equipment: &mut [EquipState], slot: u32) {
     for (e, eq) in equipment.iter_mut().enumerate() {
+        let domain = eq.domain;
         for (g, gs) in eq.groups.iter_mut().enumerate() {
             if let Some(d) = gs.hold.deadline(rule.shape.groups[g].hold_ms) {
-                timers.remove(&(d, slot, e as u16, g as u16));
+                timers.remove(domain, &(d, slot, e as u16, g as u16));
             }
             gs.hold.cancel();
         }
     }
 }
 
-fn remove_timers(timers: &mut BTreeSet<TimerKey>, inst: &Instance, slot: u32) {
+fn remove_timers(timers: &mut Timers, inst: &Instance, slot: u32) {
     for (e, eq) in inst.equipment.iter().enumerate() {
         for (g, gs) in eq.groups.iter().enumerate() {
             if let Some(d) = gs.hold.deadline(inst.rule.shape.groups[g].hold_ms) {
-                timers.remove(&(d, slot, e as u16, g as u16));
+                timers.remove(eq.domain, &(d, slot, e as u16, g as u16));
             }
         }
     }
@@ -797,7 +937,7 @@ fn eval_group(
                 FailureKind::Limit => {
                     gs.disabled = Some(f.message.clone());
                     if let Some(d) = gs.hold.deadline(group.hold_ms) {
-                        cx.timers.remove(&(d, slot, equip, g));
+                        cx.timers.remove(eq.domain, &(d, slot, equip, g));
                     }
                     gs.hold.cancel();
                     DiagnosticKind::GroupDisabled
@@ -838,10 +978,10 @@ fn eval_group(
     let effect = gs.hold.observe(vote, at, group.hold_ms);
     if effect.old_deadline != effect.new_deadline {
         if let Some(d) = effect.old_deadline {
-            cx.timers.remove(&(d, slot, equip, g));
+            cx.timers.remove(eq.domain, &(d, slot, equip, g));
         }
         if let Some(d) = effect.new_deadline {
-            cx.timers.insert((d, slot, equip, g));
+            cx.timers.insert(eq.domain, (d, slot, equip, g));
         }
     }
     effect.changed
@@ -984,6 +1124,7 @@ fn rank(cx: &mut Cx<'_>, rule: &Rule, eq: &mut EquipState, equip: u16, at: u64) 
         sequence: eq.sequence,
         groups,
         values,
+        late: false,
     });
 }
 

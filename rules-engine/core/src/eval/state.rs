@@ -139,7 +139,8 @@ impl Evaluator {
                 // Drop timers of whatever state this equipment had.
                 for (g, gs) in inst.equipment[e].groups.iter().enumerate() {
                     if let Some(d) = gs.hold.deadline(rule.shape.groups[g].hold_ms) {
-                        self.timers.remove(&(d, slot, e as u16, g as u16));
+                        self.timers
+                            .remove(inst.equipment[e].domain, &(d, slot, e as u16, g as u16));
                     }
                 }
                 let eq = &mut inst.equipment[e];
@@ -184,7 +185,7 @@ impl Evaluator {
                         });
                     eq.groups[g] = restored.unwrap_or_default();
                     if let Some(d) = eq.groups[g].hold.deadline(group.hold_ms) {
-                        self.timers.insert((d, slot, e as u16, g as u16));
+                        self.timers.insert(eq.domain, (d, slot, e as u16, g as u16));
                     }
                 }
                 eq.current = es

@@ -552,6 +552,7 @@ mod tests {
             transition_id: linewatch_rules_core::transition::transition_id("r", "e", 1_000, 1),
             groups: vec![],
             values: Default::default(),
+            late: false,
         };
         let src = EventSource {
             account: "1".into(),

@@ -7,7 +7,7 @@ use crate::output::{self, WebhookConfig};
 use crate::source::KinesisSourceConfig;
 use linewatch_rules_core::eval::Partition;
 use linewatch_rules_core::rule::Limits;
-use linewatch_rules_core::sequencer::{LatePolicy, SequencerConfig};
+use linewatch_rules_core::sequencer::{LatePolicy, SequencerConfig, WatermarkScope};
 use linewatch_rules_core::transition::EventSource;
 use linewatch_rules_core::watermark::{self, WatermarkConfig};
 use linewatch_rules_core::workers::MAX_WORKERS;
@@ -144,6 +144,10 @@ pub struct WatermarkSection {
     pub advance_interval: Duration,
     #[serde(default)]
     pub late_policy: LatePolicy,
+    /// `global`: one watermark over every sender of the stream; `equipment`: each
+    /// equipment's rules wait only for the senders of that equipment's points.
+    #[serde(default)]
+    pub scope: WatermarkScope,
     /// An event time beyond the record's arrival time plus this is refused.
     #[serde(default = "watermark::default_future_skew", with = "humantime_serde")]
     pub max_future_skew: Duration,
@@ -169,6 +173,7 @@ impl Default for WatermarkSection {
             idle_timeout: default_idle_timeout(),
             advance_interval: default_advance_interval(),
             late_policy: LatePolicy::default(),
+            scope: WatermarkScope::default(),
             max_future_skew: watermark::default_future_skew(),
             stall_after: watermark::default_stall_after(),
             first_seen_grace: watermark::default_first_seen_grace(),
@@ -370,6 +375,7 @@ impl ServiceConfig {
                 prune_after: self.watermark.prune_after,
             },
             late_policy: self.watermark.late_policy,
+            scope: self.watermark.scope,
         }
     }
 
