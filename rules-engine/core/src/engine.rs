@@ -572,6 +572,7 @@ impl RuleCompiler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sequencer::WatermarkScope;
     use crate::watermark::WatermarkConfig;
     use proptest::prelude::*;
     use std::time::Duration;
@@ -589,12 +590,17 @@ mod tests {
     }
 
     fn cfg(partition: Partition, workers: usize) -> EngineConfig {
+        cfg_in(partition, workers, WatermarkScope::Global)
+    }
+
+    fn cfg_in(partition: Partition, workers: usize, scope: WatermarkScope) -> EngineConfig {
         EngineConfig {
             sequencer: SequencerConfig {
                 watermark: WatermarkConfig::with(
                     Duration::from_millis(500),
                     Duration::from_secs(3600),
                 ),
+                scope,
                 ..SequencerConfig::default()
             },
             workers,
@@ -636,7 +642,11 @@ mod tests {
     }
 
     fn loaded(partition: Partition, workers: usize, rules: &[(&str, String)]) -> Engine {
-        let mut e = Engine::new(cfg(partition, workers)).unwrap();
+        loaded_in(cfg(partition, workers), rules)
+    }
+
+    fn loaded_in(cfg: EngineConfig, rules: &[(&str, String)]) -> Engine {
+        let mut e = Engine::new(cfg).unwrap();
         for (id, s) in rules {
             let u = e.on_rule(id, Some((1, s))).unwrap();
             assert!(
@@ -870,14 +880,18 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-        /// A checkpoint at any point, restored into a new engine (any worker count),
-        /// continues exactly as if nothing had happened.
+        /// A checkpoint at any point, restored into a new engine (any worker count,
+        /// either watermark scope, the checkpoint's or the other), continues exactly
+        /// as if nothing had happened. (One sender: both scopes decide the same.)
         #[test]
         fn restore_continues_exactly(
             values in proptest::collection::vec(0i64..100, 4..40),
             cut in any::<proptest::sample::Index>(),
             workers in 1usize..4,
+            before_per_equipment in any::<bool>(),
+            after_per_equipment in any::<bool>(),
         ) {
+            let scope = |e: bool| if e { WatermarkScope::Equipment } else { WatermarkScope::Global };
             let rules = rule_set();
             let mut hot = rules.clone();
             hot.push(("hot".into(), HOT.into()));
@@ -886,14 +900,16 @@ mod tests {
             run(&mut loaded(Partition::ALL, 1, &as_refs(&hot)), &input, &mut straight);
 
             let cut = cut.index(input.len());
-            let mut first = loaded(Partition::ALL, workers, &as_refs(&hot));
+            let before = cfg_in(Partition::ALL, workers, scope(before_per_equipment));
+            let mut first = loaded_in(before, &as_refs(&hot));
             let mut resumed = Vec::new();
             run(&mut first, &input[..cut], &mut resumed);
             let snap = first.snapshot().unwrap();
             drop(first);
             let json = serde_json::to_vec(&snap).unwrap();
             let snap: EngineSnapshot = serde_json::from_slice(&json).unwrap();
-            let (mut second, problems) = Engine::restore(cfg(Partition::ALL, workers), snap).unwrap();
+            let after = cfg_in(Partition::ALL, workers, scope(after_per_equipment));
+            let (mut second, problems) = Engine::restore(after, snap).unwrap();
             prop_assert!(problems.is_empty(), "{:?}", problems);
             run(&mut second, &input[cut..], &mut resumed);
             prop_assert_eq!(straight, resumed);

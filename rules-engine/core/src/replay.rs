@@ -10,10 +10,10 @@
 //! time seen, so holds due by then fire. Same input, same options: same output, for
 //! any number of workers.
 
+use crate::engine::release;
 use crate::eval::{Diagnostic, EvalStats, Output};
 use crate::lifecycle::{ChangeOutcome, RuleChange};
 use crate::rule::{Limits, Rule, RuleError, Sandbox};
-use crate::engine::release;
 use crate::sequencer::{Admission, LatePolicy, Sequencer, SequencerConfig, WatermarkScope};
 use crate::transition::{EventSource, Transition};
 use crate::watermark::WatermarkConfig;

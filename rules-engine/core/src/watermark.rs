@@ -480,9 +480,11 @@ impl WatermarkTracker {
     /// count (not [`SenderStatus::Active`]); in the order of [`Self::senders`].
     pub fn contributions(&self, now: u64, into: &mut Vec<Option<u64>>) {
         into.clear();
-        into.extend(self.senders.iter().map(|s| {
-            (self.status(s, now) == SenderStatus::Active).then(|| self.contribution(s))
-        }));
+        into.extend(
+            self.senders.iter().map(|s| {
+                (self.status(s, now) == SenderStatus::Active).then(|| self.contribution(s))
+            }),
+        );
     }
 
     /// The candidate before taking the maximum with the previous watermark, if any

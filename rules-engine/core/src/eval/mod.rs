@@ -837,7 +837,8 @@ impl Evaluator {
 
 /// The domain of each equipment of the rule in `slot` (none for an empty slot).
 fn equipment_domains(inst: &Option<Instance>) -> impl Iterator<Item = u32> + '_ {
-    inst.iter().flat_map(|i| i.equipment.iter().map(|e| e.domain))
+    inst.iter()
+        .flat_map(|i| i.equipment.iter().map(|e| e.domain))
 }
 
 fn fresh_equipment(rule: &Rule, domain: u32) -> EquipState {
