@@ -238,6 +238,16 @@ impl Engine {
         &self.seq
     }
 
+    /// How far event time has come: the watermark, or in the `equipment` scope the
+    /// most advanced equipment clock (a clock held by an offline gateway is its own
+    /// affair; [`crate::clocks::EquipmentClocks::range`] has the lowest).
+    pub fn progress(&self) -> Option<u64> {
+        match self.seq.clocks() {
+            Some(c) => c.range().map(|(_, hi)| hi),
+            None => self.seq.watermark(),
+        }
+    }
+
     pub fn stats(&self) -> crate::eval::EvalStats {
         self.pool.stats()
     }
@@ -453,7 +463,7 @@ impl Engine {
             );
         }
         Ok(TickOutput {
-            watermark: self.seq.watermark(),
+            watermark: self.progress(),
             transitions: out.transitions,
             diagnostics: out.diagnostics,
         })

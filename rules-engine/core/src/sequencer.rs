@@ -491,6 +491,147 @@ mod tests {
         assert_eq!(r.push(point("a", 30, 3, false), 0), Admission::Buffered);
     }
 
+    fn on(source: &str, equipment: &str, ts: u64, n: u64, heartbeat: bool) -> DataPoint {
+        let mut p = point(source, ts, n, heartbeat);
+        p.equipment_id = equipment.into();
+        p
+    }
+
+    fn per_equipment(ooo: u64, idle: u64) -> Sequencer {
+        Sequencer::new(SequencerConfig {
+            watermark: WatermarkConfig::with(
+                Duration::from_millis(ooo),
+                Duration::from_millis(idle),
+            ),
+            late_policy: LatePolicy::DeadLetter,
+            scope: WatermarkScope::Equipment,
+        })
+    }
+
+    /// Every step until the release ends, as (equipment or "*", time) for clocks and
+    /// ("point", timestamp) for points.
+    fn released(s: &mut Sequencer, now: u64) -> Vec<(String, u64)> {
+        s.step(now);
+        let mut out = Vec::new();
+        while let Some(step) = s.next_step() {
+            out.push(match step {
+                Step::Point(p) => (format!("point {}", p.equipment_id), p.timestamp),
+                Step::Reached { equipment, to } => {
+                    (equipment.map_or("*".to_owned(), |e| e.to_string()), to)
+                }
+            });
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn per_equipment_a_slow_sender_holds_back_only_its_own_equipment() {
+        let mut s = per_equipment(0, 10_000);
+        assert_eq!(s.push(on("a", "ea", 100, 1, false), 0), Admission::Buffered);
+        assert_eq!(s.push(on("b", "eb", 10, 1, false), 0), Admission::Buffered);
+        assert_eq!(
+            released(&mut s, 0),
+            [
+                ("ea".to_owned(), 100),
+                ("eb".to_owned(), 10),
+                ("point ea".to_owned(), 100),
+                ("point eb".to_owned(), 10),
+            ]
+        );
+        // The global minimum is b's; a's equipment did not wait for it.
+        assert_eq!(s.watermark(), Some(10));
+        let clocks = s.clocks().expect("equipment scope");
+        assert_eq!(
+            (clocks.clock_of("ea"), clocks.clock_of("eb")),
+            (Some(100), Some(10))
+        );
+        // A point of a's equipment at 50 is late for it; one of b's at 50 is not.
+        assert!(matches!(
+            s.push(on("a", "ea", 50, 2, false), 0),
+            Admission::DeadLetter { watermark: 100, .. }
+        ));
+        assert_eq!(s.push(on("b", "eb", 50, 2, false), 0), Admission::Buffered);
+        assert_eq!(s.tracker().late_counts().get("a"), Some(&1));
+        assert_eq!(s.tracker().late_counts().get("b"), None);
+    }
+
+    #[test]
+    fn a_declared_low_watermark_holds_its_sender_below_the_backlog() {
+        let mut s = per_equipment(0, 10_000);
+        s.push(on("b", "eb", 10, 1, false), 0);
+        released(&mut s, 0);
+        // Back with live data and a heartbeat: points from 50 on are still to come.
+        let mut hb = on("b", "eb", 200, 2, true);
+        hb.meta.low_watermark = Some(50);
+        assert_eq!(s.push(hb, 1), Admission::Heartbeat);
+        assert_eq!(s.push(on("b", "eb", 200, 3, false), 1), Admission::Buffered);
+        assert_eq!(released(&mut s, 1), [("eb".to_owned(), 49)]);
+        let mut backlog = on("b", "eb", 50, 1, false);
+        backlog.meta.flags.insert(Flag::Bfl);
+        assert_eq!(s.push(backlog, 1), Admission::Buffered, "on time");
+        // The backlog is gone: a heartbeat without the field lets the clock go on.
+        assert_eq!(s.push(on("b", "eb", 201, 4, true), 2), Admission::Heartbeat);
+        assert_eq!(
+            released(&mut s, 2),
+            [
+                ("eb".to_owned(), 201),
+                ("point eb".to_owned(), 50),
+                ("point eb".to_owned(), 200),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sender_back_from_idle_waits_the_grace_for_its_backlog_declaration() {
+        let mut s = per_equipment(0, 1_000);
+        s.push(on("b", "eb", 10, 1, false), 0);
+        released(&mut s, 0);
+        // Back after an outage; its live point comes before any heartbeat (another
+        // shard). For firstSeenGrace (5 s) it counts only as far as before.
+        assert_eq!(
+            s.push(on("b", "eb", 9_000, 2, false), 5_000),
+            Admission::Buffered
+        );
+        assert_eq!(released(&mut s, 5_000), Vec::<(String, u64)>::new());
+        let mut hb = on("b", "eb", 9_000, 3, true);
+        hb.meta.low_watermark = Some(20);
+        s.push(hb, 6_000);
+        assert_eq!(released(&mut s, 6_000), [("eb".to_owned(), 19)]);
+        let mut backlog = on("b", "eb", 20, 1, false);
+        backlog.meta.flags.insert(Flag::Bfl);
+        assert_eq!(s.push(backlog, 6_000), Admission::Buffered, "on time");
+        // Without a declaration the grace ends and the clock follows the live data.
+        let mut t = per_equipment(0, 3_000);
+        t.push(on("c", "ec", 10, 1, false), 0);
+        released(&mut t, 0);
+        t.push(on("c", "ec", 9_000, 2, false), 5_000);
+        t.push(on("c", "ec", 9_500, 3, false), 7_000);
+        t.push(on("c", "ec", 9_600, 4, false), 9_000);
+        assert_eq!(released(&mut t, 9_000), Vec::<(String, u64)>::new());
+        t.push(on("c", "ec", 9_700, 5, false), 10_001);
+        assert_eq!(
+            released(&mut t, 10_001),
+            [
+                ("ec".to_owned(), 9_700),
+                ("point ec".to_owned(), 9_000),
+                ("point ec".to_owned(), 9_500),
+                ("point ec".to_owned(), 9_600),
+                ("point ec".to_owned(), 9_700),
+            ]
+        );
+        // Any heartbeat ends the wait: it would have declared a backlog if there was one.
+        let mut u = per_equipment(0, 3_000);
+        u.push(on("d", "ed", 10, 1, false), 0);
+        released(&mut u, 0);
+        u.push(on("d", "ed", 9_000, 2, false), 5_000);
+        u.push(on("d", "ed", 9_000, 3, true), 5_100);
+        assert_eq!(
+            released(&mut u, 5_100),
+            [("ed".to_owned(), 9_000), ("point ed".to_owned(), 9_000)]
+        );
+    }
+
     #[test]
     fn late_points_follow_the_policy() {
         let mut s = seq(0, 1_000, LatePolicy::DeadLetter);

@@ -45,6 +45,11 @@ pub struct WatermarkConfig {
     /// watermark back for at most this long, not the whole idle timeout.
     #[serde(with = "duration_text", default = "default_first_seen_grace")]
     pub first_seen_grace: Duration,
+    /// A sender back after being idle counts no further than before, for this long
+    /// or until its first heartbeat (which declares its backlog, if any): its live
+    /// points may come on one shard before that heartbeat on another.
+    #[serde(with = "duration_text", default = "default_resume_grace")]
+    pub resume_grace: Duration,
     /// Senders not seen for this long are forgotten (bounded memory, metrics and
     /// checkpoint); one that returns starts as a new sender. Never less than the
     /// idle timeout, so forgetting changes no decision.
@@ -60,6 +65,7 @@ impl Default for WatermarkConfig {
             max_future_skew: default_future_skew(),
             stall_after: default_stall_after(),
             first_seen_grace: default_first_seen_grace(),
+            resume_grace: default_resume_grace(),
             prune_after: default_prune_after(),
         }
     }
@@ -83,6 +89,9 @@ pub fn default_stall_after() -> Duration {
     Duration::from_secs(30)
 }
 pub fn default_first_seen_grace() -> Duration {
+    Duration::from_secs(5)
+}
+pub fn default_resume_grace() -> Duration {
     Duration::from_secs(5)
 }
 pub fn default_prune_after() -> Duration {
@@ -136,6 +145,19 @@ pub struct SenderState {
     /// after this event time (a backlog), so it holds event time below it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_watermark: Option<u64>,
+    /// Clock reading of its return after being idle (0: none, or its first heartbeat
+    /// since came). For `resumeGrace` after it, the sender counts no further than where it was before it went quiet:
+    /// a gateway back from an outage may have live points on one shard before the
+    /// heartbeat declaring its backlog arrives from another.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed_at: u64,
+    /// Its highest event time when it returned.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed_from: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl SenderState {
@@ -216,6 +238,7 @@ pub struct WatermarkTracker {
     future_skew: u64,
     stall: u64,
     grace: u64,
+    resume_grace: u64,
     prune: u64,
     watermark: Option<u64>,
     senders: Vec<SenderState>,
@@ -247,6 +270,7 @@ impl WatermarkTracker {
             future_skew: ms(cfg.max_future_skew),
             stall: ms(cfg.stall_after),
             grace: ms(cfg.first_seen_grace),
+            resume_grace: ms(cfg.resume_grace),
             prune: ms(cfg.prune_after).max(idle),
             watermark: None,
             senders: Vec::new(),
@@ -399,6 +423,9 @@ impl WatermarkTracker {
             // First accepted point: "seen once" counts from here.
             s.first_seen = now;
             s.advanced_at = now;
+        } else if now.saturating_sub(s.last_seen) > self.idle {
+            s.resumed_at = now;
+            s.resumed_from = s.highest;
         }
         if ts > s.highest {
             s.highest = ts;
@@ -446,6 +473,8 @@ impl WatermarkTracker {
             resent: 0,
             lanes: Vec::new(),
             low_watermark: None,
+            resumed_at: 0,
+            resumed_from: 0,
         });
         self.lookup.get_or_insert_with(gw, source_id, || i as u32);
         self.last = i;
@@ -466,25 +495,28 @@ impl WatermarkTracker {
         }
     }
 
-    /// How far sender `s` lets event time go: its highest event time less the
-    /// out-of-orderness, and below its declared low watermark while it has a backlog.
-    pub fn contribution(&self, s: &SenderState) -> u64 {
-        let c = s.highest.saturating_sub(self.max_ooo);
-        match s.low_watermark {
-            Some(low) => c.min(low.saturating_sub(1)),
-            None => c,
+    /// How far sender `s` lets event time go at clock `now`: its highest event time
+    /// less the out-of-orderness, below its declared low watermark while it has a
+    /// backlog, and no further than before an outage for `resumeGrace` after it
+    /// returned (time for the heartbeat declaring its backlog to arrive).
+    pub fn contribution(&self, s: &SenderState, now: u64) -> u64 {
+        let mut c = s.highest.saturating_sub(self.max_ooo);
+        if let Some(low) = s.low_watermark {
+            c = c.min(low.saturating_sub(1));
         }
+        if s.resumed_at > 0 && now.saturating_sub(s.resumed_at) < self.resume_grace {
+            c = c.min(s.resumed_from.saturating_sub(self.max_ooo));
+        }
+        c
     }
 
     /// Each sender's contribution at clock `now`, `None` for a sender that does not
     /// count (not [`SenderStatus::Active`]); in the order of [`Self::senders`].
     pub fn contributions(&self, now: u64, into: &mut Vec<Option<u64>>) {
         into.clear();
-        into.extend(
-            self.senders.iter().map(|s| {
-                (self.status(s, now) == SenderStatus::Active).then(|| self.contribution(s))
-            }),
-        );
+        into.extend(self.senders.iter().map(|s| {
+            (self.status(s, now) == SenderStatus::Active).then(|| self.contribution(s, now))
+        }));
     }
 
     /// The candidate before taking the maximum with the previous watermark, if any
@@ -493,7 +525,7 @@ impl WatermarkTracker {
         self.senders
             .iter()
             .filter(|s| self.status(s, now) == SenderStatus::Active)
-            .map(|s| self.contribution(s))
+            .map(|s| self.contribution(s, now))
             .filter(|c| self.watermark.is_none_or(|w| *c >= w))
             .min()
     }
@@ -537,12 +569,15 @@ impl WatermarkTracker {
         self.last
     }
 
-    /// A heartbeat of the last observed sender declared `low` (`None`: its backlog is
-    /// gone). Kept only for a sender that has an accepted point.
+    /// A heartbeat of the last observed sender declared `low` (`None`: it has no
+    /// backlog, or no more). Kept only for a sender that has an accepted point. Any
+    /// heartbeat ends the wait after a return from idle: it would have declared a
+    /// backlog if there was one.
     pub fn declare_low_watermark(&mut self, low: Option<u64>) {
         if let Some(s) = self.senders.get_mut(self.last) {
             if s.points > 0 {
                 s.low_watermark = low;
+                s.resumed_at = 0;
             }
         }
     }
@@ -642,6 +677,7 @@ mod tests {
             max_future_skew: Duration::from_secs(300),
             stall_after: Duration::from_secs(1 << 40),
             first_seen_grace: Duration::from_secs(1 << 40),
+            resume_grace: Duration::ZERO,
             prune_after: Duration::from_secs(1 << 40),
         }
     }

@@ -12,7 +12,9 @@ use linewatch_rules::service::config::{parse_partition, ServiceConfig};
 use linewatch_rules::service::run::{run, RunOptions};
 use linewatch_rules_core::eval::Partition;
 use linewatch_rules_core::replay::{load_rule_files, replay, ReplayEvent, ReplayOptions};
-use linewatch_rules_core::{EventSource, LatePolicy, Limits, Sandbox, WatermarkConfig};
+use linewatch_rules_core::{
+    EventSource, LatePolicy, Limits, Sandbox, WatermarkConfig, WatermarkScope,
+};
 use linewatch_runtime::logging::{self, LogFormat};
 use linewatch_runtime::shutdown::CancellationToken;
 use linewatch_runtime::signals;
@@ -103,6 +105,10 @@ enum Command {
         /// What to do with points at or below the watermark.
         #[arg(long, value_enum, default_value_t = Late::DeadLetter)]
         late: Late,
+        /// Whose senders hold a rule back: every sender of the input (`global`) or
+        /// only those of the rule's equipment (`equipment`).
+        #[arg(long, value_enum, default_value_t = Scope::Global)]
+        scope: Scope,
         /// Write late points (the raw lines) here under `--late dead-letter`.
         #[arg(long)]
         dead_letter: Option<PathBuf>,
@@ -131,6 +137,12 @@ enum Command {
 enum Late {
     DeadLetter,
     Apply,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scope {
+    Global,
+    Equipment,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -176,6 +188,7 @@ fn main() -> ExitCode {
             idle_timeout,
             workers,
             late,
+            scope,
             dead_letter,
             events,
             account,
@@ -190,6 +203,10 @@ fn main() -> ExitCode {
                 late_policy: match late {
                     Late::DeadLetter => LatePolicy::DeadLetter,
                     Late::Apply => LatePolicy::Apply,
+                },
+                scope: match scope {
+                    Scope::Global => WatermarkScope::Global,
+                    Scope::Equipment => WatermarkScope::Equipment,
                 },
                 workers,
                 progress_every,

@@ -161,6 +161,10 @@ pub struct WatermarkSection {
         with = "humantime_serde"
     )]
     pub first_seen_grace: Duration,
+    /// A sender back from idle holds event time where it was for this long, or until
+    /// its first heartbeat, which declares its backlog if it has one.
+    #[serde(default = "watermark::default_resume_grace", with = "humantime_serde")]
+    pub resume_grace: Duration,
     /// Senders silent this long are forgotten (at least `idle_timeout`).
     #[serde(default = "watermark::default_prune_after", with = "humantime_serde")]
     pub prune_after: Duration,
@@ -177,6 +181,7 @@ impl Default for WatermarkSection {
             max_future_skew: watermark::default_future_skew(),
             stall_after: watermark::default_stall_after(),
             first_seen_grace: watermark::default_first_seen_grace(),
+            resume_grace: watermark::default_resume_grace(),
             prune_after: watermark::default_prune_after(),
         }
     }
@@ -372,6 +377,7 @@ impl ServiceConfig {
                 max_future_skew: self.watermark.max_future_skew,
                 stall_after: self.watermark.stall_after,
                 first_seen_grace: self.watermark.first_seen_grace,
+                resume_grace: self.watermark.resume_grace,
                 prune_after: self.watermark.prune_after,
             },
             late_policy: self.watermark.late_policy,

@@ -84,6 +84,8 @@ pub struct EngineMetrics {
     pub rules_quarantined: Gauge,
     pub watermark_ms: Gauge,
     pub watermark_lag_seconds: Gauge<f64, AtomicU64>,
+    pub equipment_clocks: Gauge,
+    pub equipment_clock_lowest_ms: Gauge,
     pub reorder_buffered: Gauge,
     pub rules_loaded: Gauge,
     pub rule_changes: Family<StatusLabel, Counter>,
@@ -115,6 +117,8 @@ impl Default for EngineMetrics {
             rules_quarantined: Gauge::default(),
             watermark_ms: Gauge::default(),
             watermark_lag_seconds: Gauge::default(),
+            equipment_clocks: Gauge::default(),
+            equipment_clock_lowest_ms: Gauge::default(),
             reorder_buffered: Gauge::default(),
             rules_loaded: Gauge::default(),
             rule_changes: Family::default(),
@@ -180,8 +184,18 @@ impl EngineMetrics {
         );
         r.register(
             "watermark_ms",
-            "The global watermark, ms since the Unix epoch",
+            "The watermark (watermark.scope = \"equipment\": the most advanced equipment clock), ms since the Unix epoch",
             self.watermark_ms.clone(),
+        );
+        r.register(
+            "equipment_clocks",
+            "Equipment with their own event-time clock (watermark.scope = \"equipment\")",
+            self.equipment_clocks.clone(),
+        );
+        r.register(
+            "equipment_clock_lowest_ms",
+            "The least advanced equipment clock (watermark.scope = \"equipment\"), ms since the Unix epoch",
+            self.equipment_clock_lowest_ms.clone(),
         );
         r.register(
             "watermark_lag_seconds",

@@ -778,6 +778,12 @@ impl Loop {
                 .set(now.saturating_sub(w) as f64 / 1000.0);
         }
         m.reorder_buffered.set(seq.buffered() as i64);
+        if let Some(clocks) = seq.clocks() {
+            m.equipment_clocks.set(clocks.len() as i64);
+            if let Some((lo, _)) = clocks.range() {
+                m.equipment_clock_lowest_ms.set(lo as i64);
+            }
+        }
         let tracker = seq.tracker();
         let (mut active, mut idle, mut one_off) = (0, 0, 0);
         let mut degraded = Vec::new();
