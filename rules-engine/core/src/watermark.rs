@@ -170,6 +170,20 @@ impl SenderState {
     }
 }
 
+/// Clock readings a sender's last arrival, first arrival, last advance and return are
+/// compared with (see `WatermarkTracker::cutoffs`).
+struct Cutoffs {
+    /// Not seen since before this: idle.
+    idle: u64,
+    /// Seen once, before this: a one-off.
+    one_off: u64,
+    /// Event time not advanced since before this: stalled.
+    stall: u64,
+    /// Returned after this: still within the resume grace.
+    resumed: u64,
+    no_resume: bool,
+}
+
 /// Where a sender stands at a clock reading. Only [`SenderStatus::Active`] senders
 /// hold the watermark back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -500,34 +514,70 @@ impl WatermarkTracker {
     /// backlog, and no further than before an outage for `resumeGrace` after it
     /// returned (time for the heartbeat declaring its backlog to arrive).
     pub fn contribution(&self, s: &SenderState, now: u64) -> u64 {
-        let mut c = s.highest.saturating_sub(self.max_ooo);
+        self.contribution_cut(s, &self.cutoffs(now))
+    }
+
+    /// The clock readings [`Self::status`] and [`Self::contribution`] compare with,
+    /// worked out once per advance: the loops over every sender stay a few compares.
+    fn cutoffs(&self, now: u64) -> Cutoffs {
+        Cutoffs {
+            idle: now.saturating_sub(self.idle),
+            one_off: now.saturating_sub(self.grace),
+            stall: now.saturating_sub(self.stall),
+            resumed: now.saturating_sub(self.resume_grace),
+            no_resume: self.resume_grace == 0,
+        }
+    }
+
+    /// [`Self::status`] is [`SenderStatus::Active`], by the cutoffs.
+    #[inline]
+    fn counts(s: &SenderState, c: &Cutoffs) -> bool {
+        s.points > 0
+            && s.last_seen >= c.idle
+            && !(s.first_seen == s.last_seen && s.last_seen < c.one_off)
+            && s.advanced_at >= c.stall
+    }
+
+    #[inline]
+    fn contribution_cut(&self, s: &SenderState, c: &Cutoffs) -> u64 {
+        let mut v = s.highest.saturating_sub(self.max_ooo);
         if let Some(low) = s.low_watermark {
-            c = c.min(low.saturating_sub(1));
+            v = v.min(low.saturating_sub(1));
         }
-        if s.resumed_at > 0 && now.saturating_sub(s.resumed_at) < self.resume_grace {
-            c = c.min(s.resumed_from.saturating_sub(self.max_ooo));
+        if s.resumed_at > c.resumed && !c.no_resume {
+            v = v.min(s.resumed_from.saturating_sub(self.max_ooo));
         }
-        c
+        v
     }
 
     /// Each sender's contribution at clock `now`, `None` for a sender that does not
     /// count (not [`SenderStatus::Active`]); in the order of [`Self::senders`].
     pub fn contributions(&self, now: u64, into: &mut Vec<Option<u64>>) {
+        let c = self.cutoffs(now);
         into.clear();
-        into.extend(self.senders.iter().map(|s| {
-            (self.status(s, now) == SenderStatus::Active).then(|| self.contribution(s, now))
-        }));
+        into.extend(
+            self.senders
+                .iter()
+                .map(|s| Self::counts(s, &c).then(|| self.contribution_cut(s, &c))),
+        );
     }
 
     /// The candidate before taking the maximum with the previous watermark, if any
     /// sender counts at clock `now`.
     pub fn candidate(&self, now: u64) -> Option<u64> {
-        self.senders
-            .iter()
-            .filter(|s| self.status(s, now) == SenderStatus::Active)
-            .map(|s| self.contribution(s, now))
-            .filter(|c| self.watermark.is_none_or(|w| *c >= w))
-            .min()
+        let c = self.cutoffs(now);
+        let floor = self.watermark.unwrap_or(0);
+        let mut min: Option<u64> = None;
+        for s in &self.senders {
+            if !Self::counts(s, &c) {
+                continue;
+            }
+            let v = self.contribution_cut(s, &c);
+            if v >= floor && min.is_none_or(|m| v < m) {
+                min = Some(v);
+            }
+        }
+        min
     }
 
     /// Changes whenever sender indices shift (pruning, repair, restore).
