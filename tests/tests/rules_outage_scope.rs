@@ -165,7 +165,7 @@ async fn per_equipment_a_returning_gateways_backlog_is_on_time() {
     let (o, mut svc) = run("rules-outage-equipment", "equipment").await;
     let want = o
         .env
-        .oracle(&o.feed, &[o.rule_file.clone()], "points")
+        .oracle(&o.feed, std::slice::from_ref(&o.rule_file), "points")
         .await;
     assert!(
         of_b_in_outage(&want, o.base) >= 2,
@@ -223,12 +223,11 @@ async fn globally_the_same_backlog_is_late_and_its_transitions_are_lost() {
     .await;
     let want = o
         .env
-        .oracle(&o.feed, &[o.rule_file.clone()], "points")
+        .oracle(&o.feed, std::slice::from_ref(&o.rule_file), "points")
         .await;
     let of_a = want.iter().filter(|d| d["equipmentId"] == "m-0").count();
     // A's machine is untouched: its transitions all come.
-    let got = o
-        .env
+    o.env
         .receiver
         .wait_unique(of_a, Duration::from_secs(40))
         .await;
