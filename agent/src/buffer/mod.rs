@@ -7,6 +7,7 @@
 //!
 //! `docs/buffer.md` describes the format, durability and recovery.
 
+pub mod backfill;
 pub mod policy;
 pub mod record;
 pub mod store;

@@ -11,12 +11,16 @@
 //!   15 µs per key on a gateway-class CPU: one key per point caps ingest near
 //!   60,000 points/s, sixteen per key passes 700,000;
 //! - metadata: keys starting with [`META`] (eight 0xFF bytes, then a kind byte),
-//!   which sort after every chunk key: the format version, the next id, and the
-//!   next sequence number per source.
+//!   which sort after every chunk key: the format version, the next id, the
+//!   next sequence number per source, and the backfill id ranges.
+//!
+//! Two lanes read the points: the live lane (every id outside the backfill ranges)
+//! and the backfill lane (the ids inside them), each with its own handed-out mark.
 //!
 //! Points and sequence counters therefore become durable together: after a crash
 //! the next sequence number continues exactly after the last durable point.
 
+use super::backfill::BackfillRanges;
 use super::policy::{self, Usage};
 use super::{BufferError, StoredRecord};
 use crate::config::{BufferConfig, OverflowPolicy};
@@ -38,6 +42,7 @@ const META: [u8; 8] = [0xFF; 8];
 const KIND_VERSION: u8 = b'v';
 const KIND_NEXT_ID: u8 = b'i';
 const KIND_SEQUENCE: u8 = b's';
+const KIND_BACKFILL: u8 = b'b';
 /// Logical per-point overhead counted against `max_bytes` (the 8-byte id; on
 /// disk it is the chunk entry header of the same size).
 const KEY_BYTES: u64 = 8;
@@ -214,6 +219,8 @@ pub struct BufferStats {
     pub next_id: u64,
     /// Undecodable chunks removed since open (at open or when read).
     pub malformed_removed: u64,
+    /// Of `records`: those in the backfill lane.
+    pub backfill_records: u64,
 }
 
 #[derive(Debug)]
@@ -221,13 +228,61 @@ struct State {
     next_id: u64,
     /// Ids up to here are flushed (ids start at 1, so 0 is "none").
     durable_id: u64,
-    /// Highest id handed to the shipper: this and older records are not evictable.
+    /// Highest live-lane id handed to the shipper: this and older live records are
+    /// not evictable.
     handed_out: u64,
     records: u64,
     bytes: u64,
     held_records: u64,
     held_bytes: u64,
     malformed_removed: u64,
+    backfill: BackfillRanges,
+    /// Highest backfill id handed to the shipper (held: backfill ids up to it).
+    backfill_handed: u64,
+    backfill_records: u64,
+    /// Of `held_records`: backfill records.
+    backfill_held: u64,
+    /// Highest id [`open_backfill`](crate::ship::RecordStore::open_backfill) has
+    /// looked at since the backfill last emptied (or the buffer opened).
+    backfill_scanned: u64,
+}
+
+impl State {
+    /// Handed to the shipper (by its lane's mark), so not evictable.
+    fn held(&self, id: u64) -> bool {
+        if self.backfill.contains(id) {
+            id <= self.backfill_handed
+        } else {
+            id <= self.handed_out
+        }
+    }
+}
+
+/// The two lanes the shipper reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Live,
+    Backfill,
+}
+
+impl Lane {
+    fn owns(self, ranges: &BackfillRanges, id: u64) -> bool {
+        ranges.contains(id) == (self == Lane::Backfill)
+    }
+
+    /// The first id of this lane at or after `id` (`None`: no more).
+    fn next_at_or_after(self, ranges: &BackfillRanges, id: u64) -> Option<u64> {
+        match self {
+            Lane::Backfill => ranges.next_at_or_after(id),
+            Lane::Live => {
+                let mut id = id;
+                while let Some(end) = ranges.end_of(id) {
+                    id = end.checked_add(1)?;
+                }
+                Some(id)
+            }
+        }
+    }
 }
 
 /// The disk buffer. Shared as `Arc<Buffer>` between the writer and the shipper.
@@ -338,6 +393,7 @@ impl Buffer {
             durable_id: s.durable_id,
             next_id: s.next_id,
             malformed_removed: s.malformed_removed,
+            backfill_records: s.backfill_records,
         }
     }
 
@@ -379,7 +435,7 @@ impl Buffer {
             let adm = policy::admit(usage, &sizes, self.policy);
 
             let mut batch = sled::Batch::default();
-            let (evicted_records, evicted_bytes) =
+            let (evicted_records, evicted_bytes, evicted_backfill) =
                 self.plan_eviction(&st, adm.evict_bytes, &mut batch)?;
 
             let accepted = &records[adm.drop_front..adm.drop_front + adm.accept];
@@ -403,6 +459,7 @@ impl Buffer {
             st.next_id = next_id;
             st.records = st.records.saturating_sub(evicted_records) + accepted.len() as u64;
             st.bytes = st.bytes.saturating_sub(evicted_bytes) + accepted_bytes;
+            st.backfill_records = st.backfill_records.saturating_sub(evicted_backfill);
             CommitOutcome {
                 accepted: accepted.len(),
                 ids: (!accepted.is_empty()).then(|| (first_id, next_id - 1)),
@@ -453,19 +510,24 @@ impl Buffer {
         Ok(())
     }
 
-    /// Evict the oldest points not handed out until `want` bytes are freed:
-    /// adds chunk removals/rewrites to `batch`, returns (points, bytes) evicted.
+    /// Evict the oldest points not handed out (of either lane) until `want` bytes
+    /// are freed: adds chunk removals/rewrites to `batch`, returns (points, bytes,
+    /// backfill points) evicted.
     fn plan_eviction(
         &self,
         st: &State,
         want: u64,
         batch: &mut sled::Batch,
-    ) -> Result<(u64, u64), BufferError> {
-        let (mut n, mut freed) = (0u64, 0u64);
+    ) -> Result<(u64, u64, u64), BufferError> {
+        let (mut n, mut freed, mut backfill) = (0u64, 0u64, 0u64);
         if want == 0 {
-            return Ok((0, 0));
+            return Ok((0, 0, 0));
         }
-        for item in chunks_from(&self.tree, st.handed_out.saturating_add(1)) {
+        let live_from = st.handed_out.saturating_add(1);
+        let from = Lane::Backfill
+            .next_at_or_after(&st.backfill, st.backfill_handed.saturating_add(1))
+            .map_or(live_from, |b| b.min(live_from));
+        for item in chunks_from(&self.tree, from) {
             let (key, bytes) = item?;
             let Ok(entries) = chunk::decode(&key, &bytes) else {
                 // Left for read_after to remove and recount; it cannot be sized here.
@@ -474,9 +536,10 @@ impl Buffer {
             let mut keep = Vec::with_capacity(entries.len());
             let mut evicted_here = false;
             for (id, value) in entries {
-                if id > st.handed_out && freed < want {
+                if id >= from && !st.held(id) && freed < want {
                     n += 1;
                     freed += record_size(value.len());
+                    backfill += u64::from(st.backfill.contains(id));
                     evicted_here = true;
                 } else {
                     keep.push((id, value));
@@ -494,13 +557,147 @@ impl Buffer {
                 break;
             }
         }
-        Ok((n, freed))
+        Ok((n, freed, backfill))
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // The state is plain counters, updated after the fallible step: a panic
         // elsewhere while holding the lock cannot leave it half-written.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Id of the oldest stored point.
+    fn first_id(&self) -> Result<Option<u64>, BufferError> {
+        let Some(item) = self.tree.range(..META).next() else {
+            return Ok(None);
+        };
+        let (key, value) = item?;
+        Ok(chunk::decode(&key, &value)
+            .ok()
+            .and_then(|e| e.first().map(|(id, _)| *id)))
+    }
+
+    /// Durable records of `lane` with an id greater than `after`, oldest first.
+    fn read_lane(
+        &self,
+        lane: Lane,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, BufferError> {
+        let mut st = self.lock_state();
+        let start = match after {
+            None => 0,
+            Some(a) => match a.checked_add(1) {
+                Some(s) => s,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let mark = match lane {
+            Lane::Live => st.handed_out,
+            Lane::Backfill => st.backfill_handed,
+        };
+        if max == 0 || st.durable_id == 0 || start > st.durable_id {
+            return Ok(Vec::new());
+        }
+        let durable = st.durable_id;
+        let mut out = Vec::with_capacity(max.min(1024));
+        let mut malformed = Vec::new();
+        // Points of this lane between its handed-out mark and `start` (a caller
+        // that skips ahead) become the shipper's too: scan them for their sizes.
+        let Some(scan_from) =
+            lane.next_at_or_after(&st.backfill, start.min(mark.saturating_add(1)))
+        else {
+            return Ok(Vec::new());
+        };
+        let (mut crossing_n, mut crossing_bytes) = (0u64, 0u64);
+        // Each pass reads chunks from `pos` until the other lane's ids begin; the
+        // next pass starts past them (the ranges are few, so the passes are too).
+        let mut pos = scan_from;
+        'passes: loop {
+            let mut jump = None;
+            'chunks: for item in chunks_from(&self.tree, pos) {
+                let (key, bytes) = item?;
+                if key.as_ref() > &StoredRecord::key(durable)[..] {
+                    break 'passes;
+                }
+                let entries = match chunk::decode(&key, &bytes) {
+                    Ok(e) => e,
+                    Err(reason) => {
+                        warn!(path = %self.path.display(), reason, "undecodable buffer chunk");
+                        malformed.push(key);
+                        continue;
+                    }
+                };
+                // Decode this chunk's wanted records first: a chunk is used whole or
+                // (when a record in it is damaged) removed whole.
+                let wanted = |id: u64| {
+                    id >= start && id >= pos && id <= durable && lane.owns(&st.backfill, id)
+                };
+                let decoded: Result<Vec<Option<StoredRecord>>, _> = entries
+                    .iter()
+                    .map(|(id, v)| {
+                        if wanted(*id) {
+                            StoredRecord::decode(&StoredRecord::key(*id), v).map(Some)
+                        } else {
+                            Ok(None)
+                        }
+                    })
+                    .collect();
+                let decoded = match decoded {
+                    Ok(d) => d,
+                    Err(e) => {
+                        warn!(path = %self.path.display(), error = %e, "undecodable buffer record");
+                        malformed.push(key);
+                        continue;
+                    }
+                };
+                for ((id, value), record) in entries.into_iter().zip(decoded) {
+                    if id < pos {
+                        continue;
+                    }
+                    if id > durable {
+                        break 'passes;
+                    }
+                    if !lane.owns(&st.backfill, id) {
+                        jump = lane.next_at_or_after(&st.backfill, id);
+                        break 'chunks;
+                    }
+                    // Counted now, applied only if something is handed out: every id
+                    // scanned is then at most the last one handed out.
+                    if id > mark {
+                        crossing_n += 1;
+                        crossing_bytes += record_size(value.len());
+                    }
+                    if let Some(r) = record {
+                        out.push(r);
+                        if out.len() >= max {
+                            break 'passes;
+                        }
+                    }
+                }
+            }
+            match jump {
+                Some(next) => pos = next,
+                None => break,
+            }
+        }
+        if let Some(last) = out.last().map(|r| r.id) {
+            if last > mark {
+                st.held_records += crossing_n;
+                st.held_bytes += crossing_bytes;
+                match lane {
+                    Lane::Live => st.handed_out = last,
+                    Lane::Backfill => {
+                        st.backfill_held += crossing_n;
+                        st.backfill_handed = last;
+                    }
+                }
+            }
+        }
+        if !malformed.is_empty() {
+            self.drop_malformed(&mut st, malformed)?;
+        }
+        Ok(out)
     }
 
     /// Remove chunks that do not decode (found while running: sled handed back
@@ -515,19 +712,25 @@ impl Buffer {
         st.malformed_removed += count;
         error!(path = %self.path.display(), count, "removed undecodable chunks from the disk buffer");
         let (mut records, mut bytes, mut held_records, mut held_bytes) = (0, 0, 0, 0);
+        let (mut backfill, mut backfill_held) = (0, 0);
         for item in self.tree.range(..META) {
             let (key, value) = item?;
             for (id, v) in chunk::decode(&key, &value).unwrap_or_default() {
                 records += 1;
                 bytes += record_size(v.len());
-                if id <= st.handed_out {
+                let in_backfill = st.backfill.contains(id);
+                backfill += u64::from(in_backfill);
+                if st.held(id) {
                     held_records += 1;
                     held_bytes += record_size(v.len());
+                    backfill_held += u64::from(in_backfill);
                 }
             }
         }
         (st.records, st.bytes, st.held_records, st.held_bytes) =
             (records, bytes, held_records, held_bytes);
+        st.backfill_records = backfill;
+        st.backfill_held = backfill_held;
         Ok(())
     }
 }
@@ -559,90 +762,67 @@ fn append_chunks(batch: &mut sled::Batch, first_id: u64, records: &[NewRecord]) 
 
 impl crate::ship::RecordStore for Buffer {
     fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<StoredRecord>, BufferError> {
+        self.read_lane(Lane::Live, after, max)
+    }
+
+    fn read_backfill_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, BufferError> {
+        self.read_lane(Lane::Backfill, after, max)
+    }
+
+    fn open_backfill(&self) -> Result<Option<(u64, u64)>, BufferError> {
         let mut st = self.lock_state();
-        let start = match after {
-            None => 0,
-            Some(a) => match a.checked_add(1) {
-                Some(s) => s,
-                None => return Ok(Vec::new()),
-            },
-        };
-        if max == 0 || st.durable_id == 0 || start > st.durable_id {
-            return Ok(Vec::new());
+        // Every stored live record past both lanes' marks moves to the backfill lane
+        // (one below the backfill's mark would never be read by either lane).
+        let lo = st.handed_out.max(st.backfill_handed).saturating_add(1);
+        let hi = st.next_id.saturating_sub(1);
+        if lo > hi {
+            return Ok(None);
         }
-        let durable = st.durable_id;
-        let mut out = Vec::with_capacity(max.min(1024));
-        let mut malformed = Vec::new();
-        // Points between the handed-out mark and `start` (a caller that skips
-        // ahead) become the shipper's too: scan them for their sizes.
-        let scan_from = start.min(st.handed_out.saturating_add(1));
-        let (mut crossing_n, mut crossing_bytes) = (0u64, 0u64);
-        'chunks: for item in chunks_from(&self.tree, scan_from) {
+        // Ids from `lo` up to the last range's end are backfill already: count only
+        // the records committed since, so repeated opens during an outage stay cheap.
+        let scan_from = lo.max(st.backfill_scanned.saturating_add(1));
+        let mut moving = 0u64;
+        for item in chunks_from(&self.tree, scan_from) {
             let (key, bytes) = item?;
-            if key.as_ref() > &StoredRecord::key(durable)[..] {
-                break;
-            }
-            let entries = match chunk::decode(&key, &bytes) {
-                Ok(e) => e,
-                Err(reason) => {
-                    warn!(path = %self.path.display(), reason, "undecodable buffer chunk");
-                    malformed.push(key);
-                    continue;
-                }
+            let Ok(entries) = chunk::decode(&key, &bytes) else {
+                continue;
             };
-            // Decode this chunk's wanted records first: a chunk is used whole or
-            // (when a record in it is damaged) removed whole.
-            let wanted = |id: u64| id >= start && id <= durable;
-            let decoded: Result<Vec<Option<StoredRecord>>, _> = entries
+            moving += entries
                 .iter()
-                .map(|(id, v)| {
-                    if wanted(*id) {
-                        StoredRecord::decode(&StoredRecord::key(*id), v).map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                })
-                .collect();
-            let decoded = match decoded {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(path = %self.path.display(), error = %e, "undecodable buffer record");
-                    malformed.push(key);
-                    continue;
-                }
-            };
-            for ((id, value), record) in entries.into_iter().zip(decoded) {
-                if id < scan_from {
-                    continue;
-                }
-                if id > durable {
-                    break 'chunks;
-                }
-                // Counted now, applied only if something is handed out: every id
-                // scanned is then at most the last one handed out.
-                if id > st.handed_out {
-                    crossing_n += 1;
-                    crossing_bytes += record_size(value.len());
-                }
-                if let Some(r) = record {
-                    out.push(r);
-                    if out.len() >= max {
-                        break 'chunks;
-                    }
-                }
-            }
+                .filter(|(id, _)| (scan_from..=hi).contains(id) && !st.backfill.contains(*id))
+                .count() as u64;
         }
-        if let Some(last) = out.last().map(|r| r.id) {
-            if last > st.handed_out {
-                st.held_records += crossing_n;
-                st.held_bytes += crossing_bytes;
-                st.handed_out = last;
-            }
+        st.backfill_scanned = hi;
+        if moving == 0 {
+            return Ok(None);
         }
-        if !malformed.is_empty() {
-            self.drop_malformed(&mut st, malformed)?;
+        let mut ranges = st.backfill.clone();
+        ranges.add(lo, hi);
+        if let Some(first) = self.first_id()? {
+            ranges.forget_below(first);
         }
-        Ok(out)
+        // Durable before any of them is handed out: a record keeps its lane across a crash.
+        self.tree
+            .insert(meta_key(KIND_BACKFILL, &[]), ranges.encode())?;
+        self.tree.flush()?;
+        st.backfill = ranges;
+        st.backfill_records += moving;
+        info!(
+            path = %self.path.display(),
+            from = lo,
+            to = hi,
+            records = moving,
+            "buffered records moved to the backfill lane"
+        );
+        Ok(Some((lo, hi)))
+    }
+
+    fn backfill_records(&self) -> u64 {
+        self.lock_state().backfill_records
     }
 
     fn remove(&self, ids: &[u64]) -> Result<(), BufferError> {
@@ -656,6 +836,7 @@ impl crate::ship::RecordStore for Buffer {
             let mut st = self.lock_state();
             let mut batch = sled::Batch::default();
             let (mut n, mut bytes, mut held_n, mut held_bytes) = (0u64, 0u64, 0u64, 0u64);
+            let (mut backfill_n, mut backfill_held_n) = (0u64, 0u64);
             let mut i = 0;
             while i < ids.len() {
                 let Some(item) = self.tree.range(..=StoredRecord::key(ids[i])).next_back() else {
@@ -682,9 +863,12 @@ impl crate::ship::RecordStore for Buffer {
                         let size = record_size(v.len());
                         n += 1;
                         bytes += size;
-                        if id <= st.handed_out {
+                        let in_backfill = st.backfill.contains(id);
+                        backfill_n += u64::from(in_backfill);
+                        if st.held(id) {
                             held_n += 1;
                             held_bytes += size;
+                            backfill_held_n += u64::from(in_backfill);
                         }
                     } else {
                         keep.push((id, v));
@@ -698,7 +882,20 @@ impl crate::ship::RecordStore for Buffer {
                 }
                 i = end;
             }
+            // The backfill is gone: forget its ranges with the last of it (every
+            // later id is live, so nothing changes lanes).
+            let backfill_gone = backfill_n > 0 && backfill_n >= st.backfill_records;
+            if backfill_gone {
+                batch.remove(meta_key(KIND_BACKFILL, &[]));
+            }
             self.tree.apply_batch(batch)?;
+            if backfill_gone {
+                st.backfill.clear();
+                st.backfill_handed = 0;
+                st.backfill_scanned = 0;
+            }
+            st.backfill_records = st.backfill_records.saturating_sub(backfill_n);
+            st.backfill_held = st.backfill_held.saturating_sub(backfill_held_n);
             st.records = st.records.saturating_sub(n);
             st.bytes = st.bytes.saturating_sub(bytes);
             st.held_records = st.held_records.saturating_sub(held_n);
@@ -859,6 +1056,16 @@ fn open_inner(cfg: &BufferConfig, had_data: bool) -> Result<(Buffer, OpenReport)
     // Rebuild the in-memory counters; collect chunks that do not decode (as a
     // chunk, or any record in it).
     let (mut records, mut bytes, mut last_id) = (0u64, 0u64, 0u64);
+    let mut first_id = None;
+    let mut backfill = match tree.get(meta_key(KIND_BACKFILL, &[])).map_err(sled_err)? {
+        Some(v) => BackfillRanges::decode(&v).unwrap_or_else(|reason| {
+            // Losing the lanes costs at most duplicates downstream, never points.
+            error!(path = %path.display(), reason, "backfill ranges unreadable; every point is live");
+            BackfillRanges::default()
+        }),
+        None => BackfillRanges::default(),
+    };
+    let mut backfill_records = 0u64;
     let mut malformed = Vec::new();
     for item in tree.range(..META) {
         let (k, v) = item.map_err(sled_err)?;
@@ -876,6 +1083,13 @@ fn open_inner(cfg: &BufferConfig, had_data: bool) -> Result<(Buffer, OpenReport)
                     .map(|(_, v)| record_size(v.len()))
                     .sum::<u64>();
                 last_id = entries.last().map_or(last_id, |(id, _)| *id);
+                first_id = first_id.or(entries.first().map(|(id, _)| *id));
+                if !backfill.is_empty() {
+                    backfill_records += entries
+                        .iter()
+                        .filter(|(id, _)| backfill.contains(*id))
+                        .count() as u64;
+                }
             }
             Err(reason) => {
                 warn!(path = %path.display(), reason, "undecodable buffer chunk");
@@ -905,6 +1119,7 @@ fn open_inner(cfg: &BufferConfig, had_data: bool) -> Result<(Buffer, OpenReport)
         None => 0,
     };
     let next_id = stored_next.max(last_id + 1).max(1);
+    backfill.forget_below(first_id.unwrap_or(next_id));
     let sequences = read_sequences(&tree).map_err(|e| match e {
         BufferError::Sled(e) => classify(path, e),
         other => OpenFailure::Unusable(other.to_string()),
@@ -920,6 +1135,11 @@ fn open_inner(cfg: &BufferConfig, had_data: bool) -> Result<(Buffer, OpenReport)
         held_records: 0,
         held_bytes: 0,
         malformed_removed,
+        backfill,
+        backfill_handed: 0,
+        backfill_records,
+        backfill_held: 0,
+        backfill_scanned: 0,
     };
     info!(
         path = %path.display(),
@@ -1497,6 +1717,11 @@ mod tests {
                 other: Vec<u64>,
             },
             Reopen,
+            OpenBackfill,
+            ReadBackfill {
+                after: Option<u64>,
+                max: usize,
+            },
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -1507,6 +1732,8 @@ mod tests {
                       proptest::collection::vec(0u64..200, 0..3))
                     .prop_map(|(held, other)| Op::Remove { held, other }),
                 1 => Just(Op::Reopen),
+                1 => Just(Op::OpenBackfill),
+                2 => (proptest::option::of(0u64..200), 1usize..40).prop_map(|(after, max)| Op::ReadBackfill { after, max }),
             ]
         }
 
@@ -1516,15 +1743,45 @@ mod tests {
             records: BTreeMap<u64, (u64, u64)>,
             next_id: u64,
             handed_out: u64,
+            /// Ids of the backfill lane, and its handed-out mark.
+            backfill: std::collections::BTreeSet<u64>,
+            backfill_handed: u64,
         }
 
         impl Model {
             fn bytes(&self) -> u64 {
                 self.records.values().map(|(s, _)| s).sum()
             }
+            fn is_held(&self, id: u64) -> bool {
+                if self.backfill.contains(&id) {
+                    id <= self.backfill_handed
+                } else {
+                    id <= self.handed_out
+                }
+            }
             fn held(&self) -> (u64, u64) {
-                let held = self.records.range(..=self.handed_out);
-                (held.clone().count() as u64, held.map(|(_, (s, _))| s).sum())
+                let held: Vec<u64> = self
+                    .records
+                    .iter()
+                    .filter(|(id, _)| self.is_held(**id))
+                    .map(|(_, (s, _))| *s)
+                    .collect();
+                (held.len() as u64, held.iter().sum())
+            }
+            fn stored_backfill(&self) -> u64 {
+                self.records
+                    .keys()
+                    .filter(|id| self.backfill.contains(id))
+                    .count() as u64
+            }
+            /// The lane's records after `after`, at most `max`.
+            fn lane(&self, backfill: bool, after: Option<u64>, max: usize) -> Vec<(u64, u64)> {
+                self.records
+                    .range(after.map_or(0, |a| a + 1)..)
+                    .filter(|(id, _)| self.backfill.contains(id) == backfill)
+                    .take(max)
+                    .map(|(id, (_, c))| (*id, *c))
+                    .collect()
             }
         }
 
@@ -1556,7 +1813,7 @@ mod tests {
                             let adm = policy::admit(Usage { used: m.bytes(), held: held_b, max_bytes }, &sizes, policy);
                             // Model eviction: oldest not handed out first.
                             let (mut ev_n, mut freed) = (0u64, 0u64);
-                            let evictable: Vec<u64> = m.records.range(m.handed_out + 1..).map(|(id, _)| *id).collect();
+                            let evictable: Vec<u64> = m.records.keys().filter(|id| !m.is_held(**id)).copied().collect();
                             for id in evictable {
                                 if freed >= adm.evict_bytes { break; }
                                 let (s, _) = m.records.remove(&id).unwrap();
@@ -1580,11 +1837,7 @@ mod tests {
                             }
                         }
                         Op::Read { after, max } => {
-                            let want: Vec<(u64, u64)> = m.records
-                                .range(after.map_or(0, |a| a + 1)..)
-                                .take(max)
-                                .map(|(id, (_, c))| (*id, *c))
-                                .collect();
+                            let want = m.lane(false, after, max);
                             let got: Vec<(u64, u64)> = b.read_after(after, max).unwrap()
                                 .into_iter().map(|r| (r.id, r.created_at)).collect();
                             prop_assert_eq!(&got, &want);
@@ -1593,13 +1846,39 @@ mod tests {
                             }
                         }
                         Op::Remove { held, other } => {
-                            let held_ids: Vec<u64> = m.records.range(..=m.handed_out).map(|(id, _)| *id).collect();
+                            let held_ids: Vec<u64> = m.records.keys().filter(|id| m.is_held(**id)).copied().collect();
                             let mut ids: Vec<u64> = if held_ids.is_empty() { Vec::new() } else {
                                 held.iter().map(|i| held_ids[i.index(held_ids.len())]).collect()
                             };
                             ids.extend(other);
+                            let before = m.stored_backfill();
                             for id in &ids { m.records.remove(id); }
+                            // The last of the backfill gone: its ranges go with it.
+                            if before > 0 && m.stored_backfill() == 0 {
+                                m.backfill.clear();
+                                m.backfill_handed = 0;
+                            }
                             b.remove(&ids).unwrap();
+                        }
+                        Op::OpenBackfill => {
+                            let (lo, hi) = (m.handed_out.max(m.backfill_handed) + 1, m.next_id - 1);
+                            let moving = m.records.range(lo..).any(|(id, _)| !m.backfill.contains(id));
+                            let got = b.open_backfill().unwrap();
+                            if moving && lo <= hi {
+                                prop_assert_eq!(got, Some((lo, hi)));
+                                m.backfill.extend(lo..=hi);
+                            } else {
+                                prop_assert_eq!(got, None);
+                            }
+                        }
+                        Op::ReadBackfill { after, max } => {
+                            let want = m.lane(true, after, max);
+                            let got: Vec<(u64, u64)> = b.read_backfill_after(after, max).unwrap()
+                                .into_iter().map(|r| (r.id, r.created_at)).collect();
+                            prop_assert_eq!(&got, &want);
+                            if let Some((last, _)) = want.last() {
+                                m.backfill_handed = m.backfill_handed.max(*last);
+                            }
                         }
                         Op::Reopen => {
                             drop(b);
@@ -1608,6 +1887,7 @@ mod tests {
                             prop_assert_eq!(report.records, m.records.len() as u64);
                             prop_assert_eq!(report.bytes, m.bytes());
                             m.handed_out = 0;
+                            m.backfill_handed = 0;
                         }
                     }
                     let s = b.stats();
@@ -1616,6 +1896,7 @@ mod tests {
                     prop_assert_eq!(s.bytes, m.bytes());
                     prop_assert_eq!((s.held_records, s.held_bytes), (held_n, held_b));
                     prop_assert_eq!(s.next_id, m.next_id);
+                    prop_assert_eq!(s.backfill_records, m.stored_backfill());
                     prop_assert_eq!(b.oldest_created_at(), m.records.values().next().map(|(_, c)| *c));
                 }
             }

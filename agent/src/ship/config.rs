@@ -57,6 +57,15 @@ pub struct KinesisConfig {
     /// Pacing to the stream's shards (1,000 records/s and 1 MiB/s each).
     #[serde(default)]
     pub shards: Shards,
+    /// A live point waiting this long for Kinesis means the uplink fell behind: the
+    /// waiting points move to the backfill lane, shipped behind live data. `0s`: one
+    /// lane, oldest first.
+    #[serde(default = "default_backfill_after", with = "humantime_serde")]
+    pub backfill_after: Duration,
+    /// Share of the shard budget the backfill may use (paced streams); the rest is
+    /// kept for live data.
+    #[serde(default = "default_backfill_share")]
+    pub backfill_share: f64,
 }
 
 /// `shards`: how many shards' worth the shipper may send per second.
@@ -154,7 +163,23 @@ fn default_backoff_max() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_backfill_after() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_backfill_share() -> f64 {
+    0.8
+}
+
 impl KinesisConfig {
+    /// The shipper's lane settings.
+    pub fn lanes(&self) -> super::lanes::LanePolicy {
+        super::lanes::LanePolicy {
+            backfill_after: (!self.backfill_after.is_zero()).then_some(self.backfill_after),
+            backfill_share: self.backfill_share,
+        }
+    }
+
     /// What types cannot check; `table` is the key path of this table (`kinesis`).
     pub fn validate(&self, table: &str, p: &mut Problems) {
         if self.stream.is_empty() || self.stream.len() > 128 {
@@ -174,6 +199,12 @@ impl KinesisConfig {
         }
         // The connection keys: the runtime's checks (endpoint scheme, both credentials or neither).
         p.extend(self.aws.validate(table));
+        if !(self.backfill_share > 0.0 && self.backfill_share <= 1.0) {
+            p.push(
+                format!("{table}.backfill_share"),
+                "must be greater than 0 and at most 1",
+            );
+        }
         if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
             p.push(
                 format!("{table}.backoff_initial"),

@@ -14,7 +14,21 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Durable (committed) records with an id greater than `after` (all when `None`),
     /// oldest first, at most `max`. Records handed out here are not evicted by the
     /// overflow policy: the shipper owns them until it removes them.
+    /// Reads the live lane: ids outside the backfill ranges.
     fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<StoredRecord>, BufferError>;
+    /// The backfill lane's records with an id greater than `after`, oldest first, at
+    /// most `max` (held like [`Self::read_after`]'s).
+    fn read_backfill_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, BufferError>;
+    /// Moves every stored live record not handed out yet to the backfill lane, and
+    /// makes that durable before it returns (a record keeps its lane across a crash).
+    /// Returns the id range marked, `None` when there was nothing to move.
+    fn open_backfill(&self) -> Result<Option<(u64, u64)>, BufferError>;
+    /// Records stored in the backfill lane.
+    fn backfill_records(&self) -> u64;
     /// Forget records Kinesis accepted (or that went to the dead-letter file), and
     /// make that durable (one flush per call: callers pass a whole batch).
     fn remove(&self, ids: &[u64]) -> Result<(), BufferError>;
@@ -28,6 +42,7 @@ pub mod aggregate;
 pub mod config;
 pub mod dead_letter;
 pub mod kinesis;
+pub mod lanes;
 pub mod pacing;
 pub mod queue;
 pub mod request;

@@ -108,6 +108,29 @@ impl Pacer {
         self.bytes -= (bytes as f64).min(self.bytes_rate);
     }
 
+    /// What the backfill lane may spend now, (records, bytes): whatever the buckets
+    /// hold above `reserve` (a share of one second's full budget), which is kept for
+    /// live data. Live records spend from the whole bucket.
+    pub fn above_reserve(&mut self, reserve: f64, now_ms: u64) -> (usize, usize) {
+        self.refill(now_ms);
+        let keep_r = self.records_rate * reserve;
+        let keep_b = self.bytes_rate * reserve;
+        (
+            (self.records - keep_r).max(0.0) as usize,
+            (self.bytes - keep_b).max(0.0) as usize,
+        )
+    }
+
+    /// How long until the backfill may spend one record of `bytes` above `reserve`.
+    pub fn reserve_delay(&mut self, reserve: f64, bytes: usize, now_ms: u64) -> Duration {
+        self.refill(now_ms);
+        let (r_rate, b_rate) = self.rate();
+        let need_r = self.records_rate * reserve + 1.0 - self.records;
+        let need_b = self.bytes_rate * reserve + bytes as f64 - self.bytes;
+        let secs = (need_r / r_rate).max(need_b / b_rate).max(0.0);
+        Duration::from_millis((secs * 1000.0).ceil() as u64)
+    }
+
     /// Kinesis throttled (a record or the whole call): halve the rate (once per
     /// [`DECREASE_HOLD_MS`]) and drop what the buckets held, so the next call
     /// waits instead of bursting.
@@ -184,6 +207,19 @@ mod tests {
         // Priced as 1 MiB: after 999 ms a full MiB is 1 ms short.
         let d = p.delay(1, MIB, 999);
         assert!(!d.is_zero() && d <= Duration::from_millis(2), "{d:?}");
+    }
+
+    #[test]
+    fn the_backfill_spends_only_above_the_live_reserve() {
+        let mut p = Pacer::for_shards(1);
+        // A full bucket, a fifth kept for live data.
+        assert_eq!(p.above_reserve(0.2, 0), (800, MIB - MIB / 5 - 1));
+        p.spend(800, MIB / 2, 0);
+        assert_eq!(p.above_reserve(0.2, 0).0, 0);
+        // Live data may still go at once from the reserve.
+        assert_eq!(p.delay(200, 1_000, 0), Duration::ZERO);
+        // One more backfill record needs 1 record of refill at 1,000/s.
+        assert_eq!(p.reserve_delay(0.2, 1, 0), Duration::from_millis(1));
     }
 
     proptest! {

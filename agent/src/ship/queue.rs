@@ -19,8 +19,13 @@
 //! entries-per-call limit with one point per entry, more with KPL aggregation (where
 //! a call is really bounded by its bytes and keys), so an aggregated call is not sent
 //! a tenth full.
+//!
+//! Two lanes ([`Lane`]): the rule above holds per (lane, key), and a call takes live
+//! records first, then backfill records up to the allowance the caller passes (what
+//! the shard's budget holds above the live reserve).
 
 use super::config::KINESIS_MAX_PARTITION_KEY_CHARS;
+use super::lanes::{self, Lane};
 use super::request::{BatchLimits, Encoder, RequestEntry};
 use crate::buffer::StoredRecord;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,23 +58,34 @@ impl QueueCapacity {
 pub struct QueuedRecord {
     pub record: StoredRecord,
     pub partition_key: String,
+    pub lane: Lane,
+    /// The point's event time, known for backfill records (their data is parsed to
+    /// add `Bfl`): the low watermark heartbeats declare is the least of them.
+    pub event_time: Option<u64>,
 }
 
 impl QueuedRecord {
     /// Sent under the record's own key (the equipment id).
     pub fn new(record: StoredRecord) -> Self {
         let partition_key = record.partition_key.clone();
-        QueuedRecord {
-            record,
-            partition_key,
-        }
+        Self::with_key(record, partition_key)
     }
 
     pub fn with_key(record: StoredRecord, partition_key: String) -> Self {
         QueuedRecord {
             record,
             partition_key,
+            lane: Lane::Live,
+            event_time: None,
         }
+    }
+
+    /// The same record in the backfill lane, its data already marked.
+    pub fn in_backfill(mut self, data: Vec<u8>, event_time: u64) -> Self {
+        self.record.data = data;
+        self.lane = Lane::Backfill;
+        self.event_time = Some(event_time);
+        self
     }
 
     pub fn id(&self) -> u64 {
@@ -114,6 +130,8 @@ pub struct Batch {
     pub entries: Vec<RequestEntry>,
     /// Removed from the queue for good: write them to the dead-letter file.
     pub dead_letters: Vec<DeadLetterRecord>,
+    /// Backfill records could have gone but the allowance was spent.
+    pub withheld_backfill: bool,
 }
 
 impl Batch {
@@ -193,6 +211,10 @@ pub struct Applied {
     pub call: CallStatus,
     /// Some record was not accepted: wait before the next call.
     pub back_off: bool,
+    /// Of `accepted`: backfill records.
+    pub accepted_backfill: usize,
+    /// `created_at` of the oldest live record accepted.
+    pub oldest_live_accepted: Option<u64>,
 }
 
 /// When the next call should go out.
@@ -207,7 +229,7 @@ pub enum Readiness {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("record {id} pushed after record {last}: the store must hand out records in increasing id order")]
+#[error("record {id} pushed after record {last}: the store must hand out each lane's records in increasing id order")]
 pub struct OutOfOrder {
     pub id: u64,
     pub last: u64,
@@ -219,6 +241,10 @@ struct Slot {
     enqueued_at_ms: u64,
     failed: bool,
     in_flight: bool,
+    /// Live heartbeat candidate: its declared low watermark follows the backfill.
+    heartbeat: bool,
+    /// What its data declares now (the agent writes heartbeats declaring none).
+    declared_low: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -232,9 +258,13 @@ struct KeyState {
 #[derive(Debug)]
 pub struct ShipQueue {
     entries: BTreeMap<u64, Slot>,
-    keys: HashMap<String, KeyState>,
+    /// Per lane: the keys' states.
+    keys: [HashMap<String, KeyState>; 2],
     bytes: usize,
-    last_pushed: Option<u64>,
+    /// Per lane: records and bytes held.
+    lane_len: [usize; 2],
+    lane_bytes: [usize; 2],
+    last_pushed: [Option<u64>; 2],
     capacity: QueueCapacity,
 }
 
@@ -242,11 +272,61 @@ impl ShipQueue {
     pub fn new(capacity: QueueCapacity) -> Self {
         ShipQueue {
             entries: BTreeMap::new(),
-            keys: HashMap::new(),
+            keys: [HashMap::new(), HashMap::new()],
             bytes: 0,
-            last_pushed: None,
+            lane_len: [0; 2],
+            lane_bytes: [0; 2],
+            last_pushed: [None; 2],
             capacity,
         }
+    }
+
+    /// Records held in `lane`.
+    pub fn lane_len(&self, lane: Lane) -> usize {
+        self.lane_len[lane.index()]
+    }
+
+    /// When the oldest record of `lane` held here was made (its `created_at`).
+    pub fn oldest_created(&self, lane: Lane) -> Option<u64> {
+        self.entries
+            .values()
+            .filter(|e| e.rec.lane == lane)
+            .map(|e| e.rec.record.created_at)
+            .min()
+    }
+
+    /// The least event time of the backfill records held (`created_at` where the
+    /// event time is unknown).
+    pub fn backfill_low(&self) -> Option<u64> {
+        self.entries
+            .values()
+            .filter(|e| e.rec.lane == Lane::Backfill)
+            .map(|e| e.rec.event_time.unwrap_or(e.rec.record.created_at))
+            .min()
+    }
+
+    /// Has every live heartbeat not in flight declare `low` (see
+    /// [`lanes::declare_low_watermark`]). Returns how many changed.
+    pub fn declare_low_watermark(&mut self, low: Option<u64>) -> usize {
+        let mut changed = 0;
+        for e in self.entries.values_mut() {
+            if !e.heartbeat || e.in_flight || e.rec.lane != Lane::Live || e.declared_low == low {
+                continue;
+            }
+            e.declared_low = low;
+            let Some(data) = lanes::declare_low_watermark(&e.rec.record.data, low) else {
+                continue;
+            };
+            let mut rec = (*e.rec).clone();
+            rec.record.data = data;
+            let (old, new) = (e.rec.size(), rec.size());
+            self.bytes = self.bytes + new - old;
+            let lb = &mut self.lane_bytes[Lane::Live.index()];
+            *lb = *lb + new - old;
+            e.rec = Arc::new(rec);
+            changed += 1;
+        }
+        changed
     }
 
     pub fn len(&self) -> usize {
@@ -259,33 +339,49 @@ impl ShipQueue {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
-    /// Highest id ever pushed: where the next store read starts.
+    /// Highest live id ever pushed: where the next live read starts.
     pub fn last_pushed(&self) -> Option<u64> {
-        self.last_pushed
+        self.last_pushed[Lane::Live.index()]
+    }
+    /// Highest id ever pushed in `lane`.
+    pub fn last_pushed_in(&self, lane: Lane) -> Option<u64> {
+        self.last_pushed[lane.index()]
     }
     /// Records waiting for a retry after a failure.
     pub fn failed(&self) -> usize {
-        self.keys.values().map(|k| k.failed).sum()
+        self.keys
+            .iter()
+            .flat_map(|k| k.values())
+            .map(|k| k.failed)
+            .sum()
     }
     /// Records handed out in a batch whose outcome is not applied yet.
     pub fn in_flight(&self) -> usize {
-        self.keys.values().map(|k| k.in_flight).sum()
+        self.keys
+            .iter()
+            .flat_map(|k| k.values())
+            .map(|k| k.in_flight)
+            .sum()
     }
 
-    /// Adds a record read from the store. Ids must increase.
+    /// Adds a record read from the store. Ids must increase within its lane.
     pub fn push(&mut self, rec: QueuedRecord, now_ms: u64) -> Result<(), OutOfOrder> {
         let id = rec.id();
-        if let Some(last) = self.last_pushed {
+        let lane = rec.lane.index();
+        if let Some(last) = self.last_pushed[lane] {
             if id <= last {
                 return Err(OutOfOrder { id, last });
             }
         }
-        self.last_pushed = Some(id);
+        self.last_pushed[lane] = Some(id);
         self.bytes += rec.size();
-        self.keys
+        self.lane_len[lane] += 1;
+        self.lane_bytes[lane] += rec.size();
+        self.keys[lane]
             .entry(rec.partition_key.clone())
             .or_default()
             .queued += 1;
+        let heartbeat = rec.lane == Lane::Live && lanes::may_be_heartbeat(&rec.record.data);
         self.entries.insert(
             id,
             Slot {
@@ -293,20 +389,29 @@ impl ShipQueue {
                 enqueued_at_ms: now_ms,
                 failed: false,
                 in_flight: false,
+                heartbeat,
+                declared_low: None,
             },
         );
         Ok(())
     }
 
-    /// How many more records to read from the store now (0: enough queued).
+    /// How many more live records to read from the store now (0: enough queued).
     pub fn wants(&self, limits: &BatchLimits) -> usize {
-        if self.entries.len() >= self.capacity.records || self.bytes >= self.capacity.bytes {
+        self.wants_in(Lane::Live, limits)
+    }
+
+    /// How many more records of `lane` to read from the store now; each lane has the
+    /// whole capacity, so a backlog never keeps live records from being read.
+    pub fn wants_in(&self, lane: Lane, limits: &BatchLimits) -> usize {
+        let (len, bytes) = (self.lane_len[lane.index()], self.lane_bytes[lane.index()]);
+        if len >= self.capacity.records || bytes >= self.capacity.bytes {
             return 0;
         }
         // Records of blocked keys do not count: they cannot fill the next call. While
         // calls fail (retries queued) a call's worth of entries is enough: reading more
         // would only pin more of the buffer against its overflow policy.
-        let (sendable, sendable_bytes, _, retrying) = self.sendable_summary(limits);
+        let (sendable, sendable_bytes, _, retrying) = self.sendable_summary(limits, Some(lane));
         let full_at = if retrying {
             limits.max_entries()
         } else {
@@ -315,12 +420,12 @@ impl ShipQueue {
         if sendable >= full_at || sendable_bytes >= limits.max_bytes() {
             return 0;
         }
-        self.capacity.records - self.entries.len()
+        self.capacity.records - len
     }
 
     /// Whether to send now, given how long a partial batch may wait (`linger_ms`).
     pub fn readiness(&self, limits: &BatchLimits, now_ms: u64, linger_ms: u64) -> Readiness {
-        let (count, bytes, oldest, urgent) = self.sendable_summary(limits);
+        let (count, bytes, oldest, urgent) = self.sendable_summary(limits, None);
         if urgent || count >= limits.max_points() || bytes >= limits.max_bytes() {
             return Readiness::Send;
         }
@@ -337,15 +442,20 @@ impl ShipQueue {
         }
     }
 
-    /// (count, bytes, oldest enqueue time, urgent) over records eligible for a batch.
+    /// (count, bytes, oldest enqueue time, urgent) over records eligible for a batch
+    /// (of `lane` only, when given).
     /// Urgent: a retry (it already waited its backoff) or a dead letter to write.
-    fn sendable_summary(&self, limits: &BatchLimits) -> (usize, usize, Option<u64>, bool) {
+    fn sendable_summary(
+        &self,
+        limits: &BatchLimits,
+        lane: Option<Lane>,
+    ) -> (usize, usize, Option<u64>, bool) {
         let mut count = 0;
         let mut bytes = 0;
         let mut oldest: Option<u64> = None;
         let mut urgent = false;
         for e in self.entries.values() {
-            if e.in_flight {
+            if e.in_flight || lane.is_some_and(|l| l != e.rec.lane) {
                 continue;
             }
             if dead_letter_reason(&e.rec, limits).is_some() {
@@ -368,8 +478,7 @@ impl ShipQueue {
         if e.in_flight {
             return false;
         }
-        let ks = self
-            .keys
+        let ks = self.keys[e.rec.lane.index()]
             .get(&e.rec.partition_key)
             .copied()
             .unwrap_or_default();
@@ -382,19 +491,32 @@ impl ShipQueue {
     }
 
     /// Picks the next call's records (marking them in flight), has `encoder` pack them
-    /// into entries, and takes out dead letters.
+    /// into entries, and takes out dead letters. No limit on the backfill.
     pub fn next_batch<E: Encoder + ?Sized>(
         &mut self,
         limits: &BatchLimits,
         encoder: &mut E,
     ) -> Batch {
+        self.next_batch_within(limits, encoder, (usize::MAX, usize::MAX))
+    }
+
+    /// [`Self::next_batch`], live records first, then backfill records while they fit
+    /// `allowance` (records, bytes).
+    pub fn next_batch_within<E: Encoder + ?Sized>(
+        &mut self,
+        limits: &BatchLimits,
+        encoder: &mut E,
+        allowance: (usize, usize),
+    ) -> Batch {
         let mut chosen: Vec<u64> = Vec::new();
         let mut dead: Vec<(u64, DeadLetterReason)> = Vec::new();
+        let mut withheld_backfill = false;
         encoder.begin(limits);
-        {
+        for lane in [Lane::Live, Lane::Backfill] {
+            let (mut spent_records, mut spent_bytes) = (0usize, 0usize);
             let mut blocked: HashSet<&str> = HashSet::new();
             for (&id, e) in &self.entries {
-                if e.in_flight {
+                if e.in_flight || e.rec.lane != lane {
                     continue;
                 }
                 if let Some(reason) = dead_letter_reason(&e.rec, limits) {
@@ -410,11 +532,20 @@ impl ShipQueue {
                 if blocked.contains(key) || !self.eligible(e) {
                     continue;
                 }
+                if lane == Lane::Backfill
+                    && (spent_records >= allowance.0
+                        || spent_bytes.saturating_add(e.rec.size()) > allowance.1)
+                {
+                    withheld_backfill = true;
+                    break;
+                }
                 if !encoder.offer(&e.rec) {
                     // Later records of this key must not overtake it.
                     blocked.insert(key);
                     continue;
                 }
+                spent_records += 1;
+                spent_bytes += e.rec.size();
                 chosen.push(id);
             }
         }
@@ -422,6 +553,7 @@ impl ShipQueue {
         let mut batch = Batch {
             entries: encoder.finish(),
             dead_letters: Vec::new(),
+            withheld_backfill,
         };
         debug_assert_eq!(
             batch.records(),
@@ -439,7 +571,7 @@ impl ShipQueue {
         for id in chosen {
             if let Some(e) = self.entries.get_mut(&id) {
                 e.in_flight = true;
-                if let Some(ks) = self.keys.get_mut(&e.rec.partition_key) {
+                if let Some(ks) = self.keys[e.rec.lane.index()].get_mut(&e.rec.partition_key) {
                     ks.in_flight += 1;
                 }
             }
@@ -458,6 +590,8 @@ impl ShipQueue {
             other_failures: 0,
             call: CallStatus::Completed,
             back_off: false,
+            accepted_backfill: 0,
+            oldest_live_accepted: None,
         };
         // One result per entry is the contract; anything else is treated as unknown.
         let per_entry: Option<&[RecordResult]> = match outcome {
@@ -491,6 +625,14 @@ impl ShipQueue {
                     Some(RecordResult::Accepted) => {
                         if let Some(e) = self.remove_entry(id) {
                             debug_assert!(e.in_flight);
+                            match e.rec.lane {
+                                Lane::Backfill => applied.accepted_backfill += 1,
+                                Lane::Live => {
+                                    let c = e.rec.record.created_at;
+                                    applied.oldest_live_accepted =
+                                        Some(applied.oldest_live_accepted.map_or(c, |o| o.min(c)));
+                                }
+                            }
                         }
                         applied.accepted.push(id);
                     }
@@ -518,7 +660,7 @@ impl ShipQueue {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
-        let Some(ks) = self.keys.get_mut(&e.rec.partition_key) else {
+        let Some(ks) = self.keys[e.rec.lane.index()].get_mut(&e.rec.partition_key) else {
             return;
         };
         if e.in_flight {
@@ -534,8 +676,12 @@ impl ShipQueue {
     fn remove_entry(&mut self, id: u64) -> Option<Slot> {
         let e = self.entries.remove(&id)?;
         self.bytes = self.bytes.saturating_sub(e.rec.size());
+        let lane = e.rec.lane.index();
+        self.lane_len[lane] = self.lane_len[lane].saturating_sub(1);
+        self.lane_bytes[lane] = self.lane_bytes[lane].saturating_sub(e.rec.size());
         let key = e.rec.partition_key.as_str();
-        if let Some(ks) = self.keys.get_mut(key) {
+        let keys = &mut self.keys[lane];
+        if let Some(ks) = keys.get_mut(key) {
             if e.in_flight {
                 ks.in_flight = ks.in_flight.saturating_sub(1);
             }
@@ -544,7 +690,7 @@ impl ShipQueue {
             }
             ks.queued = ks.queued.saturating_sub(1);
             if ks.queued == 0 {
-                self.keys.remove(key);
+                keys.remove(key);
             }
         }
         Some(e)
@@ -1323,7 +1469,7 @@ mod tests {
                 prop_assert_eq!(q.bytes(), bytes);
                 prop_assert_eq!(q.failed(), q.entries.values().filter(|e| e.failed).count());
                 prop_assert_eq!(q.in_flight(), 0);
-                let queued: usize = q.keys.values().map(|k| k.queued).sum();
+                let queued: usize = q.keys.iter().flat_map(|k| k.values()).map(|k| k.queued).sum();
                 prop_assert_eq!(queued, q.len());
             }
         }

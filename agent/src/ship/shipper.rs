@@ -1,13 +1,14 @@
 //! The shipper task: keeps the [`ShipQueue`] topped up from the buffer, sends
 //! PutRecords calls one at a time, removes what Kinesis accepted from the buffer, and
-//! backs off on failures. Decisions live in the queue and the backoff; this is the
-//! I/O loop around them.
+//! backs off on failures. Decisions live in the queue, the lanes' policy and the
+//! backoff; this is the I/O loop around them.
 
 use super::aggregate::KplAggregator;
 use super::config::Aggregation;
 use super::config::{KinesisConfig, Shards};
 use super::dead_letter::DeadLetter;
 use super::kinesis::{queued_record, PutRecordsApi};
+use super::lanes::{self, Lane, LanePolicy};
 use super::pacing::Pacer;
 use super::queue::{
     Applied, Batch, CallOutcome, CallStatus, DeadLetterRecord, QueueCapacity, Readiness,
@@ -36,6 +37,10 @@ const CALL_GUARD: Duration = Duration::from_secs(5);
 /// and how soon after a failed ask.
 const SHARD_REFRESH_MS: u64 = 600_000;
 const SHARD_RETRY_MS: u64 = 60_000;
+/// How often the shipper asks whether the uplink fell behind (see `lanes.rs`).
+const BACKFILL_CHECK_MS: u64 = 1_000;
+/// Without pacing, the longest a withheld backfill waits before it is offered again.
+const BACKFILL_WAIT: Duration = Duration::from_millis(50);
 
 /// Everything the shipper needs besides the store and Kinesis.
 pub struct ShipperOptions {
@@ -69,6 +74,9 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
     } = opts;
     let limits = BatchLimits::from_config(&cfg);
     let mut shipper = Shipper {
+        lanes: cfg.lanes(),
+        next_backfill_check_ms: 0,
+        mark_log: LogGate::new(LOG_INTERVAL_MS),
         queue: ShipQueue::new(QueueCapacity::for_limits(&limits)),
         pacer: None,
         next_shard_query_ms: 0,
@@ -105,6 +113,9 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
 }
 
 struct Shipper<S, K> {
+    lanes: LanePolicy,
+    next_backfill_check_ms: u64,
+    mark_log: LogGate,
     store: Arc<S>,
     api: K,
     cfg: KinesisConfig,
@@ -157,6 +168,8 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             self.retry_dead_letters().await;
             self.refresh_shards().await;
             self.top_up().await;
+            self.check_backfill().await;
+            self.declare_low_watermark();
             self.update_age();
 
             let now = self.clock.now_ms();
@@ -195,15 +208,24 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
         );
     }
 
-    /// Reads more records from the store when the queue wants them.
+    /// Reads more records of both lanes from the store when the queue wants them.
     async fn top_up(&mut self) {
-        let want = self.queue.wants(&self.limits);
-        if want == 0 {
+        self.top_up_lane(Lane::Live).await;
+        self.top_up_lane(Lane::Backfill).await;
+    }
+
+    async fn top_up_lane(&mut self, lane: Lane) {
+        let want = self.queue.wants_in(lane, &self.limits);
+        if want == 0 || (lane == Lane::Backfill && self.store.backfill_records() == 0) {
             return;
         }
-        let after = self.queue.last_pushed();
+        let after = self.queue.last_pushed_in(lane);
         let store = Arc::clone(&self.store);
-        let read = tokio::task::spawn_blocking(move || store.read_after(after, want)).await;
+        let read = tokio::task::spawn_blocking(move || match lane {
+            Lane::Live => store.read_after(after, want),
+            Lane::Backfill => store.read_backfill_after(after, want),
+        })
+        .await;
         let now = self.clock.now_ms();
         let records = match read {
             Ok(Ok(records)) => records,
@@ -221,11 +243,71 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             }
         };
         for r in records {
-            let rec = queued_record(r, self.cfg.partition_key, &mut self.rng);
+            let mut rec = queued_record(r, self.cfg.partition_key, &mut self.rng);
+            if lane == Lane::Backfill {
+                match lanes::mark_backfill(&rec.record.data) {
+                    Ok((data, event_time)) => rec = rec.in_backfill(data, event_time),
+                    Err(e) => {
+                        // Sent as it is, in its lane: the engine reports what it is.
+                        if let Some(suppressed) = self.mark_log.check(now) {
+                            warn!(id = rec.id(), error = %e, suppressed, "cannot flag a backfill record; sending it unflagged");
+                        }
+                        rec.lane = Lane::Backfill;
+                    }
+                }
+            }
             if let Err(e) = self.queue.push(rec, now) {
-                warn!(error = %e, "skipping a record the buffer returned out of order");
+                warn!(error = %e, lane = lane.as_str(), "skipping a record the buffer returned out of order");
             }
         }
+    }
+
+    /// When the oldest live record has waited `backfill_after`, moves every record
+    /// not yet read to the backfill lane, so points read from now on go first.
+    async fn check_backfill(&mut self) {
+        let now = self.clock.now_ms();
+        if now < self.next_backfill_check_ms {
+            return;
+        }
+        self.next_backfill_check_ms = now.saturating_add(BACKFILL_CHECK_MS);
+        if !self
+            .lanes
+            .should_open_backfill(now, self.queue.oldest_created(Lane::Live))
+        {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.open_backfill()).await {
+            Ok(Ok(Some((from, to)))) => {
+                self.metrics.backfill_opened.inc();
+                info!(
+                    stream = self.api.stream(),
+                    from,
+                    to,
+                    "uplink behind: buffered points move to the backfill lane, new points go first"
+                );
+                self.top_up_lane(Lane::Backfill).await;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                if let Some(suppressed) = self.store_log.check(now) {
+                    warn!(error = %e, suppressed, "cannot open the backfill lane; retrying");
+                }
+            }
+            Err(e) => {
+                if let Some(suppressed) = self.store_log.check(now) {
+                    warn!(error = %e, suppressed, "backfill task failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Live heartbeats declare the backfill's oldest unsent event time while any
+    /// backfill remains (0, holding everything, when none of it could be read yet).
+    fn declare_low_watermark(&mut self) {
+        let pending = self.queue.lane_len(Lane::Backfill) > 0 || self.store.backfill_records() > 0;
+        let low = pending.then(|| self.queue.backfill_low().unwrap_or(0));
+        self.queue.declare_low_watermark(low);
     }
 
     fn update_age(&self) {
@@ -235,6 +317,14 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             .oldest_created_at()
             .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
         self.metrics.oldest_unshipped_age_seconds.set(age);
+        let backfill_age = self
+            .queue
+            .oldest_created(Lane::Backfill)
+            .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+        self.metrics.backfill_oldest_age_seconds.set(backfill_age);
+        self.metrics
+            .backfill_records
+            .set(i64::try_from(self.store.backfill_records()).unwrap_or(i64::MAX));
     }
 
     /// `shards = "auto"`: learn (and every few minutes re-learn) the stream's open
@@ -301,19 +391,40 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
     /// One PutRecords call (plus dead letters found on the way). Returns the backoff
     /// delay when something was not accepted.
     async fn send_once(&mut self, shutdown: &CancellationToken) -> Option<Duration> {
+        let now = self.clock.now_ms();
+        let reserve = self.lanes.live_reserve();
+        // The backfill spends what the budget holds above the live reserve; unpaced,
+        // it leaves that share of each call.
+        let allowance = match &mut self.pacer {
+            Some(p) => p.above_reserve(reserve, now),
+            None => (
+                (self.limits.max_points() as f64 * self.lanes.backfill_share).ceil() as usize,
+                (self.limits.max_bytes() as f64 * self.lanes.backfill_share) as usize,
+            ),
+        };
         let Batch {
             entries,
             dead_letters,
-        } = self.queue.next_batch(&self.limits, &mut self.encoder);
+            withheld_backfill,
+        } = self
+            .queue
+            .next_batch_within(&self.limits, &mut self.encoder, allowance);
         if !dead_letters.is_empty() {
             self.write_dead_letters(dead_letters).await;
         }
         if entries.is_empty() {
-            return None;
+            // Only backfill waits, for the budget above the reserve.
+            return withheld_backfill.then(|| match &mut self.pacer {
+                Some(p) => p
+                    .reserve_delay(reserve, 1_024, now)
+                    .max(Duration::from_millis(1)),
+                None => BACKFILL_WAIT,
+            });
         }
         let batch = Batch {
             entries,
             dead_letters: Vec::new(),
+            withheld_backfill,
         };
         if let Some(pacer) = &mut self.pacer {
             let wait = pacer.delay(batch.len(), batch.bytes(), self.clock.now_ms());
@@ -354,6 +465,15 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
             self.update_pace_metric();
         }
         self.count(&applied);
+        if applied.accepted_backfill > 0 {
+            self.metrics
+                .backfill_shipped
+                .inc_by(applied.accepted_backfill as u64);
+        }
+        if let Some(created) = applied.oldest_live_accepted {
+            let delay = self.clock.now_ms().saturating_sub(created) as f64 / 1000.0;
+            self.metrics.live_delay_seconds.set(delay);
+        }
         self.log_outcome(&batch, &outcome, &applied);
         if !applied.accepted.is_empty() {
             self.pending_removals.extend_from_slice(&applied.accepted);
@@ -509,8 +629,10 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::StoredRecord;
     use crate::ship::testing::{CallState, FakeKinesis, FakeStore, Reply};
-    use linewatch_runtime::clock::{ManualClock, SystemClock};
+    use linewatch_runtime::clock::{Clock, ManualClock, SystemClock};
+    use linewatch_schemas::{DataPoint, Flag};
     use std::collections::HashSet;
     use std::time::Instant;
 
@@ -523,6 +645,9 @@ mod tests {
             ("linger", "\"20ms\""),
             ("backoff_initial", "\"1ms\""),
             ("backoff_max", "\"5ms\""),
+            // One lane: the fake store's records are made at time 1, so every one of
+            // them would look like a backlog. The lanes' tests set it.
+            ("backfill_after", "\"0s\""),
         ] {
             if !extra.lines().any(|l| l.starts_with(key)) {
                 text.push_str(&format!("{key} = {value}\n"));
@@ -1029,6 +1154,129 @@ mod tests {
         let metrics = r.metrics.clone();
         stop(r).await;
         (starts, metrics, sizes)
+    }
+
+    /// A data point's JSON, as the writer stores it.
+    fn data_point(key: &str, ts: u64, seq: u64, heartbeat: bool) -> Vec<u8> {
+        let (tag, value, flags) = if heartbeat {
+            ("$heartbeat", "null", r#""Wmk""#)
+        } else {
+            ("temp", "1.5", "")
+        };
+        format!(
+            r#"{{"version":1,"equipmentId":"{key}","tag":"{tag}","value":{value},"quality":"Ok","timestamp":{ts},"meta":{{"sourceId":"plc","sequenceNumber":{seq},"createdAt":{ts},"flags":[{flags}]}}}}"#
+        )
+        .into_bytes()
+    }
+
+    /// The uplink fell behind with 200 points buffered an hour ago: the 40 already
+    /// read stay live, the rest move to the backfill lane (flagged `Bfl`); points
+    /// made afterwards go before the backfill; each lane keeps its keys in id order;
+    /// live heartbeats declare the backfill's oldest unsent event time, and stop
+    /// once it is in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_points_overtake_the_backlog_which_is_flagged_and_declared() {
+        let store = FakeStore::new();
+        let now = SystemClock.now_ms();
+        let old = now - 3_600_000;
+        let key = |id: u64| if id.is_multiple_of(2) { "a" } else { "b" };
+        store.insert((1..=200).map(|id| StoredRecord {
+            id,
+            created_at: old + id,
+            partition_key: key(id).into(),
+            data: data_point(key(id), old + id, id, false),
+        }));
+        let kinesis = FakeKinesis::new();
+        kinesis.hold_calls();
+        let r = start(
+            Arc::clone(&store),
+            kinesis,
+            config("max_batch_records = 10\nbackfill_after = \"1s\""),
+            system(),
+        );
+        wait_for("the backfill opened", || {
+            r.metrics.backfill_opened.get() == 1
+        })
+        .await;
+        assert_eq!(store.backfill_records(), 160, "ids 41..=200");
+        let fresh = SystemClock.now_ms();
+        store.insert((201..=211).map(|id| StoredRecord {
+            id,
+            created_at: fresh,
+            partition_key: key(id).into(),
+            data: data_point(key(id), fresh + id, id, id == 211),
+        }));
+        r.kinesis.release(10_000);
+        wait_for("the buffer to drain", || r.store.is_empty()).await;
+
+        // Who went where, in write order (every call was accepted whole).
+        let mut sent: Vec<(u64, DataPoint)> = Vec::new();
+        for call in r.kinesis.call_log() {
+            for (ids, data) in call.entries.iter().zip(&call.data) {
+                sent.push((ids[0], DataPoint::from_json(data).unwrap()));
+            }
+        }
+        let mut ids: Vec<u64> = sent.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=211).collect::<Vec<_>>(), "each point once");
+        for (id, p) in &sent {
+            let backfill = (41..=200).contains(id);
+            assert_eq!(p.meta.flags.contains(Flag::Bfl), backfill, "point {id}");
+        }
+        let pos = |want: u64| sent.iter().position(|(id, _)| *id == want).unwrap();
+        let last_fresh = (201..=211).map(pos).max().unwrap();
+        assert!(
+            last_fresh < pos(120),
+            "live points went after the backfill's middle: {last_fresh} vs {}",
+            pos(120)
+        );
+        for lane in [1..=40, 41..=200, 201..=211] {
+            for k in ["a", "b"] {
+                let order: Vec<u64> = sent
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|id| lane.contains(id) && key(*id) == k)
+                    .collect();
+                assert!(order.windows(2).all(|w| w[0] < w[1]), "{k}: {order:?}");
+            }
+        }
+        // The heartbeat went out while backfill was unsent: it declared at most the
+        // oldest event time still to come.
+        let hb = pos(211);
+        let low = sent[hb]
+            .1
+            .meta
+            .low_watermark
+            .expect("a backlog was declared");
+        let unsent_min = sent[hb..]
+            .iter()
+            .filter(|(id, _)| (41..=200).contains(id))
+            .map(|(_, p)| p.timestamp)
+            .min()
+            .expect("backfill after the heartbeat");
+        assert!(
+            low <= unsent_min,
+            "declared {low}, still unsent from {unsent_min}"
+        );
+        sent[hb].1.validate().unwrap();
+        assert_eq!(r.metrics.backfill_shipped.get(), 160);
+
+        // Drained: a heartbeat now declares nothing.
+        let later = SystemClock.now_ms();
+        store.insert([StoredRecord {
+            id: 212,
+            created_at: later,
+            partition_key: "a".into(),
+            data: data_point("a", later, 212, true),
+        }]);
+        wait_for("the last heartbeat", || {
+            r.store.is_empty() && r.kinesis.written().len() == 212
+        })
+        .await;
+        let last = r.kinesis.call_log().last().unwrap().data[0].clone();
+        let last = DataPoint::from_json(&last).unwrap();
+        assert!(last.is_heartbeat() && last.meta.low_watermark.is_none());
+        stop(r).await;
     }
 
     /// 4 MB against 1 MiB/s: the first MiB goes at once (a full bucket), the rest

@@ -12,6 +12,7 @@ use super::kinesis::PutRecordsApi;
 use super::queue::{CallOutcome, RecordResult};
 use super::request::RequestEntry;
 use super::RecordStore;
+use crate::buffer::backfill::BackfillRanges;
 use crate::buffer::{BufferError, StoredRecord};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +44,9 @@ pub struct FakeStore {
     removed: Mutex<Vec<u64>>,
     fail_reads: AtomicUsize,
     fail_removes: AtomicUsize,
+    backfill: Mutex<BackfillRanges>,
+    /// Highest live id read.
+    live_read: Mutex<u64>,
 }
 
 impl FakeStore {
@@ -141,11 +145,58 @@ impl RecordStore for FakeStore {
             return Err(injected());
         }
         let start = after.map_or(0, |a| a.saturating_add(1));
+        let backfill = lock(&self.backfill).clone();
+        let out: Vec<StoredRecord> = lock(&self.records)
+            .range(start..)
+            .filter(|(id, _)| !backfill.contains(**id))
+            .take(max)
+            .map(|(_, r)| r.clone())
+            .collect();
+        if let Some(last) = out.last() {
+            let mut read = lock(&self.live_read);
+            *read = (*read).max(last.id);
+        }
+        Ok(out)
+    }
+
+    fn read_backfill_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, BufferError> {
+        if take_failure(&self.fail_reads) {
+            return Err(injected());
+        }
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let backfill = lock(&self.backfill).clone();
         Ok(lock(&self.records)
             .range(start..)
+            .filter(|(id, _)| backfill.contains(**id))
             .take(max)
             .map(|(_, r)| r.clone())
             .collect())
+    }
+
+    fn open_backfill(&self) -> Result<Option<(u64, u64)>, BufferError> {
+        let lo = lock(&self.live_read).saturating_add(1);
+        let hi = *lock(&self.next_id);
+        let mut backfill = lock(&self.backfill);
+        let moving = lock(&self.records)
+            .range(lo..)
+            .any(|(id, _)| !backfill.contains(*id));
+        if lo > hi || !moving {
+            return Ok(None);
+        }
+        backfill.add(lo, hi);
+        Ok(Some((lo, hi)))
+    }
+
+    fn backfill_records(&self) -> u64 {
+        let backfill = lock(&self.backfill).clone();
+        lock(&self.records)
+            .keys()
+            .filter(|id| backfill.contains(**id))
+            .count() as u64
     }
 
     fn remove(&self, ids: &[u64]) -> Result<(), BufferError> {
@@ -209,6 +260,8 @@ pub struct Call {
     pub entries: Vec<Vec<u64>>,
     /// The partition key of each entry.
     pub keys: Vec<String>,
+    /// The data of each entry, as sent.
+    pub data: Vec<Vec<u8>>,
     pub state: CallState,
 }
 
@@ -408,6 +461,7 @@ impl PutRecordsApi for FakeKinesis {
                     .iter()
                     .map(|e| e.partition_key().to_owned())
                     .collect(),
+                data: entries.iter().map(|e| e.data().to_vec()).collect(),
                 state: CallState::InFlight,
             });
             calls.len() - 1

@@ -50,6 +50,15 @@ pub struct Metrics {
     pub pacing_shards: Gauge,
     pub pacing_bytes_per_second: Gauge<f64, AtomicU64>,
     pub pacing_wait_seconds: Counter<f64, AtomicU64>,
+    /// The backlog behind live data: records in the backfill lane, the age of its
+    /// oldest, records of it Kinesis accepted (its drain rate is this counter's
+    /// rate), and how often the waiting records were moved to it.
+    pub backfill_records: Gauge,
+    pub backfill_oldest_age_seconds: Gauge<f64, AtomicU64>,
+    pub backfill_shipped: Counter,
+    pub backfill_opened: Counter,
+    /// Age of the oldest live record in the last call Kinesis accepted, seconds.
+    pub live_delay_seconds: Gauge<f64, AtomicU64>,
     pub put_records_errors: Counter,
     /// Points lost on purpose, by reason (`overflow_drop_oldest`, `overflow_reject_new`, `oversize`, ...).
     pub dropped: Family<ReasonLabel, Counter>,
@@ -115,6 +124,31 @@ impl Metrics {
             "oldest_unshipped_age_seconds",
             "Age of the oldest point not yet accepted by Kinesis",
             self.oldest_unshipped_age_seconds.clone(),
+        );
+        r.register(
+            "backfill_records",
+            "Points in the backfill lane (the backlog shipped behind live data)",
+            self.backfill_records.clone(),
+        );
+        r.register(
+            "backfill_oldest_age_seconds",
+            "Age of the oldest point of the backfill lane the shipper holds",
+            self.backfill_oldest_age_seconds.clone(),
+        );
+        r.register(
+            "backfill_shipped",
+            "Backfill points Kinesis accepted",
+            self.backfill_shipped.clone(),
+        );
+        r.register(
+            "backfill_opened",
+            "Times the waiting points were moved to the backfill lane",
+            self.backfill_opened.clone(),
+        );
+        r.register(
+            "live_delay_seconds",
+            "Age of the oldest live point in the last accepted PutRecords call",
+            self.live_delay_seconds.clone(),
         );
         r.register(
             "buffer_commits",

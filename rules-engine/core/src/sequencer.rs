@@ -214,7 +214,8 @@ impl Sequencer {
             Observation::Late => true,
             Observation::OnTime => false,
         };
-        if point.is_heartbeat() {
+        // A backfill heartbeat is history: it says nothing about what is unsent now.
+        if point.is_heartbeat() && !point.meta.flags.contains(Flag::Bfl) {
             self.tracker.declare_low_watermark(point.meta.low_watermark);
         }
         if let Some(clocks) = &mut self.clocks {
@@ -570,6 +571,11 @@ mod tests {
         let mut backlog = on("b", "eb", 50, 1, false);
         backlog.meta.flags.insert(Flag::Bfl);
         assert_eq!(s.push(backlog, 1), Admission::Buffered, "on time");
+        // A heartbeat of the backlog declares nothing: the wait holds.
+        let mut old_hb = on("b", "eb", 60, 2, true);
+        old_hb.meta.flags.insert(Flag::Bfl);
+        assert_eq!(s.push(old_hb, 1), Admission::Heartbeat);
+        assert_eq!(released(&mut s, 1), Vec::<(String, u64)>::new());
         // The backlog is gone: a heartbeat without the field lets the clock go on.
         assert_eq!(s.push(on("b", "eb", 201, 4, true), 2), Admission::Heartbeat);
         assert_eq!(
