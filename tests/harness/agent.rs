@@ -53,6 +53,8 @@ pub struct Kinesis {
     pub backoff_initial: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_max: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +216,7 @@ impl AgentConfig {
                 request_timeout: Some("3s".into()),
                 backoff_initial: Some("50ms".into()),
                 backoff_max: Some("500ms".into()),
+                backfill_after: None,
             },
             sources: Vec::new(),
             extra_toml: String::new(),

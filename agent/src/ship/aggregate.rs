@@ -26,7 +26,9 @@ use std::sync::Arc;
 pub struct KplAggregator {
     limits: BatchLimits,
     entries: Vec<Open>,
-    by_key: HashMap<String, usize>,
+    /// Per lane (an aggregated record never mixes lanes, so its ids stay in order):
+    /// the open entry of each key.
+    by_key: [HashMap<String, usize>; 2],
     /// The call's size as Kinesis counts it (data + partition key of every entry).
     bytes: usize,
 }
@@ -50,14 +52,15 @@ impl Encoder for KplAggregator {
     fn begin(&mut self, limits: &BatchLimits) {
         self.limits = *limits;
         self.entries.clear();
-        self.by_key.clear();
+        self.by_key.iter_mut().for_each(HashMap::clear);
         self.bytes = 0;
     }
 
     fn offer(&mut self, record: &Arc<QueuedRecord>) -> bool {
         let key = record.partition_key.as_str();
         let data_len = record.record.data.len();
-        if let Some(&i) = self.by_key.get(key) {
+        let lane = record.lane.index();
+        if let Some(&i) = self.by_key[lane].get(key) {
             let open = &self.entries[i];
             if open.plain {
                 return false;
@@ -89,7 +92,7 @@ impl Encoder for KplAggregator {
             return false;
         }
         self.bytes += size;
-        self.by_key.insert(key.to_owned(), self.entries.len());
+        self.by_key[lane].insert(key.to_owned(), self.entries.len());
         self.entries.push(Open {
             records: vec![Arc::clone(record)],
             kpl_bytes,
@@ -104,7 +107,7 @@ impl Encoder for KplAggregator {
     }
 
     fn finish(&mut self) -> Vec<RequestEntry> {
-        self.by_key.clear();
+        self.by_key.iter_mut().for_each(HashMap::clear);
         self.bytes = 0;
         std::mem::take(&mut self.entries)
             .into_iter()
@@ -143,6 +146,25 @@ mod tests {
             partition_key: key.to_owned(),
             data,
         }))
+    }
+
+    /// The live lane goes first with higher ids: an aggregated record per (lane, key)
+    /// keeps each record's ids in order.
+    #[test]
+    fn lanes_of_one_key_aggregate_apart() {
+        let mut e = KplAggregator::default();
+        e.begin(&BatchLimits::default());
+        let backfill = |id| {
+            let r = (*rec(id, "a", 20)).clone();
+            let data = r.record.data.clone();
+            Arc::new(r.in_backfill(data, id))
+        };
+        for r in [rec(10, "a", 20), rec(11, "a", 20), backfill(2), backfill(3)] {
+            assert!(e.offer(&r));
+        }
+        let entries = e.finish();
+        let ids: Vec<&[u64]> = entries.iter().map(|e| e.record_ids()).collect();
+        assert_eq!(ids, [&[10, 11][..], &[2, 3][..]]);
     }
 
     #[test]

@@ -266,6 +266,8 @@ pub struct ShipQueue {
     lane_bytes: [usize; 2],
     last_pushed: [Option<u64>; 2],
     capacity: QueueCapacity,
+    /// The last call failed whole (not written, or its outcome unknown).
+    calls_failing: bool,
 }
 
 impl ShipQueue {
@@ -278,6 +280,7 @@ impl ShipQueue {
             lane_bytes: [0; 2],
             last_pushed: [None; 2],
             capacity,
+            calls_failing: false,
         }
     }
 
@@ -406,6 +409,12 @@ impl ShipQueue {
     pub fn wants_in(&self, lane: Lane, limits: &BatchLimits) -> usize {
         let (len, bytes) = (self.lane_len[lane.index()], self.lane_bytes[lane.index()]);
         if len >= self.capacity.records || bytes >= self.capacity.bytes {
+            return 0;
+        }
+        // Whole calls fail (the uplink is down): a call's worth held is enough.
+        // Whatever is read now is stuck in this lane, ahead of what comes after the
+        // link returns; left in the buffer it can still move to the backfill.
+        if self.calls_failing && len >= limits.max_entries() {
             return 0;
         }
         // Records of blocked keys do not count: they cannot fill the next call. While
@@ -652,6 +661,7 @@ impl ShipQueue {
             }
         }
         applied.accepted.sort_unstable();
+        self.calls_failing = applied.call != CallStatus::Completed;
         applied.back_off = applied.retrying > 0 || applied.call != CallStatus::Completed;
         applied
     }

@@ -225,7 +225,7 @@ pub fn check_duplicates(points: &[Shipped]) -> Result<Duplicates, String> {
 }
 
 /// Order per equipment: in each shard, ignoring resent copies, the points of one
-/// `(equipment, source)` have strictly increasing sequence numbers and non-decreasing
+/// `(equipment, source, lane)` have strictly increasing sequence numbers and non-decreasing
 /// timestamps; every record's partition key is its `equipmentId`.
 pub fn check_order_per_equipment(points: &[Shipped]) -> Result<(), String> {
     let mut seen: BTreeSet<(String, String, u64)> = BTreeSet::new();
@@ -241,7 +241,17 @@ pub fn check_order_per_equipment(points: &[Shipped]) -> Result<(), String> {
         if !seen.insert((gw.clone(), src.clone(), p.seq())) {
             continue; // a resent copy; check_duplicates judges those
         }
-        let key = (p.shard_id.clone(), p.point.equipment_id.clone(), src);
+        // Per lane: the backfill (`Bfl`) is sent behind live data, each in its own order.
+        let lane = if p.point.meta.flags.contains(linewatch_schemas::Flag::Bfl) {
+            "/backfill"
+        } else {
+            ""
+        };
+        let key = (
+            p.shard_id.clone(),
+            p.point.equipment_id.clone(),
+            format!("{src}{lane}"),
+        );
         if let Some(&(seq, ts)) = last.get(&key) {
             if p.seq() <= seq || p.point.timestamp < ts {
                 return Err(format!(

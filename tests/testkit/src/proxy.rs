@@ -1,7 +1,9 @@
 //! A TCP proxy on 127.0.0.1 that can lose responses: the request reaches the server
 //! (Kinesis accepts the batch) but the client never hears back — an unknown outcome,
 //! the one case where the agent must resend a whole batch. It can also corrupt one
-//! response (a malformed answer from a PLC).
+//! response (a malformed answer from a PLC), or cut the link altogether (a gateway's
+//! uplink down: open connections drop, new ones close unanswered, nothing reaches
+//! the server).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +19,8 @@ struct Shared {
     /// 0: off; n: flip the bits of byte n − 1 of the next response chunk that long.
     corrupt_at: AtomicU64,
     corrupted: AtomicU64,
+    cut: AtomicBool,
+    cut_changed: tokio::sync::Notify,
 }
 
 /// Forwards 127.0.0.1:`port()` to an upstream port; stops when dropped.
@@ -78,6 +82,13 @@ impl FaultProxy {
             waited.await;
             self.lose_responses(false);
         }
+    }
+
+    /// While on, the link is down: every open connection drops and new ones are
+    /// closed before a byte is forwarded.
+    pub fn cut(&self, on: bool) {
+        self.shared.cut.store(on, Ordering::SeqCst);
+        self.shared.cut_changed.notify_waiters();
     }
 
     /// The next response chunk longer than `offset` bytes reaches the client with
@@ -142,7 +153,23 @@ where
     (port, task)
 }
 
+/// Returns once the link is cut.
+async fn until_cut(shared: &Shared) {
+    loop {
+        let changed = shared.cut_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if shared.cut.load(Ordering::SeqCst) {
+            return;
+        }
+        changed.await;
+    }
+}
+
 async fn forward(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
+    if shared.cut.load(Ordering::SeqCst) {
+        return;
+    }
     // Upstream down: close the client too (like a refused connection, but after accept).
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
@@ -185,5 +212,6 @@ async fn forward(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
     tokio::select! {
         _ = requests => {}
         _ = responses => {}
+        _ = until_cut(&shared) => {}
     }
 }
