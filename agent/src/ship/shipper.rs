@@ -76,6 +76,7 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
     let mut shipper = Shipper {
         lanes: cfg.lanes(),
         next_backfill_check_ms: 0,
+        declaring: false,
         mark_log: LogGate::new(LOG_INTERVAL_MS),
         queue: ShipQueue::new(QueueCapacity::for_limits(&limits)),
         pacer: None,
@@ -115,6 +116,8 @@ pub async fn run_shipper<S: RecordStore, K: PutRecordsApi>(
 struct Shipper<S, K> {
     lanes: LanePolicy,
     next_backfill_check_ms: u64,
+    /// Live heartbeats declare a backlog (or did, until the last pass).
+    declaring: bool,
     mark_log: LogGate,
     store: Arc<S>,
     api: K,
@@ -307,7 +310,13 @@ impl<S: RecordStore, K: PutRecordsApi> Shipper<S, K> {
     fn declare_low_watermark(&mut self) {
         let pending = self.queue.lane_len(Lane::Backfill) > 0 || self.store.backfill_records() > 0;
         let low = pending.then(|| self.queue.backfill_low().unwrap_or(0));
+        // Without a backlog, heartbeats are left alone (no pass over the queue) once
+        // every declaration was taken off.
+        if low.is_none() && !self.declaring {
+            return;
+        }
         self.queue.declare_low_watermark(low);
+        self.declaring = low.is_some();
     }
 
     fn update_age(&self) {
