@@ -411,10 +411,10 @@ impl ShipQueue {
         if len >= self.capacity.records || bytes >= self.capacity.bytes {
             return 0;
         }
-        // Whole calls fail (the uplink is down): a call's worth held is enough.
-        // Whatever is read now is stuck in this lane, ahead of what comes after the
-        // link returns; left in the buffer it can still move to the backfill.
-        if self.calls_failing && len >= limits.max_entries() {
+        // Whole calls fail (the uplink is down): what the lane holds is enough until
+        // one succeeds. Whatever is read now is stuck in this lane, ahead of what comes
+        // after the link returns; left in the buffer it can still move to the backfill.
+        if self.calls_failing && len > 0 {
             return 0;
         }
         // Records of blocked keys do not count: they cannot fill the next call. While
