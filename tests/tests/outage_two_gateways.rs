@@ -99,15 +99,119 @@ fn of(ts: &[Value], eq: &str) -> Vec<Value> {
         .collect()
 }
 
+/// What one run of the scenario left: the peers (still up), the replay's transitions
+/// up to `cutoff`, and what was seen on the way.
+struct Outage {
+    env: Env,
+    svc: RulesService,
+    want: Vec<Value>,
+    cutoff: u64,
+    cut: std::ops::Range<u64>,
+    /// A's transitions of the cut at the webhook before B was back.
+    a_during: usize,
+    /// B's transitions of the cut in the replay.
+    b_in_cut: usize,
+    backlog: usize,
+    peak_buffered: f64,
+    live_delay: f64,
+}
+
+/// Transitions of `eq` with an event time in `window`.
+fn in_window(ts: &[Value], eq: &str, window: &std::ops::Range<u64>) -> usize {
+    of(ts, eq)
+        .iter()
+        .filter(|d| d["eventTime"].as_u64().is_some_and(|t| window.contains(&t)))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_gateway_returns_in_time_and_the_webhook_gets_the_sorted_replay() {
-    let env = Env::start("outage-two-gateways", 1).await;
+    let mut o = scenario("outage-two-gateways", "equipment").await;
+    let got = wait::until(
+        "the webhook to hold the replay's transitions",
+        Duration::from_secs(40),
+        async || {
+            let got = until(&details(&o.env.receiver.requests()), o.cutoff);
+            let unique: HashSet<String> = got.iter().map(event_id_of).collect();
+            if unique.len() >= o.want.len() {
+                Ok(got)
+            } else {
+                Err(format!("{} of {}", unique.len(), o.want.len()))
+            }
+        },
+    )
+    .await;
+    assert_same_transitions(&got, &o.want);
+    let m = o.svc.scrape();
+    assert_eq!(
+        m.get("linewatch_rules_late_points_total"),
+        0.0,
+        "nothing late"
+    );
+    assert_eq!(m.sum("linewatch_rules_dead_letters_total", &[]), 0.0);
+    assert!(o.live_delay < 2.0, "B's live delay {} s", o.live_delay);
+    eprintln!(
+        "two gateways, equipment scope: B cut {:.1} s, {} backlog points, {} transitions as the replay ({} of B's machine during the cut, {} of A's arrived during it), none late; reorder buffer peak {} points; B's live delay {:.3} s",
+        (o.cut.end - o.cut.start) as f64 / 1000.0,
+        o.backlog,
+        o.want.len(),
+        o.b_in_cut,
+        o.a_during,
+        o.peak_buffered,
+        o.live_delay,
+    );
+}
+
+/// The same outage under the global watermark (what Krones runs): A's points moved the
+/// watermark on while B was idle, so B's backlog is late, dead-lettered, and what it
+/// would have changed on B's machine never reaches the webhook. A's machine is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_global_watermark_the_same_backlog_is_late_and_lost() {
+    let mut o = scenario("outage-two-gateways-global", "global").await;
+    let want_a = of(&o.want, A_EQ);
+    let got = wait::until(
+        "the webhook to hold A's transitions",
+        Duration::from_secs(40),
+        async || {
+            let got = until(&details(&o.env.receiver.requests()), o.cutoff);
+            let a: HashSet<String> = of(&got, A_EQ).iter().map(event_id_of).collect();
+            if a.len() >= want_a.len() {
+                Ok(got)
+            } else {
+                Err(format!("{} of A's {}", a.len(), want_a.len()))
+            }
+        },
+    )
+    .await;
+    assert_same_transitions(&of(&got, A_EQ), &want_a);
+    let m = o.svc.scrape();
+    let late = m.sum(
+        "linewatch_rules_late_points_total",
+        &[("sender", "gw-b/plc")],
+    );
+    assert!(late > 0.0, "B's backlog is late globally");
+    let b_got = in_window(&got, B_EQ, &o.cut);
+    assert!(
+        b_got < o.b_in_cut,
+        "B's changes during the cut are lost: {b_got} of {} reached the webhook",
+        o.b_in_cut
+    );
+    eprintln!(
+        "two gateways, global scope: {late} of B's {} backlog points late; {b_got} of B's {} transitions of the cut delivered; A's {} all delivered",
+        o.backlog,
+        o.b_in_cut,
+        want_a.len()
+    );
+}
+
+async fn scenario(test: &str, scope: &str) -> Outage {
+    let env = Env::start(test, 1).await;
     let dir = env.dir().to_owned();
     let mut cfg = env.config();
     cfg.watermark.idle_timeout = "3s".into();
     cfg.watermark
         .extra
-        .insert("scope".into(), toml::Value::String("equipment".into()));
+        .insert("scope".into(), toml::Value::String(scope.into()));
     let mut svc = RulesService::start(cfg, &dir);
     let rule_files: Vec<_> = [("outage-a", A_EQ), ("outage-b", B_EQ)]
         .iter()
@@ -232,54 +336,28 @@ async fn a_cut_gateway_returns_in_time_and_the_webhook_gets_the_sorted_replay() 
     };
     let cutoff = last_of("gw-a").min(last_of("gw-b")) - 3_000;
     let want = until(&want_all, cutoff);
-    let b_in_cut = of(&want, B_EQ)
-        .iter()
-        .filter(|d| {
-            d["eventTime"]
-                .as_u64()
-                .is_some_and(|t| (cut_at..restored_at).contains(&t))
-        })
-        .count();
+    let cut = cut_at..restored_at;
+    let b_in_cut = in_window(&want, B_EQ, &cut);
     assert!(
         b_in_cut >= 4,
         "B's machine changed state during its cut: {b_in_cut} transitions"
     );
-
-    let got = wait::until(
-        "the webhook to hold the replay's transitions",
-        Duration::from_secs(40),
-        async || {
-            let got = until(&details(&env.receiver.requests()), cutoff);
-            let unique: HashSet<String> = got.iter().map(event_id_of).collect();
-            if unique.len() >= want.len() {
-                Ok(got)
-            } else {
-                Err(format!("{} of {}", unique.len(), want.len()))
-            }
-        },
-    )
-    .await;
-    assert_same_transitions(&got, &want);
-    let m = svc.scrape();
-    assert_eq!(
-        m.get("linewatch_rules_late_points_total"),
-        0.0,
-        "nothing late"
-    );
-    assert_eq!(m.sum("linewatch_rules_dead_letters_total", &[]), 0.0);
-    let live_delay = b_metrics.get("linewatch_agent_live_delay_seconds");
-    assert!(live_delay < 2.0, "B's live delay {live_delay} s");
     assert!(
         peak_buffered < first_copies.len() as f64,
         "the reorder buffer stayed below the stream: {peak_buffered}"
     );
-    eprintln!(
-        "two gateways: B cut {:.1} s, {backlog} backlog points, {} transitions as the replay ({} of B's machine during the cut, {} of A's arrived during it), none late; reorder buffer peak {peak_buffered} points; B's live delay {live_delay:.3} s",
-        (restored_at - cut_at) as f64 / 1000.0,
-        want.len(),
+    Outage {
+        live_delay: b_metrics.get("linewatch_agent_live_delay_seconds"),
+        env,
+        svc,
+        want,
+        cutoff,
+        cut,
+        a_during: a_during.len(),
         b_in_cut,
-        a_during.len(),
-    );
+        backlog,
+        peak_buffered,
+    }
 }
 
 /// The wall clock in ms: the agents stamp points with it.
