@@ -417,6 +417,7 @@ impl WatermarkTracker {
                 return Observation::Future { bound };
             }
         }
+        let backfill = numbered.as_ref().is_some_and(|n| n.backfill);
         if let Some(n) = numbered {
             let s = &mut self.senders[i];
             let newer = s.points > 0 && ts > s.highest;
@@ -447,6 +448,16 @@ impl WatermarkTracker {
         }
         s.last_seen = s.last_seen.max(now);
         s.points += 1;
+        // The backlog comes in the order it was read, within maxOutOfOrderness like any
+        // point: what of it is still to come is no older than this point less that
+        // bound. So the declaration rises with the drain, and a sender whose last
+        // heartbeat declared a backlog (a drain with no live source left) is not held
+        // below it forever.
+        if backfill {
+            if let Some(low) = s.low_watermark {
+                s.low_watermark = Some(low.max(ts.saturating_sub(self.max_ooo)));
+            }
+        }
         if late {
             s.late += 1;
             Observation::Late
