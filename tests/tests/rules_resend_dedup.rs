@@ -5,6 +5,10 @@
 //! `resent_points`), dead-letter none of them as late, and deliver each transition once:
 //! exactly the replay of the points' first copies.
 //!
+//! Two ways to get there: the responses lost while the agent runs (it resends), and
+//! the agent killed with SIGKILL after Kinesis took a batch it never heard of (the
+//! agent started again on the same buffer resends it).
+//!
 //! Phase 1 buffers a scenario with Kinesis unreachable (as `rules_kpl_equivalence`), so
 //! the drain in phase 2 ships old points in quick succession: a resent batch arrives
 //! after the watermark has passed it, and without the drop every copy would be late.
@@ -31,10 +35,30 @@ const STREAM: &str = "resend";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_batches_are_dropped_counted_and_each_transition_comes_once() {
-    let scratch = Scratch::new("rules-resend-dedup");
+    drain_with_resends("rules-resend-dedup", Resend::LostResponses).await;
+}
+
+/// The agent killed (SIGKILL) after Kinesis took a batch and before the agent heard
+/// so: its buffer still holds the batch, and the agent started again on it sends it
+/// once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_batch_resends_it_and_each_transition_still_comes_once() {
+    drain_with_resends("rules-resend-killed", Resend::Killed).await;
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Resend {
+    /// The agent resends batches whose responses were lost.
+    LostResponses,
+    /// The agent dies with a batch taken but not heard of; its successor resends it.
+    Killed,
+}
+
+async fn drain_with_resends(test: &str, how: Resend) {
+    let scratch = Scratch::new(test);
     let dir = scratch.path();
     let broker = Broker::start(dir);
-    let prefix = mosquitto::unique_prefix("resend-dedup");
+    let prefix = mosquitto::unique_prefix(test);
     // Declared before the service: retained rules and statuses go even if the test fails.
     let _clean = broker.retained_cleanup(&prefix);
 
@@ -78,20 +102,49 @@ async fn resent_batches_are_dropped_counted_and_each_transition_comes_once() {
     drain.kinesis.request_timeout = Some("2s".into());
     drain.kinesis.backoff_initial = Some("100ms".into());
     let mut drainer = start_agent(&drain, dir, "agent-drain", "max_batch_records = 40");
-    proxy.lose_responses_until(3, Duration::from_secs(60)).await;
+    match how {
+        Resend::LostResponses => proxy.lose_responses_until(3, Duration::from_secs(60)).await,
+        Resend::Killed => {
+            // A PutRecords whose response was lost: Kinesis holds that batch, the
+            // agent's buffer too (the first lost answers may be DescribeStreamSummary's).
+            drainer
+                .wait_metrics(
+                    "Kinesis to take a batch unheard",
+                    Duration::from_secs(60),
+                    |s| {
+                        let unknown = s.get("linewatch_agent_put_records_errors_total");
+                        if unknown >= 1.0 {
+                            Ok(())
+                        } else {
+                            Err(format!("{unknown} failed calls"))
+                        }
+                    },
+                )
+                .await;
+            drainer.kill();
+            proxy.lose_responses(false);
+            drainer = start_agent(&drain, dir, "agent-drain-again", "max_batch_records = 40");
+        }
+    }
+    // Drained: the buffer is empty, then every point is in the stream.
     drainer
         .wait_metrics("the buffer drained", Duration::from_secs(60), |s| {
-            let shipped = s.get("linewatch_agent_records_shipped_total");
-            if shipped >= read {
+            let left = s.get("linewatch_agent_buffer_records");
+            if left == 0.0 {
                 Ok(())
             } else {
-                Err(format!("{shipped} shipped of {read} read"))
+                Err(format!("{left} buffered"))
             }
         })
         .await;
+    let pts = points::decode(&k.read_all(STREAM).await);
+    assert!(
+        points::unique(&pts).len() as f64 >= read,
+        "every point read is in the stream"
+    );
+    drainer.assert_running();
 
     // The premise: the stream holds resent copies, and nothing is missing.
-    let pts = points::decode(&k.read_all(STREAM).await);
     points::check_no_gaps(&pts).unwrap_or_else(|e| panic!("{e}"));
     let dups = points::check_duplicates(&pts).unwrap_or_else(|e| panic!("{e}"));
     assert!(
