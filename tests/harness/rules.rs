@@ -92,6 +92,19 @@ pub struct MqttAuth {
     pub accept_unsigned: bool,
 }
 
+/// An instance id of its own per test (the prefix is unique): the MQTT client id is
+/// made from it, and two services with one client id on a shared broker would throw
+/// each other off in turn (tests of one binary run side by side).
+fn instance_for(topic_prefix: &str) -> String {
+    let id: String = topic_prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    // At most 64 characters; the prefix ends in its unique part.
+    let start = id.len().saturating_sub(60);
+    format!("t-{}", &id[start..])
+}
+
 /// `dir/keys/{name}.key` and `.pub`, made by `linewatch-rules keygen` unless they exist.
 #[track_caller]
 pub fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -154,7 +167,7 @@ impl RulesConfig {
         let (author_key, author_pub) = key_pair(dir, "author");
         let (engine_key, engine_pub) = key_pair(dir, "engine");
         RulesConfig {
-            instance_id: "t1".into(),
+            instance_id: instance_for(topic_prefix),
             workers: 1,
             state_dir: dir.join("state"),
             checkpoint_interval: "200ms".into(),

@@ -372,6 +372,7 @@ async fn publish_exits_4_when_only_statuses_not_signed_by_the_engine_answer() {
     std::fs::write(&config_path, cfg.to_toml()).unwrap();
     let status_topic = cfg.status_topic(RULE);
     let port = env.broker.port();
+    let instance = cfg.instance_id.clone();
     let forger = tokio::spawn(async move {
         let id = format!("abuse-forger-{}", std::process::id());
         let (client, mut ev) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", port), 16);
@@ -381,7 +382,7 @@ async fn publish_exits_4_when_only_statuses_not_signed_by_the_engine_answer() {
                 r = ev.poll() => if r.is_err() { tokio::time::sleep(Duration::from_millis(100)).await },
                 _ = tick.tick() => {
                     let lie = json!({"ruleId": RULE, "version": 1, "status": "accepted", "error": null,
-                        "outcome": null, "instance": "t1", "at": 0});
+                        "outcome": null, "instance": instance, "at": 0});
                     let _ = client.try_publish(&status_topic, QoS::AtMostOnce, false, lie.to_string());
                 }
             }

@@ -1023,6 +1023,52 @@ mod tests {
         assert_eq!(q.readiness(&limits, 1000, 250), Readiness::Send);
     }
 
+    /// Live records go first; backfill ones follow while the allowance lasts; each
+    /// lane keeps its own id order for one key; a failed live record blocks only its
+    /// lane; while whole calls fail a lane reads no more.
+    #[test]
+    fn live_goes_first_and_the_backfill_spends_only_its_allowance() {
+        let mut q = queue();
+        for id in 1..=10 {
+            let r = rec(id, "a", 10);
+            let data = r.record.data.clone();
+            q.push(r.in_backfill(data, id), 0).unwrap();
+        }
+        push_all(&mut q, &[(11, "a", 10), (12, "a", 10), (13, "b", 10)]);
+        let limits = BatchLimits::new(500, 10_000, 1000);
+        let b = q.next_batch_within(&limits, &mut OnePerRecord::default(), (3, usize::MAX));
+        assert_eq!(ids(&b), vec![11, 12, 13, 1, 2, 3]);
+        assert!(b.withheld_backfill);
+        // Live 11 fails, the rest is taken (12 too, in the same call: the reorder no
+        // client can prevent); 11 goes again first, and its failure never held the
+        // backfill of the same key.
+        let results: Vec<RecordResult> = ids(&b)
+            .iter()
+            .map(|&id| {
+                if id == 11 {
+                    RecordResult::Throttled
+                } else {
+                    RecordResult::Accepted
+                }
+            })
+            .collect();
+        let applied = q.apply(&b, &CallOutcome::Records(results));
+        assert_eq!(applied.accepted_backfill, 3);
+        assert_eq!(applied.oldest_live_accepted, Some(12));
+        let b = q.next_batch_within(&limits, &mut OnePerRecord::default(), (100, usize::MAX));
+        assert_eq!(ids(&b), vec![11, 4, 5, 6, 7, 8, 9, 10]);
+        assert!(!b.withheld_backfill);
+        q.apply(
+            &b,
+            &CallOutcome::NotWritten {
+                throttled: false,
+                error: "down".into(),
+            },
+        );
+        assert_eq!(q.wants_in(Lane::Live, &limits), 0, "the uplink is down");
+        assert_eq!(q.backfill_low(), Some(4));
+    }
+
     #[test]
     fn wants_more_while_blocked_records_cannot_fill_a_batch() {
         let limits = BatchLimits::new(2, 1000, 1000);
