@@ -93,9 +93,9 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
             alive.clone(),
         );
         async move {
+            let _dead_on_exit = MarkDead(alive, |l| &l.writer);
             crate::buffer::writer::run_writer(rx, buffer, normalizer, clock, bcfg, metrics, stop)
                 .await;
-            alive.writer.store(false, Ordering::SeqCst);
         }
     });
 
@@ -127,8 +127,8 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
             rng: fastrand::Rng::new(),
         };
         async move {
+            let _dead_on_exit = MarkDead(alive, |l| &l.shipper);
             ship::run_shipper(buffer, client, opts, stop).await;
-            alive.shipper.store(false, Ordering::SeqCst);
         }
     });
 
@@ -178,6 +178,17 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), App
 struct Liveness {
     writer: AtomicBool,
     shipper: AtomicBool,
+}
+
+/// Marks its task dead when dropped: when it returns, and when it panics (the task's
+/// future is dropped while unwinding), so `/healthz` never reports a dead shipper or
+/// writer as running.
+struct MarkDead(Arc<Liveness>, fn(&Liveness) -> &AtomicBool);
+
+impl Drop for MarkDead {
+    fn drop(&mut self) {
+        (self.1)(&self.0).store(false, Ordering::SeqCst);
+    }
 }
 
 impl Default for Liveness {
@@ -252,5 +263,25 @@ mod tests {
         for tags in [1, 300, 1_000, 10_000, 32_768] {
             assert!(reading_channel_batches(tags) * tags <= READINGS_IN_FLIGHT);
         }
+    }
+
+    /// A task that panics is marked dead, as one that returns is.
+    #[tokio::test]
+    async fn a_panicking_task_is_marked_dead() {
+        let alive = Arc::new(Liveness::default());
+        let task = tokio::spawn({
+            let alive = alive.clone();
+            async move {
+                let _dead_on_exit = MarkDead(alive, |l| &l.shipper);
+                tokio::task::yield_now().await;
+                panic!("a shipper bug");
+            }
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(!alive.shipper.load(Ordering::SeqCst));
+        assert!(
+            alive.writer.load(Ordering::SeqCst),
+            "the other task is untouched"
+        );
     }
 }
