@@ -23,6 +23,7 @@ use linewatch_testkit::peers::modbus_plc::{reg, ModbusSim, SimOptions};
 use linewatch_testkit::points::{self, Shipped};
 use linewatch_testkit::proxy::FaultProxy;
 use linewatch_testkit::Scratch;
+use std::collections::HashMap;
 use std::time::Duration;
 
 fn is_backfill(p: &Shipped) -> bool {
@@ -132,11 +133,12 @@ async fn a_cut_uplink_returns_live_first_with_the_backlog_behind_it() {
     assert!(!is_backfill(temp(1.0)) && !is_backfill(temp(2002.0)));
 
     // Live first: the first reading after the cut is in the stream before the backlog's end.
-    let pos = |p: &Shipped| {
-        pts.iter()
-            .position(|x| x.kinesis_seq == p.kinesis_seq && x.sub_sequence == p.sub_sequence)
-            .expect("a point of the stream")
-    };
+    let mut at: HashMap<(&str, u32), usize> = HashMap::new();
+    for (i, x) in pts.iter().enumerate() {
+        at.entry((x.kinesis_seq.as_str(), x.sub_sequence))
+            .or_insert(i);
+    }
+    let pos = |p: &Shipped| at[&(p.kinesis_seq.as_str(), p.sub_sequence)];
     let live_at = pos(temp(2002.0));
     let backlog_end = backlog.iter().map(|p| pos(p)).max().unwrap();
     let behind = backlog.iter().filter(|p| pos(p) > live_at).count();
@@ -147,17 +149,21 @@ async fn a_cut_uplink_returns_live_first_with_the_backlog_behind_it() {
 
     // Live heartbeats during the drain declare a low watermark at or below every
     // backlog event time still to come.
+    // The least backfill event time from each position of the stream on.
+    let mut still_to_come = vec![None; pts.len() + 1];
+    for (i, x) in pts.iter().enumerate().rev() {
+        let here = is_backfill(x).then_some(x.point.timestamp);
+        still_to_come[i] = match (here, still_to_come[i + 1]) {
+            (Some(a), Some(b)) => Some(u64::min(a, b)),
+            (a, b) => a.or(b),
+        };
+    }
     let mut declared = 0;
     for (i, p) in pts.iter().enumerate() {
         if !p.point.is_heartbeat() || is_backfill(p) {
             continue;
         }
-        let still_to_come = pts[i..]
-            .iter()
-            .filter(|x| is_backfill(x))
-            .map(|x| x.point.timestamp)
-            .min();
-        match (p.point.meta.low_watermark, still_to_come) {
+        match (p.point.meta.low_watermark, still_to_come[i]) {
             (Some(low), Some(next)) => {
                 assert!(
                     low <= next,

@@ -15,7 +15,7 @@
 
 mod rules_common;
 
-use linewatch_e2e::agent::{modbus_source, tag, AgentConfig};
+use linewatch_e2e::agent::{modbus_source, AgentConfig};
 use linewatch_e2e::rules::{self, RulesService};
 use linewatch_schemas::Flag;
 use linewatch_testkit::kinesis::KinesisPeer;
@@ -48,16 +48,7 @@ fn gateway(dir: &Path, name: &str, endpoint: &str, sim: &ModbusSim, eq: &str) ->
     std::fs::create_dir_all(&dir).expect("a gateway dir");
     let mut cfg = AgentConfig::new(&dir, endpoint, STREAM);
     cfg.gateway_id = format!("gw-{name}");
-    let mut source = modbus_source(
-        SOURCE,
-        &sim.address(),
-        eq,
-        "100ms",
-        vec![
-            tag("water_temperature", "holding_register", 0, "f32"),
-            tag("running", "coil", 0, "bool"),
-        ],
-    );
+    let mut source = modbus_source(SOURCE, &sim.address(), eq, "100ms", running_hot_tags());
     source.heartbeat_interval = Some("250ms".into());
     cfg.sources.push(source);
     cfg

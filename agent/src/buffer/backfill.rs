@@ -6,6 +6,8 @@
 //! resent in the other after a crash would escape the rule engine's resend drop,
 //! which numbers each lane apart.
 
+use crate::ship::lanes::Lane;
+
 /// Disjoint id ranges `(lo, hi)` (inclusive), ascending, none adjacent to the next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackfillRanges {
@@ -40,6 +42,25 @@ impl BackfillRanges {
         self.ranges
             .get(i)
             .and_then(|&(lo, hi)| (lo <= id).then_some(hi))
+    }
+
+    /// Whether `id` is read in `lane`.
+    pub fn in_lane(&self, lane: Lane, id: u64) -> bool {
+        self.contains(id) == (lane == Lane::Backfill)
+    }
+
+    /// The first id of `lane` at or after `id` (`None`: no more).
+    pub fn next_in_lane(&self, lane: Lane, id: u64) -> Option<u64> {
+        match lane {
+            Lane::Backfill => self.next_at_or_after(id),
+            Lane::Live => {
+                let mut id = id;
+                while let Some(end) = self.end_of(id) {
+                    id = end.checked_add(1)?;
+                }
+                Some(id)
+            }
+        }
     }
 
     /// Adds `lo..=hi`, merging what it overlaps or touches.
@@ -141,6 +162,9 @@ mod tests {
             for id in 0..230 {
                 prop_assert_eq!(r.contains(id), model.contains(&id), "id {}", id);
                 prop_assert_eq!(r.next_at_or_after(id), model.range(id..).next().copied());
+                prop_assert_eq!(r.in_lane(Lane::Live, id), !model.contains(&id));
+                let next_live = (id..).find(|i| !model.contains(i));
+                prop_assert_eq!(r.next_in_lane(Lane::Live, id), next_live);
             }
             for w in r.ranges().windows(2) {
                 prop_assert!(w[0].1 + 1 < w[1].0, "disjoint, apart: {:?}", r.ranges());

@@ -24,6 +24,7 @@ use super::backfill::BackfillRanges;
 use super::policy::{self, Usage};
 use super::{BufferError, StoredRecord};
 use crate::config::{BufferConfig, OverflowPolicy};
+use crate::ship::lanes::Lane;
 use linewatch_runtime::clock::{Clock, SystemClock};
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -254,33 +255,6 @@ impl State {
             id <= self.backfill_handed
         } else {
             id <= self.handed_out
-        }
-    }
-}
-
-/// The two lanes the shipper reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lane {
-    Live,
-    Backfill,
-}
-
-impl Lane {
-    fn owns(self, ranges: &BackfillRanges, id: u64) -> bool {
-        ranges.contains(id) == (self == Lane::Backfill)
-    }
-
-    /// The first id of this lane at or after `id` (`None`: no more).
-    fn next_at_or_after(self, ranges: &BackfillRanges, id: u64) -> Option<u64> {
-        match self {
-            Lane::Backfill => ranges.next_at_or_after(id),
-            Lane::Live => {
-                let mut id = id;
-                while let Some(end) = ranges.end_of(id) {
-                    id = end.checked_add(1)?;
-                }
-                Some(id)
-            }
         }
     }
 }
@@ -524,8 +498,9 @@ impl Buffer {
             return Ok((0, 0, 0));
         }
         let live_from = st.handed_out.saturating_add(1);
-        let from = Lane::Backfill
-            .next_at_or_after(&st.backfill, st.backfill_handed.saturating_add(1))
+        let from = st
+            .backfill
+            .next_in_lane(Lane::Backfill, st.backfill_handed.saturating_add(1))
             .map_or(live_from, |b| b.min(live_from));
         for item in chunks_from(&self.tree, from) {
             let (key, bytes) = item?;
@@ -604,8 +579,9 @@ impl Buffer {
         let mut malformed = Vec::new();
         // Points of this lane between its handed-out mark and `start` (a caller
         // that skips ahead) become the shipper's too: scan them for their sizes.
-        let Some(scan_from) =
-            lane.next_at_or_after(&st.backfill, start.min(mark.saturating_add(1)))
+        let Some(scan_from) = st
+            .backfill
+            .next_in_lane(lane, start.min(mark.saturating_add(1)))
         else {
             return Ok(Vec::new());
         };
@@ -631,7 +607,7 @@ impl Buffer {
                 // Decode this chunk's wanted records first: a chunk is used whole or
                 // (when a record in it is damaged) removed whole.
                 let wanted = |id: u64| {
-                    id >= start && id >= pos && id <= durable && lane.owns(&st.backfill, id)
+                    id >= start && id >= pos && id <= durable && st.backfill.in_lane(lane, id)
                 };
                 let decoded: Result<Vec<Option<StoredRecord>>, _> = entries
                     .iter()
@@ -658,8 +634,8 @@ impl Buffer {
                     if id > durable {
                         break 'passes;
                     }
-                    if !lane.owns(&st.backfill, id) {
-                        jump = lane.next_at_or_after(&st.backfill, id);
+                    if !st.backfill.in_lane(lane, id) {
+                        jump = st.backfill.next_in_lane(lane, id);
                         break 'chunks;
                     }
                     // Counted now, applied only if something is handed out: every id
@@ -1708,7 +1684,9 @@ mod tests {
         #[derive(Debug, Clone)]
         enum Op {
             Commit(Vec<usize>),
+            /// A read of the live lane, or of the backfill lane.
             Read {
+                backfill: bool,
                 after: Option<u64>,
                 max: usize,
             },
@@ -1718,22 +1696,18 @@ mod tests {
             },
             Reopen,
             OpenBackfill,
-            ReadBackfill {
-                after: Option<u64>,
-                max: usize,
-            },
         }
 
         fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
                 4 => proptest::collection::vec(0usize..300, 0..40).prop_map(Op::Commit),
-                3 => (proptest::option::of(0u64..200), 1usize..40).prop_map(|(after, max)| Op::Read { after, max }),
+                3 => (proptest::option::of(0u64..200), 1usize..40).prop_map(|(after, max)| Op::Read { backfill: false, after, max }),
                 3 => (proptest::collection::vec(any::<proptest::sample::Index>(), 0..30),
                       proptest::collection::vec(0u64..200, 0..3))
                     .prop_map(|(held, other)| Op::Remove { held, other }),
                 1 => Just(Op::Reopen),
                 1 => Just(Op::OpenBackfill),
-                2 => (proptest::option::of(0u64..200), 1usize..40).prop_map(|(after, max)| Op::ReadBackfill { after, max }),
+                2 => (proptest::option::of(0u64..200), 1usize..40).prop_map(|(after, max)| Op::Read { backfill: true, after, max }),
             ]
         }
 
@@ -1836,13 +1810,15 @@ mod tests {
                                 prop_assert!(m.bytes() <= max_bytes);
                             }
                         }
-                        Op::Read { after, max } => {
-                            let want = m.lane(false, after, max);
-                            let got: Vec<(u64, u64)> = b.read_after(after, max).unwrap()
+                        Op::Read { backfill, after, max } => {
+                            let want = m.lane(backfill, after, max);
+                            let read = if backfill { b.read_backfill_after(after, max) } else { b.read_after(after, max) };
+                            let got: Vec<(u64, u64)> = read.unwrap()
                                 .into_iter().map(|r| (r.id, r.created_at)).collect();
                             prop_assert_eq!(&got, &want);
                             if let Some((last, _)) = want.last() {
-                                m.handed_out = m.handed_out.max(*last);
+                                let mark = if backfill { &mut m.backfill_handed } else { &mut m.handed_out };
+                                *mark = (*mark).max(*last);
                             }
                         }
                         Op::Remove { held, other } => {
@@ -1869,15 +1845,6 @@ mod tests {
                                 m.backfill.extend(lo..=hi);
                             } else {
                                 prop_assert_eq!(got, None);
-                            }
-                        }
-                        Op::ReadBackfill { after, max } => {
-                            let want = m.lane(true, after, max);
-                            let got: Vec<(u64, u64)> = b.read_backfill_after(after, max).unwrap()
-                                .into_iter().map(|r| (r.id, r.created_at)).collect();
-                            prop_assert_eq!(&got, &want);
-                            if let Some((last, _)) = want.last() {
-                                m.backfill_handed = m.backfill_handed.max(*last);
                             }
                         }
                         Op::Reopen => {

@@ -45,8 +45,9 @@ pub struct FakeStore {
     fail_reads: AtomicUsize,
     fail_removes: AtomicUsize,
     backfill: Mutex<BackfillRanges>,
-    /// Highest live id read.
+    /// Highest id read in the live lane, and in the backfill lane.
     live_read: Mutex<u64>,
+    backfill_read: Mutex<u64>,
 }
 
 impl FakeStore {
@@ -169,16 +170,25 @@ impl RecordStore for FakeStore {
         }
         let start = after.map_or(0, |a| a.saturating_add(1));
         let backfill = lock(&self.backfill).clone();
-        Ok(lock(&self.records)
+        let out: Vec<StoredRecord> = lock(&self.records)
             .range(start..)
             .filter(|(id, _)| backfill.contains(**id))
             .take(max)
             .map(|(_, r)| r.clone())
-            .collect())
+            .collect();
+        if let Some(last) = out.last() {
+            let mut read = lock(&self.backfill_read);
+            *read = (*read).max(last.id);
+        }
+        Ok(out)
     }
 
     fn open_backfill(&self) -> Result<Option<(u64, u64)>, BufferError> {
-        let lo = lock(&self.live_read).saturating_add(1);
+        // Past both lanes' marks, as the buffer (a record below the backfill's mark
+        // would never be read).
+        let lo = (*lock(&self.live_read))
+            .max(*lock(&self.backfill_read))
+            .saturating_add(1);
         let hi = *lock(&self.next_id);
         let mut backfill = lock(&self.backfill);
         let moving = lock(&self.records)

@@ -2,7 +2,7 @@
 //! the EventBridge envelope, and comparison with the replay oracle.
 #![allow(dead_code)] // each test binary uses a different part
 
-use linewatch_e2e::agent::{modbus_source, tag, unreachable_address, AgentConfig};
+use linewatch_e2e::agent::{modbus_source, tag, unreachable_address, AgentConfig, Tag};
 use linewatch_e2e::programs;
 use linewatch_e2e::rules::{self, RulesConfig};
 use linewatch_rules_core::Transition;
@@ -305,6 +305,15 @@ pub async fn polls(agent: &mut ManagedProcess, source: &str, before: f64, n: f64
         .await
 }
 
+/// The Modbus tags [`running_hot_rule`] reads: `water_temperature` (register 0, f32)
+/// and `running` (coil 0).
+pub fn running_hot_tags() -> Vec<Tag> {
+    vec![
+        tag("water_temperature", "holding_register", 0, "f32"),
+        tag("running", "coil", 0, "bool"),
+    ]
+}
+
 /// A rule for one filler fed by the harness's Modbus tags: `running` (ACTIVE/IDLE) and
 /// `water_temperature` above 80 held for 1 s (WARNING, the heavier group).
 pub fn running_hot_rule(id: &str, equipment: &str) -> String {
@@ -346,10 +355,7 @@ pub async fn buffer_scenario(
         &sim.address(),
         equipment,
         "100ms",
-        vec![
-            tag("water_temperature", "holding_register", 0, "f32"),
-            tag("running", "coil", 0, "bool"),
-        ],
+        running_hot_tags(),
     ));
     let mut producer = start_agent(&cfg, dir, "agent-producer", kinesis_keys);
     let mut read = 0.0;
